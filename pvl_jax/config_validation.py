@@ -1,0 +1,94 @@
+"""Checks a training config before any work starts; errors name the key."""
+
+import jax
+import ml_collections
+
+from preprocessing.errors import InputError
+
+
+def _require(condition: bool, key: str, problem: str) -> None:
+  if not condition:
+    raise InputError(f"config.{key}: {problem}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises InputError naming the first out-of-range or inconsistent key.
+
+  Only what can be checked without data is checked here; the patch size
+  against the volumes is checked once the dataset is known
+  (`validate_patch_size`).
+
+  Args:
+    config: the full training config.
+  """
+  _require(config.r >= 0, "r", f"must be >= 0 (got {config.r})")
+  _require(config.batch_size >= 1, "batch_size",
+           f"must be >= 1 (got {config.batch_size})")
+  devices = jax.device_count()
+  _require(config.batch_size % devices == 0, "batch_size",
+           f"{config.batch_size} is not divisible by the {devices} devices")
+  _require(config.num_steps >= 1, "num_steps",
+           f"must be >= 1 (got {config.num_steps})")
+  for key in ("log_every", "eval_every", "checkpoint_every"):
+    _require(config[key] >= 1, key, f"must be >= 1 (got {config[key]})")
+  _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
+           f"must be > 0 (got {config.optimizer.learning_rate})")
+
+  data = config.data
+  _require(len(data.modalities) >= 1, "data.modalities", "is empty")
+  _require(data.num_folds >= 3, "data.num_folds",
+           f"needs >= 3 folds for train/validation/test (got {data.num_folds})")
+  _require(0 <= data.fold < data.num_folds, "data.fold",
+           f"must be in [0, {data.num_folds}) (got {data.fold})")
+  _require(0.0 <= data.foreground_fraction <= 1.0, "data.foreground_fraction",
+           f"must be in [0, 1] (got {data.foreground_fraction})")
+  _require(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+  _require(len(data.patch_size) in (2, 3), "data.patch_size",
+           f"needs 2 (2D) or 3 (3D) entries (got {tuple(data.patch_size)})")
+  _require(all(p >= 1 for p in data.patch_size), "data.patch_size",
+           f"entries must be >= 1 (got {tuple(data.patch_size)})")
+  if not data.cohort_dir:
+    _require(data.synthetic.num_subjects >= data.num_folds,
+             "data.synthetic.num_subjects",
+             f"{data.synthetic.num_subjects} subjects cannot fill "
+             f"{data.num_folds} folds")
+
+  model = config.model
+  stages = len(model.features)
+  _require(stages >= 2, "model.features", "needs at least 2 stages")
+  _require(len(model.strides) == stages, "model.strides",
+           f"needs one entry per stage ({stages})")
+  _require(len(model.kernel_sizes) == stages, "model.kernel_sizes",
+           f"needs one entry per stage ({stages})")
+  ndim = len(data.patch_size)
+  for key in ("strides", "kernel_sizes"):
+    _require(all(len(s) == ndim for s in model[key]), f"model.{key}",
+             f"every entry needs {ndim} values to match data.patch_size")
+  total_stride = [1] * ndim
+  for stride in model.strides:
+    total_stride = [t * s for t, s in zip(total_stride, stride)]
+  _require(all(p % t == 0 for p, t in zip(data.patch_size, total_stride)),
+           "data.patch_size",
+           f"{tuple(data.patch_size)} must be divisible by the network's "
+           f"total stride {tuple(total_stride)}")
+  _require(model.compute_dtype in ("float32", "bfloat16", "float16"),
+           "model.compute_dtype", f"unknown dtype '{model.compute_dtype}'")
+  _require(0.0 <= config.inference.overlap < 1.0, "inference.overlap",
+           f"must be in [0, 1) (got {config.inference.overlap})")
+  _require(config.inference.batch_size >= 1, "inference.batch_size",
+           "must be >= 1")
+
+
+def validate_patch_size(patch_size, volume_shapes: dict[str, tuple[int, ...]]
+                        ) -> None:
+  """Rejects a patch larger than a (cropped) volume on any axis.
+
+  Args:
+    patch_size: config.data.patch_size.
+    volume_shapes: subject id -> spatial shape of its cropped volume.
+  """
+  for subject, shape in volume_shapes.items():
+    too_big = [p > s for p, s in zip(patch_size, shape)]
+    _require(not any(too_big), "data.patch_size",
+             f"{tuple(patch_size)} is larger than the volume of {subject} "
+             f"{tuple(shape)}")

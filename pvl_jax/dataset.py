@@ -1,0 +1,116 @@
+"""Resolves the config's cohort to a built TFDS dataset and its fold splits.
+
+With no `config.data.cohort_dir`, the embedded synthetic cohort is generated
+once and cached (keyed by its parameters). The TFDS records are built once per
+cohort content: the cache key fingerprints every file of the cohort (path,
+size, modification time), so an edited cohort is rebuilt and an unchanged one
+is not. A file lock serialises concurrent preparers (e.g. sweep points started
+together), and everything is written atomically, so a killed preparation
+leaves nothing that a later run would take for finished.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import ml_collections
+
+from preprocessing import synthetic
+from preprocessing import tfds_builder
+from preprocessing.errors import InputError
+
+
+def cache_root(config: ml_collections.ConfigDict) -> Path:
+  """Directory for generated cohorts and TFDS records."""
+  root = (config.data.cache_dir or os.environ.get("PVL_JAX_CACHE")
+          or Path.home() / ".cache" / "pvl_jax")
+  return Path(root).expanduser()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _digest(text: str) -> str:
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
+  """Generates (once) and returns the embedded synthetic cohort directory."""
+  spec = config.data.synthetic
+  params = synthetic.CohortParams(resolution_mm=spec.resolution_mm)
+  key = _digest(repr((spec.num_subjects, spec.seed, dataclasses.asdict(params))))
+  out = (cache_root(config) / "cohorts" /
+         f"synthetic-n{spec.num_subjects}-seed{spec.seed}-"
+         f"{spec.resolution_mm}mm-{key}")
+  with _locked(out.with_suffix(".lock")):
+    if not out.exists():
+      logging.info("Generating the synthetic cohort (%d subjects) in %s",
+                   spec.num_subjects, out)
+      synthetic.generate_cohort(out, spec.num_subjects, spec.seed, params,
+                                num_workers=max(os.cpu_count() or 1, 1))
+  return out
+
+
+def cohort_fingerprint(cohort_dir: Path) -> str:
+  """Hash of every file's relative path, size and modification time."""
+  entries = []
+  for path in sorted(cohort_dir.rglob("*")):
+    if path.is_file():
+      stat = path.stat()
+      entries.append(f"{path.relative_to(cohort_dir)}:{stat.st_size}:"
+                     f"{stat.st_mtime_ns}")
+  return _digest("\n".join(entries))
+
+
+def builder_config(config: ml_collections.ConfigDict
+                   ) -> tfds_builder.PVLCohortConfig:
+  """The TFDS builder config; its name encodes every field it depends on."""
+  data = config.data
+  threshold = data.mask_threshold if data.mask_threshold >= 0 else None
+  name = (f"folds{data.num_folds}-{'-'.join(data.modalities)}"
+          + ("" if threshold is None else f"-thr{threshold:g}"))
+  return tfds_builder.PVLCohortConfig(
+      name=name, num_folds=data.num_folds, modalities=tuple(data.modalities),
+      mask_threshold=threshold)
+
+
+def prepare(config: ml_collections.ConfigDict) -> tfds_builder.PVLCohort:
+  """Returns the prepared TFDS builder for the config's cohort.
+
+  Args:
+    config: the training config.
+
+  Raises:
+    InputError: if a configured cohort directory does not exist.
+  """
+  if config.data.cohort_dir:
+    cohort = Path(config.data.cohort_dir).expanduser().resolve()
+    if not cohort.is_dir():
+      raise InputError(f"{cohort}: config.data.cohort_dir does not exist")
+  else:
+    cohort = synthetic_cohort(config)
+  data_dir = (cache_root(config) / "tfds" /
+              f"{cohort.name}-{cohort_fingerprint(cohort)}")
+  with _locked(data_dir.with_suffix(".lock")):
+    return tfds_builder.build(cohort, data_dir, builder_config(config))
+
+
+def split_sources(builder: tfds_builder.PVLCohort,
+                  config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Random-access data sources for train/validation/test of the fold."""
+  splits = tfds_builder.fold_splits(config.data.fold, config.data.num_folds)
+  return {name: builder.as_data_source(split)
+          for name, split in splits.items()}

@@ -1,0 +1,153 @@
+"""Evaluation of a trained model on whole volumes of the held-out splits.
+
+Segmentation metrics are computed per subject on the cropped volume (the
+lesion mask lies inside the brain crop, so nothing is lost) and aggregated
+as the poster reports them (means over subjects). For r > 0 the hand-function
+probability of a subject is the sigmoid of its mean window logit; the decision
+threshold is chosen on the validation split and applied to the test split.
+"""
+
+from collections.abc import Mapping, Sequence
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from pvl_jax import inference
+from pvl_jax import plotting
+from pvl_jax.evaluation import classification
+from pvl_jax.evaluation import segmentation
+from pvl_jax.evaluation import threshold_baseline
+
+
+def volume_shapes(sources: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  """Subject id -> cropped spatial shape, over all splits."""
+  shapes = {}
+  for source in sources.values():
+    for i in range(len(source)):
+      record = source[i]
+      shapes[_subject_id(record)] = tuple(record["lesion_mask"].shape)
+  return shapes
+
+
+def patch_validation(eval_step, params, batches: Sequence[Mapping[str, np.ndarray]],
+                     parallel) -> dict[str, float]:
+  """Mean loss and hard Dice over fixed validation patches."""
+  totals: dict[str, float] = {}
+  for batch in batches:
+    out = jax.device_get(eval_step(params, parallel.global_batch(batch)))
+    for key, value in out.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return {f"val/{k}": v / len(batches) for k, v in totals.items()}
+
+
+def predict_volume(window_fn: inference.WindowFn, image: np.ndarray,
+                   patch_size: Sequence[int], overlap: float,
+                   batch_size: int) -> tuple[np.ndarray, float]:
+  """Lesion probabilities for a (*spatial, C) volume and the mean cls logit.
+
+  A 2D model (two patch entries) is applied slice by slice along the last
+  spatial axis and its slices stacked back into a volume.
+  """
+  if len(patch_size) == 3:
+    return inference.sliding_window_predict(window_fn, image, patch_size,
+                                            overlap, batch_size)
+  slices = [inference.sliding_window_predict(window_fn, image[:, :, z],
+                                             patch_size, overlap, batch_size)
+            for z in range(image.shape[2])]
+  return (np.stack([p for p, _ in slices], axis=2),
+          float(np.mean([logit for _, logit in slices])))
+
+
+def evaluate_split(window_fn: inference.WindowFn, source: Any,
+                   config: ml_collections.ConfigDict, name: str
+                   ) -> dict[str, Any]:
+  """Predicts every subject of a split and computes per-subject metrics."""
+  per_subject, predictions, logits, labels = [], {}, [], []
+  for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
+    record = source[i]
+    probs, logit = predict_volume(window_fn, record["image"],
+                                  config.data.patch_size,
+                                  config.inference.overlap,
+                                  config.inference.batch_size)
+    pred = probs > 0.5
+    metrics = segmentation.evaluate_subject(pred, record["lesion_mask"] > 0,
+                                            tuple(record["spacing"]))
+    subject = _subject_id(record)
+    per_subject.append({"subject_id": subject, **metrics})
+    predictions[subject] = pred
+    logits.append(logit)
+    labels.append(int(record["hand_function"]))
+  return {"per_subject": per_subject, "predictions": predictions,
+          "cls_prob": 1 / (1 + np.exp(-np.asarray(logits))),
+          "labels": np.asarray(labels)}
+
+
+def evaluate_model(model, params, sources: Mapping[str, Any],
+                   config: ml_collections.ConfigDict, workdir: Path
+                   ) -> dict[str, Any]:
+  """Full-volume evaluation of validation and test splits.
+
+  Returns:
+    {"val": {...}, "test": {...}, "threshold_baseline": {...}} where each
+    split holds aggregated segmentation metrics (dice_mean, voe_mean, ...),
+    for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
+  """
+  window_fn = inference.make_window_fn(model.apply, {"params": params})
+  splits = {"val": evaluate_split(window_fn, sources["validation"], config,
+                                  "validation"),
+            "test": evaluate_split(window_fn, sources["test"], config, "test")}
+  results: dict[str, Any] = {}
+  for name, split in splits.items():
+    results[name] = {"num_subjects": len(split["per_subject"]),
+                     **segmentation.aggregate(
+                         [_metrics_only(row) for row in split["per_subject"]]),
+                     "per_subject": split["per_subject"]}
+  if config.r > 0:
+    threshold = classification.choose_threshold(splits["val"]["labels"],
+                                                splits["val"]["cls_prob"])
+    for name, split in splits.items():
+      cls = classification.classification_metrics(
+          split["labels"], split["cls_prob"], threshold)
+      results[name].update({f"cls_{k}": v for k, v in cls.items()})
+      results[name]["cls_threshold"] = threshold
+      for row, prob in zip(results[name]["per_subject"], split["cls_prob"]):
+        row["hand_function_prob"] = float(prob)
+  results["threshold_baseline"] = threshold_baseline_results(sources)
+  plotting.prediction_overlays(
+      sources["test"], splits["test"]["predictions"],
+      workdir / "predictions.png", config.inference.num_plot_subjects)
+  logging.info("val dice %.4f test dice %.4f (threshold baseline test dice "
+               "%.4f)", results["val"]["dice_mean"],
+               results["test"]["dice_mean"],
+               results["threshold_baseline"]["test_dice_mean"])
+  return results
+
+
+def threshold_baseline_results(sources: Mapping[str, Any]) -> dict[str, float]:
+  """Tunes the intensity threshold on train, reports test Dice/VOE means."""
+  train = sources["train"]
+  threshold, train_dice = threshold_baseline.tune_threshold(
+      train[i] for i in range(len(train)))
+  test = sources["test"]
+  rows = [segmentation.evaluate_subject(
+      threshold_baseline.predict(test[i], threshold),
+      test[i]["lesion_mask"] > 0, tuple(test[i]["spacing"]))
+          for i in range(len(test))]
+  summary = segmentation.aggregate(rows)
+  return {"threshold": threshold, "train_pooled_dice": train_dice,
+          "test_dice_mean": summary["dice_mean"],
+          "test_voe_mean": summary["voe_mean"]}
+
+
+def _metrics_only(row: Mapping[str, Any]) -> dict[str, float]:
+  return {k: v for k, v in row.items() if k != "subject_id"}
+
+
+def _subject_id(record: Mapping[str, Any]) -> str:
+  subject = record["subject_id"]
+  return subject.decode() if isinstance(subject, bytes) else str(subject)

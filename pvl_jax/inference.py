@@ -1,0 +1,99 @@
+"""Sliding-window inference over whole volumes with Gaussian weighting.
+
+Windows of the training patch size tile the volume with the requested overlap
+(window starts spaced as nnU-Net's `compute_steps_for_sliding_window`); each
+window's softmax is weighted by a Gaussian importance map (sigma = 1/8 of the
+window, as nnU-Net) so that window borders, where the network sees less
+context, count less. Windows are evaluated in fixed-size batches by one jitted
+function (the last batch is padded, so nothing recompiles). The hand-function
+logit of a volume is the mean of its windows' logits.
+"""
+
+from collections.abc import Callable, Sequence
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.ndimage
+
+# (images (B, *window, C)) -> (foreground probability (B, *window), logit (B,))
+WindowFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+  """Evenly spaced window starts covering [0, size) with at least `overlap`."""
+  if window >= size:
+    return [0]
+  target_step = window * (1.0 - overlap)
+  num = int(np.ceil((size - window) / target_step)) + 1
+  step = (size - window) / (num - 1)
+  return [int(round(step * i)) for i in range(num)]
+
+
+def gaussian_importance(window: Sequence[int], sigma_scale: float = 1 / 8
+                        ) -> np.ndarray:
+  """Gaussian importance map, max 1, floored at its smallest positive value."""
+  impulse = np.zeros(window, np.float32)
+  impulse[tuple(w // 2 for w in window)] = 1.0
+  weights = scipy.ndimage.gaussian_filter(
+      impulse, [w * sigma_scale for w in window], mode="constant", cval=0)
+  weights /= weights.max()
+  # Zeros would make voxels covered only by window corners undefined.
+  weights[weights == 0] = weights[weights > 0].min()
+  return weights
+
+
+def make_window_fn(apply_fn: Callable, variables) -> WindowFn:
+  """Jitted foreground-probability function for batches of windows."""
+
+  @jax.jit
+  def predict(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    seg_logits, cls_logit = apply_fn(variables, images)
+    probs = jax.nn.softmax(seg_logits[0], axis=-1)[..., 1]
+    return probs, cls_logit
+
+  return predict
+
+
+def sliding_window_predict(window_fn: WindowFn, image: np.ndarray,
+                           window: Sequence[int], overlap: float,
+                           batch_size: int) -> tuple[np.ndarray, float]:
+  """Predicts a lesion probability map for one volume.
+
+  Args:
+    window_fn: from `make_window_fn`.
+    image: (*spatial, channels) volume.
+    window: window shape (the training patch size).
+    overlap: fraction of a window shared with its neighbour, in [0, 1).
+    batch_size: windows per call.
+
+  Returns:
+    (probability map with the image's spatial shape, mean hand-function logit).
+  """
+  spatial = image.shape[:-1]
+  pads = [(0, max(w - s, 0)) for s, w in zip(spatial, window)]
+  padded = np.pad(image, pads + [(0, 0)])
+  shape = padded.shape[:-1]
+  starts = list(itertools.product(*(window_starts(s, w, overlap)
+                                    for s, w in zip(shape, window))))
+  weights = gaussian_importance(window)
+  prob_sum = np.zeros(shape, np.float32)
+  weight_sum = np.zeros(shape, np.float32)
+  logits = []
+  for i in range(0, len(starts), batch_size):
+    chunk = starts[i:i + batch_size]
+    batch = np.stack([padded[tuple(slice(s, s + w) for s, w in
+                                   zip(start, window))] for start in chunk])
+    if len(chunk) < batch_size:  # keep one compiled shape
+      filler = np.zeros((batch_size - len(chunk),) + batch.shape[1:],
+                        batch.dtype)
+      batch = np.concatenate([batch, filler])
+    probs, cls_logit = jax.device_get(window_fn(jnp.asarray(batch)))
+    for j, start in enumerate(chunk):
+      region = tuple(slice(s, s + w) for s, w in zip(start, window))
+      prob_sum[region] += probs[j] * weights
+      weight_sum[region] += weights
+      logits.append(float(cls_logit[j]))
+  probs = prob_sum / weight_sum
+  return probs[tuple(slice(0, s) for s in spatial)], float(np.mean(logits))
