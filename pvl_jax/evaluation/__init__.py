@@ -1,0 +1,1 @@
+"""Segmentation (WMH challenge) and hand-function classification metrics."""

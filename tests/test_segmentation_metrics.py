@@ -1,0 +1,347 @@
+"""Tests of pvl_jax.evaluation.segmentation: hand counts and brute force."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from pvl_jax.evaluation import segmentation as seg
+
+
+def _cube(shape, start, size):
+  mask = np.zeros(shape, dtype=bool)
+  mask[tuple(slice(s, s + size) for s in start)] = True
+  return mask
+
+
+def _random_mask(rng, shape, density):
+  """Blobby random mask: smoothed noise, thresholded, so lesions have bodies."""
+  noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=1.0)
+  return noise > np.quantile(noise, 1 - density)
+
+
+# --- Dice and VOE -------------------------------------------------------------
+
+
+def test_overlapping_cubes_by_hand():
+  # Two 4^3 cubes (64 voxels each) offset by 2 along every axis share a 2^3 = 8
+  # voxel corner; union 64 + 64 - 8 = 120.
+  pred = _cube((10, 10, 10), (0, 0, 0), 4)
+  ref = _cube((10, 10, 10), (2, 2, 2), 4)
+  assert seg.dice(pred, ref) == pytest.approx(2 * 8 / 128, abs=1e-12)
+  assert seg.voe(pred, ref) == pytest.approx(1 - 8 / 120, abs=1e-12)
+
+
+def test_avd_by_hand():
+  pred = _cube((10, 10, 10), (0, 0, 0), 4)  # 64 voxels.
+  ref = _cube((10, 10, 10), (0, 0, 0), 5)  # 125 voxels.
+  avd = seg.abs_volume_difference_pct
+  assert avd(pred, ref) == pytest.approx(61 / 125 * 100)
+  assert avd(ref, pred) == pytest.approx(61 / 64 * 100)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dice_voe_match_set_computation(seed):
+  rng = np.random.default_rng(seed)
+  shape = (9, 8, 7) if seed % 2 else (15, 13)
+  pred = rng.random(shape) < rng.uniform(0.1, 0.6)
+  ref = rng.random(shape) < rng.uniform(0.1, 0.6)
+  p = set(map(tuple, np.argwhere(pred)))
+  r = set(map(tuple, np.argwhere(ref)))
+  expected_dice = 2 * len(p & r) / (len(p) + len(r))
+  expected_voe = 1 - len(p & r) / len(p | r)
+  assert seg.dice(pred, ref) == pytest.approx(expected_dice, abs=1e-6)
+  assert seg.voe(pred, ref) == pytest.approx(expected_voe, abs=1e-6)
+  # 0/1 integer and float volumes are accepted as well as bools.
+  as_numbers = seg.dice(pred.astype(np.uint8), ref.astype(float))
+  assert as_numbers == seg.dice(pred, ref)
+
+
+# --- HD95 ---------------------------------------------------------------------
+
+
+def _surface_points_brute_force(mask):
+  """Surface voxel indices by explicit neighbour checks.
+
+  A voxel is on the surface when any of its 3^ndim - 1 neighbours is
+  background, counting positions outside the volume as background.
+  """
+  padded = np.pad(mask, 1, constant_values=False)
+  points = []
+  for index in np.argwhere(mask):
+    for offset in itertools.product((-1, 0, 1), repeat=mask.ndim):
+      if not padded[tuple(index + 1 + np.array(offset))]:
+        points.append(index)
+        break
+  return np.array(points, dtype=float)
+
+
+def _hd95_brute_force(pred, ref, spacing):
+  p = _surface_points_brute_force(pred) * spacing
+  r = _surface_points_brute_force(ref) * spacing
+  distances = cdist(p, r)
+  return max(np.percentile(distances.min(axis=1), 95),
+             np.percentile(distances.min(axis=0), 95))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_matches_brute_force(seed):
+  rng = np.random.default_rng(100 + seed)
+  shape = (14, 12, 10) if seed % 3 else (30, 26)
+  pred = _random_mask(rng, shape, rng.uniform(0.05, 0.3))
+  ref = _random_mask(rng, shape, rng.uniform(0.05, 0.3))
+  spacing = rng.uniform(0.5, 3.0, size=len(shape))
+  expected = _hd95_brute_force(pred, ref, spacing)
+  assert expected > 0
+  assert seg.hd95(pred, ref, spacing) == pytest.approx(expected, abs=1e-6)
+
+
+def test_hd95_masks_in_a_corner_of_a_large_volume():
+  # Exercises the cropping: empty space around the masks changes nothing, as
+  # the brute force counts positions outside the volume as background too.
+  rng = np.random.default_rng(7)
+  small_pred = _random_mask(rng, (10, 9, 8), 0.2)
+  small_ref = _random_mask(rng, (10, 9, 8), 0.2)
+  pred = np.zeros((40, 41, 42), dtype=bool)
+  ref = np.zeros((40, 41, 42), dtype=bool)
+  pred[20:30, 5:14, 30:38] = small_pred
+  ref[20:30, 5:14, 30:38] = small_ref
+  spacing = np.array([1.2, 0.8, 2.5])
+  assert seg.hd95(pred, ref, spacing) == pytest.approx(
+      _hd95_brute_force(small_pred, small_ref, spacing), abs=1e-6)
+
+
+def test_hd95_single_voxels_along_an_anisotropic_axis():
+  pred = np.zeros((8, 5, 5), dtype=bool)
+  ref = np.zeros((8, 5, 5), dtype=bool)
+  pred[1, 2, 2] = True
+  ref[4, 2, 2] = True
+  assert seg.hd95(pred, ref, (2.0, 1.0, 1.0)) == pytest.approx(6.0)
+  assert seg.hd95(pred, ref, (1.0, 2.0, 2.0)) == pytest.approx(3.0)
+
+
+def test_hd95_is_max_of_directed_percentiles_not_pooled():
+  # pred: one voxel at 0; ref: that voxel plus one 10 voxels away. Directed
+  # distances: pred->ref [0]; ref->pred [0, 10], whose 95th percentile (linear)
+  # is 9.5. Pooling [0, 0, 10] would give 9.0 instead.
+  pred = np.zeros((12, 3), dtype=bool)
+  ref = np.zeros((12, 3), dtype=bool)
+  pred[0, 1] = True
+  ref[0, 1] = ref[10, 1] = True
+  assert seg.hd95(pred, ref, (1.0, 1.0)) == pytest.approx(9.5)
+
+
+def test_hd95_identical_masks_is_zero():
+  mask = _cube((6, 6, 6), (1, 1, 1), 3)
+  assert seg.hd95(mask, mask, (1.0, 1.0, 1.0)) == 0.0
+
+
+# --- Lesion detection ---------------------------------------------------------
+
+
+def test_diagonal_voxels_are_one_lesion():
+  ref = np.zeros((5, 5, 5), dtype=bool)
+  ref[1, 1, 1] = ref[2, 2, 2] = True  # Touch at a corner only.
+  pred = np.zeros_like(ref)
+  pred[1, 1, 1] = True
+  # Under 6-connectivity this would be two lesions and recall 0.5.
+  assert ndimage.label(ref)[1] == 2
+  result = seg.lesion_detection(pred, ref)
+  assert result["n_ref"] == 1
+  assert result["n_ref_detected"] == 1
+  assert result["recall"] == 1.0
+
+
+def test_missed_small_lesion_and_false_positive():
+  ref = _cube((12, 12, 12), (0, 0, 0), 4)
+  ref[9, 9, 9] = True  # Small lesion, missed.
+  pred = _cube((12, 12, 12), (1, 1, 1), 4)  # Overlaps the big lesion.
+  pred[0, 10, 0] = True  # False positive.
+  result = seg.lesion_detection(pred, ref)
+  assert result == {
+      "recall": 0.5,
+      "precision": 0.5,
+      "f1": pytest.approx(0.5),
+      "n_ref": 2,
+      "n_pred": 2,
+      "n_ref_detected": 1,
+      "n_pred_correct": 1,
+  }
+
+
+def test_missed_lesion_only_lowers_recall():
+  ref = _cube((12, 12, 12), (0, 0, 0), 4)
+  ref[9, 9, 9] = True
+  pred = _cube((12, 12, 12), (1, 1, 1), 4)
+  result = seg.lesion_detection(pred, ref)
+  assert (result["recall"], result["precision"]) == (0.5, 1.0)
+  assert result["f1"] == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+
+
+def test_lesion_recall_by_size_by_hand():
+  # At 2 mm a voxel is 0.008 ml: a single voxel (0.008 ml) falls in the first
+  # bin, a 4^3 cube (0.512 ml) in 0.5-2 ml, a 3^3 cube (0.216 ml) in 0.05-0.5.
+  ref = np.zeros((20, 20, 20), dtype=bool)
+  ref[0, 0, 0] = True  # Missed.
+  ref[10, 10, 10] = True  # Detected.
+  ref |= _cube(ref.shape, (3, 3, 3), 4)  # Detected.
+  ref |= _cube(ref.shape, (14, 2, 14), 3)  # Missed.
+  pred = np.zeros_like(ref)
+  pred[10, 10, 10] = True
+  pred[5, 5, 5] = True
+  counts = seg.lesion_recall_by_size(pred, ref, (2.0, 2.0, 2.0))
+  assert counts == {
+      "0-0.05ml": (2, 1),
+      "0.05-0.5ml": (1, 0),
+      "0.5-2ml": (1, 1),
+      "2-infml": (0, 0),
+  }
+  # At 1 mm the 4^3 cube (0.064 ml) and the 3^3 cube (0.027 ml) move down a bin.
+  counts = seg.lesion_recall_by_size(pred, ref, (1.0, 1.0, 1.0))
+  assert counts == {
+      "0-0.05ml": (3, 1),
+      "0.05-0.5ml": (1, 1),
+      "0.5-2ml": (0, 0),
+      "2-infml": (0, 0),
+  }
+
+
+# --- Empty cases --------------------------------------------------------------
+
+_NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    "pred_empty, ref_empty, expected",
+    [
+        (True, True, dict(dice=1.0, voe=0.0, hd95_mm=0.0, avd_pct=0.0,
+                          lesion_recall=1.0, lesion_precision=1.0,
+                          lesion_f1=1.0)),
+        (False, True, dict(dice=0.0, voe=1.0, hd95_mm=_NAN, avd_pct=_NAN,
+                           lesion_recall=_NAN, lesion_precision=0.0,
+                           lesion_f1=0.0)),
+        (True, False, dict(dice=0.0, voe=1.0, hd95_mm=_NAN, avd_pct=100.0,
+                           lesion_recall=0.0, lesion_precision=_NAN,
+                           lesion_f1=0.0)),
+    ],
+)
+def test_empty_case_rule(pred_empty, ref_empty, expected):
+  lesion = _cube((6, 6, 6), (1, 1, 1), 2)
+  empty = np.zeros((6, 6, 6), dtype=bool)
+  pred = empty if pred_empty else lesion
+  ref = empty if ref_empty else lesion
+  result = seg.evaluate_subject(pred, ref, (1.0, 1.0, 1.0))
+  for key, value in expected.items():
+    if math.isnan(value):
+      assert math.isnan(result[key]), key
+    else:
+      assert result[key] == value, key
+
+
+def test_evaluate_subject_keys_and_values():
+  pred = _cube((10, 10, 10), (0, 0, 0), 4)
+  ref = _cube((10, 10, 10), (2, 2, 2), 4)
+  result = seg.evaluate_subject(pred, ref, (1.0, 1.0, 1.0))
+  assert result["dice"] == seg.dice(pred, ref)
+  assert result["hd95_mm"] == seg.hd95(pred, ref, (1.0, 1.0, 1.0))
+  assert result["size_0.05-0.5ml_n_ref"] == 1
+  assert result["size_0.05-0.5ml_n_detected"] == 1
+  bins = ("0-0.05ml", "0.05-0.5ml", "0.5-2ml", "2-infml")
+  assert set(result) == {
+      "dice", "voe", "hd95_mm", "avd_pct",
+      "lesion_recall", "lesion_precision", "lesion_f1",
+      *(f"size_{b}_{count}" for b in bins for count in ("n_ref", "n_detected")),
+  }
+
+
+# --- Aggregation --------------------------------------------------------------
+
+
+def test_aggregate_nan_aware_and_pooled_size_recall():
+  subjects = [
+      {"hd95_mm": 1.0, "size_0-1ml_n_ref": 1, "size_0-1ml_n_detected": 0},
+      {"hd95_mm": 3.0, "size_0-1ml_n_ref": 3, "size_0-1ml_n_detected": 3},
+      {"hd95_mm": math.nan, "size_0-1ml_n_ref": 0, "size_0-1ml_n_detected": 0},
+  ]
+  summary = seg.aggregate(subjects)
+  assert summary["n_subjects"] == 3
+  assert summary["hd95_mm_mean"] == 2.0
+  assert summary["hd95_mm_median"] == 2.0
+  assert summary["hd95_mm_std"] == pytest.approx(math.sqrt(2.0))  # Sample std.
+  assert summary["hd95_mm_n"] == 2
+  assert summary["size_0-1ml_n_ref"] == 4
+  assert summary["size_0-1ml_n_detected"] == 3
+  # Pooled over lesions (3/4), not the mean of per-subject recalls (0.5).
+  assert summary["size_0-1ml_recall"] == 0.75
+
+
+def test_aggregate_all_nan_metric():
+  summary = seg.aggregate([{"hd95_mm": math.nan}, {"hd95_mm": math.nan}])
+  assert summary["hd95_mm_n"] == 0
+  for stat in ("mean", "std", "median"):
+    assert math.isnan(summary[f"hd95_mm_{stat}"])
+
+
+def test_aggregate_of_evaluated_subjects():
+  rng = np.random.default_rng(3)
+  per_subject = [
+      seg.evaluate_subject(_random_mask(rng, (12, 12, 12), 0.1),
+                           _random_mask(rng, (12, 12, 12), 0.1),
+                           (1.0, 1.0, 2.0))
+      for _ in range(3)
+  ]
+  summary = seg.aggregate(per_subject)
+  dices = [s["dice"] for s in per_subject]
+  assert summary["dice_mean"] == pytest.approx(np.mean(dices))
+  assert summary["dice_n"] == 3
+  n_ref = sum(s["size_0-0.05ml_n_ref"] for s in per_subject)
+  n_detected = sum(s["size_0-0.05ml_n_detected"] for s in per_subject)
+  assert summary["size_0-0.05ml_n_ref"] == n_ref
+  if n_ref:
+    assert summary["size_0-0.05ml_recall"] == pytest.approx(n_detected / n_ref)
+
+
+# --- Bad input ----------------------------------------------------------------
+
+
+def test_shape_mismatch_is_rejected():
+  with pytest.raises(ValueError, match="shape mismatch"):
+    seg.dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
+
+
+@pytest.mark.parametrize("bad", [2, 0.5, math.nan, -1])
+def test_non_binary_values_are_rejected(bad):
+  ref = np.zeros((4, 4, 4))
+  pred = ref.copy()
+  pred[0, 0, 0] = bad
+  with pytest.raises(ValueError, match="pred is not binary"):
+    seg.evaluate_subject(pred, ref, (1.0, 1.0, 1.0))
+  with pytest.raises(ValueError, match="ref is not binary"):
+    seg.voe(ref, pred)
+
+
+@pytest.mark.parametrize(
+    "spacing", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, math.nan, 1.0)])
+def test_bad_spacing_is_rejected(spacing):
+  mask = _cube((5, 5, 5), (1, 1, 1), 2)
+  with pytest.raises(ValueError, match="spacing"):
+    seg.hd95(mask, mask, spacing)
+
+
+def test_wrong_dimensionality_and_bad_bins_are_rejected():
+  with pytest.raises(ValueError, match="2D or 3D"):
+    seg.dice(np.zeros(5), np.zeros(5))
+  mask = _cube((5, 5, 5), (1, 1, 1), 2)
+  with pytest.raises(ValueError, match="bins_ml"):
+    seg.lesion_recall_by_size(mask, mask, (1.0, 1.0, 1.0),
+                              bins_ml=(0.0, 1.0, 0.5))
+
+
+def test_aggregate_rejects_mismatched_keys_and_empty_input():
+  with pytest.raises(ValueError, match="subject 1"):
+    seg.aggregate([{"dice": 1.0}, {"voe": 0.0}])
+  with pytest.raises(ValueError, match="at least one subject"):
+    seg.aggregate([])
