@@ -103,8 +103,10 @@ def make_eval_step(model: unet.UNet, r: float, batch_dice: bool):
 class DataParallel:
   """The device mesh and the shardings of a data-parallel step."""
 
-  def __init__(self):
-    self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+  def __init__(self, devices: list[jax.Device] | None = None):
+    """Builds a 1-D mesh over `devices` (default: every device)."""
+    devices = devices or jax.devices()
+    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                               axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch = NamedSharding(self.mesh, P("data"))
@@ -177,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
 
   model = unet.unet_from_config(config.model)
   parallel = DataParallel()
-  state = create_train_state(config, model, jax.random.key(config.seed),
+  state = create_train_state(config, model, unet.init_key(config.seed),
                              len(config.data.modalities))
   state = jax.device_put(state, parallel.replicated)
   train_step = parallel.jit(make_train_step(model, config.r, config.batch_dice))

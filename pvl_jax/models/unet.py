@@ -172,3 +172,13 @@ def unet_from_config(model_config: Any) -> UNet:
       cls_hidden=model_config.cls_hidden,
       dtype=jnp.dtype(model_config.compute_dtype),
   )
+
+
+def init_key(seed: int) -> jax.Array:
+  """PRNG key for parameter initialisation.
+
+  Uses the "rbg" implementation: compiling the initialiser with the default
+  threefry keys takes ~20 s on a 2-core CPU even for a tiny U-Net, with rbg
+  ~4 s (measured). Initial values differ, their distribution does not.
+  """
+  return jax.random.key(seed, impl="rbg")

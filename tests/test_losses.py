@@ -1,0 +1,74 @@
+"""Loss values against hand-computed cases."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pvl_jax import losses
+
+# Foreground probability 0.75 everywhere: logits (0, log 3).
+LOGITS = jnp.tile(jnp.array([0.0, math.log(3.0)]), (1, 4, 1))  # (1, 4, 2)
+LABELS = jnp.array([[1, 1, 0, 0]])
+
+
+def test_soft_dice_hand_computed():
+  # intersection = 0.75 * 2, denominator = 0.75 * 4 + 2.
+  expected = 1 - (2 * 1.5 + 1e-5) / (5 + 1e-5)
+  assert float(losses.soft_dice_loss(LOGITS, LABELS)) == pytest.approx(
+      expected, abs=1e-6)
+
+
+def test_cross_entropy_hand_computed():
+  expected = (2 * -math.log(0.75) + 2 * -math.log(0.25)) / 4
+  assert float(losses.cross_entropy_loss(LOGITS, LABELS)) == pytest.approx(
+      expected, abs=1e-6)
+
+
+def test_perfect_prediction_has_near_zero_dice_loss():
+  logits = jnp.stack([jnp.where(LABELS == 0, 20.0, -20.0),
+                      jnp.where(LABELS == 1, 20.0, -20.0)], axis=-1)
+  assert float(losses.soft_dice_loss(logits, LABELS)) < 1e-6
+
+
+def test_batch_dice_pools_voxels_over_the_batch():
+  # Sample 0: p=0.75 on [1,1,0,0]; sample 1: same probs, no foreground.
+  logits = jnp.concatenate([LOGITS, LOGITS])
+  labels = jnp.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+  per_sample = 1 - ((3 + 1e-5) / (5 + 1e-5) + (0 + 1e-5) / (3 + 1e-5)) / 2
+  pooled = 1 - (3 + 1e-5) / (8 + 1e-5)
+  assert float(losses.soft_dice_loss(logits, labels)) == pytest.approx(
+      per_sample, abs=1e-6)
+  assert float(losses.soft_dice_loss(logits, labels, batch_dice=True)
+               ) == pytest.approx(pooled, abs=1e-6)
+
+
+def test_deep_supervision_weights():
+  np.testing.assert_allclose(losses.deep_supervision_weights(3),
+                             [4 / 7, 2 / 7, 1 / 7], rtol=1e-6)
+
+
+def test_downsample_labels_is_nearest_neighbour():
+  labels = jnp.arange(16).reshape(1, 4, 4)
+  np.testing.assert_array_equal(losses.downsample_labels(labels, (2, 2)),
+                                [[[0, 2], [8, 10]]])
+
+
+def test_segmentation_loss_weights_outputs():
+  coarse_logits = LOGITS[:, ::2]
+  coarse_labels = LABELS[:, ::2]
+  expected = (2 / 3 * losses.dice_ce_loss(LOGITS, LABELS)
+              + 1 / 3 * losses.dice_ce_loss(coarse_logits, coarse_labels))
+  got = losses.segmentation_loss([LOGITS, coarse_logits], LABELS)
+  assert float(got) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("r", [0.0, 0.3, 10.0])
+def test_joint_loss_is_r_times_cls_plus_seg(r):
+  cls_logit = jnp.zeros((1,))  # BCE of logit 0 is log 2 for either label
+  loss, parts = losses.joint_loss([LOGITS], cls_logit, LABELS,
+                                  jnp.array([1]), r)
+  seg = float(losses.dice_ce_loss(LOGITS, LABELS))
+  assert float(parts["cls_loss"]) == pytest.approx(math.log(2), abs=1e-6)
+  assert float(loss) == pytest.approx(r * math.log(2) + seg, abs=1e-5)
