@@ -1,0 +1,66 @@
+"""Config argument parsing, the sweep definition and config validation."""
+
+import pytest
+
+from configs import common
+from configs import joint
+from preprocessing.errors import InputError
+from pvl_jax import config_validation
+
+
+def test_parse_arg_types_and_flags():
+  arg = common.parse_arg("demo,r=0.3,fold=2", demo=False, r=1.0, fold=0)
+  assert arg.demo is True and arg.r == 0.3 and arg.fold == 2
+
+
+def test_parse_arg_rejects_unknown_key():
+  with pytest.raises(ValueError, match="'depth' is unknown"):
+    common.parse_arg("depth=3", demo=False)
+
+
+def test_parse_arg_rejects_bad_value():
+  with pytest.raises(ValueError, match="r=abc"):
+    common.parse_arg("r=abc", r=1.0)
+
+
+def test_demo_and_full_configs_validate():
+  config_validation.validate_config(joint.get_config())
+  config_validation.validate_config(joint.get_config("demo"))
+
+
+def test_sweep_crosses_r_folds_and_seeds():
+  points = []
+  joint.sweep(lambda **kw: points.append(kw), "folds=2,seeds=2")
+  assert len(points) == len(joint.SWEEP_R) * 4
+  assert {p["r"] for p in points} == set(joint.SWEEP_R)
+  assert {p["data.fold"] for p in points} == {0, 1}
+  assert 0.0 in joint.SWEEP_R  # r = 0: segmentation only
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("r", -0.1, "config.r: must be >= 0"),
+    ("batch_size", 0, "config.batch_size: must be >= 1"),
+    ("num_steps", 0, "config.num_steps"),
+    ("data.fold", 7, "config.data.fold: must be in"),
+    ("data.foreground_fraction", 1.5, "config.data.foreground_fraction"),
+    ("data.patch_size", (30, 32, 32), "divisible by the network's total stride"),
+    ("data.patch_size", (32, 32, 32, 32), "needs 2 (2D) or 3 (3D) entries"),
+    ("model.compute_dtype", "float8", "unknown dtype"),
+    ("inference.overlap", 1.0, "config.inference.overlap"),
+    ("data.synthetic.num_subjects", 3, "cannot fill 5 folds"),
+])
+def test_out_of_range_values_name_the_key(key, value, message):
+  config = joint.get_config("demo")
+  *parents, leaf = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+  with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_validation.validate_config(config)
+
+
+def test_patch_larger_than_volume_names_subject():
+  with pytest.raises(InputError, match="larger than the volume of sub-002"):
+    config_validation.validate_patch_size(
+        (32, 32, 32), {"sub-001": (40, 40, 40), "sub-002": (40, 30, 40)})
