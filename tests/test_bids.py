@@ -1,0 +1,211 @@
+"""Tests for preprocessing.bids: cohort discovery, participants.tsv checks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocessing import bids
+from preprocessing import nifti_io
+from preprocessing.errors import InputError
+
+GOOD_TSV = ("participant_id\tage\thand_function\n"
+            "sub-003\t7\t1\n"
+            "sub-001\t6\t0\n"
+            "sub-002\t9\t1\n")
+
+
+def _write_volume(path: Path) -> None:
+  nifti_io.save_nifti(np.zeros((4, 4, 4)), np.eye(4), path, np.uint8)
+
+
+def _make_cohort(root: Path, tsv: str = GOOD_TSV,
+                 modalities: tuple[str, ...] = ("FLAIR",),
+                 brain_masks: tuple[str, ...] = ("sub-001", "sub-002")
+                 ) -> Path:
+  """A cohort of 4x4x4 volumes for every participant listed in `tsv`."""
+  root.mkdir(parents=True, exist_ok=True)
+  (root / "participants.tsv").write_text(tsv, encoding="utf-8")
+  ids = [line.split("\t")[0] for line in tsv.splitlines()[1:]]
+  for pid in ids:
+    for modality in modalities:
+      _write_volume(root / pid / "anat" / f"{pid}_{modality}.nii.gz")
+    _write_volume(root / "derivatives" / "lesions" / pid / "anat"
+                  / f"{pid}_label-lesion_mask.nii.gz")
+    if pid in brain_masks:
+      _write_volume(root / "derivatives" / "synthetic" / pid / "anat"
+                    / f"{pid}_desc-brain_mask.nii.gz")
+  return root
+
+
+def _tsv(tmp_path: Path, content: str | bytes) -> Path:
+  path = tmp_path / "participants.tsv"
+  if isinstance(content, str):
+    content = content.encode("utf-8")
+  path.write_bytes(content)
+  return path
+
+
+def _error(function, *args, **kwargs) -> str:
+  with pytest.raises(InputError) as info:
+    function(*args, **kwargs)
+  return str(info.value)
+
+
+def test_good_cohort_sorted(tmp_path):
+  root = _make_cohort(tmp_path / "cohort", modalities=("FLAIR", "T1w"))
+  subjects = bids.load_cohort(root, modalities=("FLAIR", "T1w"))
+  assert [s.participant_id for s in subjects] == ["sub-001", "sub-002",
+                                                  "sub-003"]
+  assert [s.hand_function for s in subjects] == [0, 1, 1]
+  first = subjects[0]
+  assert first.image_paths == {
+      "FLAIR": root / "sub-001" / "anat" / "sub-001_FLAIR.nii.gz",
+      "T1w": root / "sub-001" / "anat" / "sub-001_T1w.nii.gz"}
+  assert first.lesion_mask_path == (
+      root / "derivatives" / "lesions" / "sub-001" / "anat"
+      / "sub-001_label-lesion_mask.nii.gz")
+  assert first.brain_mask_path == (
+      root / "derivatives" / "synthetic" / "sub-001" / "anat"
+      / "sub-001_desc-brain_mask.nii.gz")
+  assert subjects[2].brain_mask_path is None
+  for subject in subjects:
+    assert all(p.is_file() for p in subject.image_paths.values())
+    assert subject.lesion_mask_path.is_file()
+
+
+def test_uncompressed_nii_found(tmp_path):
+  root = _make_cohort(tmp_path / "cohort")
+  gz = root / "sub-002" / "anat" / "sub-002_FLAIR.nii.gz"
+  gz.rename(gz.with_name("sub-002_FLAIR.nii"))
+  subjects = bids.load_cohort(root)
+  assert subjects[1].image_paths["FLAIR"].name == "sub-002_FLAIR.nii"
+
+
+def test_both_nii_and_nii_gz_is_ambiguous(tmp_path):
+  root = _make_cohort(tmp_path / "cohort")
+  _write_volume(root / "sub-002" / "anat" / "sub-002_FLAIR.nii")
+  message = _error(bids.load_cohort, root)
+  assert "sub-002_FLAIR.nii.gz: ambiguous" in message
+
+
+def test_read_participants_file_order(tmp_path):
+  labels = bids.read_participants(_tsv(tmp_path, GOOD_TSV))
+  assert list(labels.items()) == [("sub-003", 1), ("sub-001", 0),
+                                  ("sub-002", 1)]
+
+
+def test_read_participants_other_label_column_and_bom(tmp_path):
+  path = _tsv(tmp_path, "\ufeffoutcome\tparticipant_id\r\n1\tsub-A1\r\n\r\n")
+  assert bids.read_participants(path, label_column="outcome") == {"sub-A1": 1}
+
+
+def test_participants_missing(tmp_path):
+  path = tmp_path / "participants.tsv"
+  assert _error(bids.read_participants, path) == f"{path}: file not found"
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", ["no participants", "empty"]),
+    ("participant_id\thand_function\n", ["no participants", "only a header"]),
+    ("subject\thand_function\nsub-01\t1\n",
+     ["line 1", "no 'participant_id' column", "'subject', 'hand_function'"]),
+    ("participant_id\tgroup\nsub-01\t1\n",
+     ["line 1", "no 'hand_function' column", "'participant_id', 'group'"]),
+    ("participant_id hand_function\nsub-01 1\n",
+     ["no 'participant_id' column", "tab-separated"]),
+    ("participant_id\thand_function\nsub-01\t1\tx\n",
+     ["line 2", "3 fields", "header has 2"]),
+    ("participant_id\thand_function\nsub-01\t1\nsub-02\t0\nsub-01\t1\n"
+     "sub-02\t0\n",
+     ["duplicate", "sub-01 (lines 2, 4)", "sub-02 (lines 3, 5)"]),
+])
+def test_participants_table_defects(tmp_path, content, words):
+  path = _tsv(tmp_path, content)
+  message = _error(bids.read_participants, path)
+  assert message.startswith(f"{path}: ")
+  for word in words:
+    assert word in message, message
+
+
+@pytest.mark.parametrize("participant_id", [
+    "../x", "sub-01/..", "sub-01/x", "sub-01.x", "sub-", "01", "SUB-01",
+    "sub-0 1", "sub-ü1"])
+def test_invalid_participant_ids(tmp_path, participant_id):
+  path = _tsv(tmp_path, "participant_id\thand_function\n"
+                        f"sub-00\t0\n{participant_id}\t1\n")
+  message = _error(bids.read_participants, path)
+  assert message.startswith(f"{path}: line 3: participant_id ")
+  assert repr(participant_id) in message and "not of the form" in message
+
+
+def test_empty_participant_id(tmp_path):
+  path = _tsv(tmp_path, "participant_id\thand_function\n\t1\n")
+  message = _error(bids.read_participants, path)
+  assert message == (f"{path}: line 2: participant_id '' is not of the form "
+                     "sub-<label> (label: letters and digits only)")
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "nan", "0.5", "1.0", "-1"])
+def test_non_binary_labels(tmp_path, value):
+  path = _tsv(tmp_path, f"participant_id\thand_function\nsub-01\t{value}\n")
+  message = _error(bids.read_participants, path)
+  assert message == (f"{path}: line 2: hand_function is {value!r}, must be 0 "
+                     "or 1")
+
+
+@pytest.mark.parametrize("value", ["", "n/a"])
+def test_missing_labels(tmp_path, value):
+  path = _tsv(tmp_path, "participant_id\thand_function\nsub-01\t0\n"
+                        f"sub-02\t{value}\n")
+  message = _error(bids.read_participants, path)
+  assert message == f"{path}: line 3: missing hand_function value"
+
+
+def test_latin1_participants(tmp_path):
+  content = "participant_id\thand_function\tsite\nsub-01\t1\tKöln\n"
+  path = _tsv(tmp_path, content.encode("latin-1"))
+  before = path.read_bytes()
+  message = _error(bids.read_participants, path)
+  assert message.startswith(f"{path}: line 2: not UTF-8")
+  assert "0xf6" in message and "re-save the file as UTF-8" in message
+  assert path.read_bytes() == before
+
+
+def test_cohort_dir_missing(tmp_path):
+  root = tmp_path / "nowhere"
+  message = _error(bids.load_cohort, root)
+  assert message == f"{root}: BIDS cohort directory not found"
+
+
+def test_cohort_participants_defect_propagates(tmp_path):
+  root = _make_cohort(tmp_path / "cohort",
+                      tsv="participant_id\thand_function\nsub-01\tyes\n")
+  message = _error(bids.load_cohort, root)
+  assert message.startswith(f"{root / 'participants.tsv'}: line 2")
+
+
+def test_missing_scan(tmp_path):
+  root = _make_cohort(tmp_path / "cohort", modalities=("FLAIR", "T1w"))
+  expected = root / "sub-002" / "anat" / "sub-002_T1w.nii.gz"
+  expected.unlink()
+  message = _error(bids.load_cohort, root, modalities=("FLAIR", "T1w"))
+  assert message == f"{expected}: sub-002 has no T1w scan (file not found)"
+
+
+def test_scan_folder_without_row(tmp_path):
+  root = _make_cohort(tmp_path / "cohort")
+  _write_volume(root / "sub-004" / "anat" / "sub-004_FLAIR.nii.gz")
+  (root / "sub-005").mkdir()
+  message = _error(bids.load_cohort, root)
+  assert message.startswith(f"{root / 'participants.tsv'}: no row for scan "
+                            "folder(s) sub-004, sub-005")
+
+
+def test_missing_lesion_mask(tmp_path):
+  root = _make_cohort(tmp_path / "cohort")
+  expected = (root / "derivatives" / "lesions" / "sub-003" / "anat"
+              / "sub-003_label-lesion_mask.nii.gz")
+  expected.unlink()
+  message = _error(bids.load_cohort, root)
+  assert message == f"{expected}: sub-003 has no lesion mask (file not found)"
