@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from preprocessing import bids
 from preprocessing import nifti_io
 from preprocessing import normalize
+from preprocessing.errors import InputError
 
 # Voxels kept around the brain's bounding box when cropping.
 CROP_MARGIN = 2
@@ -202,7 +203,12 @@ def build(cohort_dir: str | Path, data_dir: str | Path,
 
   Returns:
     The prepared builder (use `builder.as_data_source(split)`).
+
+  Raises:
+    InputError: the cohort is missing or invalid (from `bids.load_cohort`).
   """
+  if not Path(cohort_dir).is_dir():
+    raise InputError(f"{cohort_dir}: cohort directory does not exist")
   builder = PVLCohort(data_dir=str(data_dir), config=config or "default")
   builder.download_and_prepare(
       file_format="array_record",

@@ -9,3 +9,62 @@ def pytest_configure(config):
   del config
   if not flags.FLAGS.is_parsed():
     flags.FLAGS(sys.argv[:1])
+
+
+import numpy as np
+import pytest
+
+from preprocessing import nifti_io
+
+TINY_SHAPE = (28, 32, 24)
+TINY_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def write_tiny_cohort(root, num_subjects: int = 10, seed: int = 0):
+  """A small BIDS cohort: ellipsoid brains with bright blob lesions.
+
+  Hand function is bad exactly when a subject has 2 or more lesions, and
+  every subject has at least one lesion.
+  """
+  rng = np.random.default_rng(seed)
+  grid = np.stack(np.meshgrid(*[np.arange(s) for s in TINY_SHAPE],
+                              indexing="ij"), -1)
+  center = np.array(TINY_SHAPE) / 2
+  brain = (((grid - center) / (center - 2)) ** 2).sum(-1) < 1
+  rows = ["participant_id\thand_function"]
+  for i in range(1, num_subjects + 1):
+    sid = f"sub-{i:03d}"
+    lesion = np.zeros(TINY_SHAPE, bool)
+    count = 1 + i % 3
+    for _ in range(count):
+      c = center + rng.uniform(-5, 5, 3)
+      lesion |= (((grid - c) / 2.0) ** 2).sum(-1) < 1
+    lesion &= brain
+    image = np.where(brain, 1.0 + 0.1 * rng.normal(size=TINY_SHAPE), 0.0)
+    image = np.where(lesion, 2.0, image).astype(np.float32)
+    nifti_io.save_nifti(image, TINY_AFFINE,
+                        root / sid / "anat" / f"{sid}_FLAIR.nii.gz", np.float32)
+    nifti_io.save_nifti(
+        lesion.astype(np.uint8), TINY_AFFINE,
+        root / "derivatives" / "lesions" / sid / "anat" /
+        f"{sid}_label-lesion_mask.nii.gz", np.uint8)
+    nifti_io.save_nifti(
+        brain.astype(np.uint8), TINY_AFFINE,
+        root / "derivatives" / "synthetic" / sid / "anat" /
+        f"{sid}_desc-brain_mask.nii.gz", np.uint8)
+    rows.append(f"{sid}\t{int(count >= 2)}")
+  (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+  return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+  """Path of a 10-subject tiny BIDS cohort (read-only for tests)."""
+  return write_tiny_cohort(tmp_path_factory.mktemp("tiny_cohort"))
+
+
+@pytest.fixture(scope="session")
+def tiny_builder(tiny_cohort, tmp_path_factory):
+  """The TFDS dataset of the tiny cohort, built once per session."""
+  from preprocessing import tfds_builder  # pylint: disable=g-import-not-at-top
+  return tfds_builder.build(tiny_cohort, tmp_path_factory.mktemp("tfds"))
