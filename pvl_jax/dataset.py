@@ -20,7 +20,6 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from preprocessing import synthetic
 from preprocessing import tfds_builder
 from preprocessing.errors import InputError
 
@@ -49,6 +48,9 @@ def _digest(text: str) -> str:
 
 def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
   """Generates (once) and returns the embedded synthetic cohort directory."""
+  # Imported here: the generator pulls in nilearn (seconds to import), which
+  # a run on a user's cohort never needs.
+  from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
   spec = config.data.synthetic
   params = synthetic.CohortParams(resolution_mm=spec.resolution_mm)
   key = _digest(repr((spec.num_subjects, spec.seed, dataclasses.asdict(params))))

@@ -79,7 +79,7 @@ def make_train_step(model: unet.UNet, r: float, batch_dice: bool):
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     new_state = state.apply_gradients(grads=grads)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads),
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                        **parts}
 
   return train_step

@@ -1,0 +1,121 @@
+"""Training end to end on a tiny cohort: outputs, resume, CLI errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import joint
+from pvl_jax import train
+
+
+def tiny_config(cohort, cache, r=0.5):
+  config = joint.get_config("demo")
+  config.r = r
+  config.data.cohort_dir = str(cohort)
+  config.data.cache_dir = str(cache)
+  config.data.patch_size = (16, 16, 16)
+  config.data.num_workers = 0
+  config.model.features = (4, 8, 16)
+  config.batch_size = 2
+  config.num_steps = 4
+  config.log_every = 2
+  config.eval_every = 2
+  config.eval_patches = 2
+  config.checkpoint_every = 2
+  config.inference.batch_size = 2
+  config.inference.num_plot_subjects = 1
+  return config
+
+
+def _params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(
+      (workdir / "checkpoints" / str(step) / "state").absolute())
+  return restored["params"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cohort, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  cache = tmp_path_factory.mktemp("cache")
+  results = train.train_and_evaluate(tiny_config(tiny_cohort, cache), workdir)
+  return workdir, cache, results
+
+
+def test_results_json_shape(trained):
+  workdir, _, results = trained
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["test"]["dice_mean"] == pytest.approx(
+      results["test"]["dice_mean"])
+  for split in ("val", "test"):
+    for key in ("dice_mean", "voe_mean", "cls_accuracy", "cls_f1", "cls_auc"):
+      assert key in on_disk[split], (split, key)
+    assert 0.0 <= on_disk[split]["dice_mean"] <= 1.0
+    assert on_disk[split]["num_subjects"] == 2
+  assert "test_dice_mean" in on_disk["threshold_baseline"]
+
+
+def test_run_artifacts(trained):
+  workdir, _, _ = trained
+  for name in ("predictions.png", "training_curves.png", "config.json",
+               "metrics.jsonl"):
+    assert (workdir / name).stat().st_size > 0, name
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit()) == [2, 4]
+  steps = [json.loads(l)["step"] for l in
+           (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [2, 2, 4, 4]  # train + validation lines
+
+
+def test_resume_from_latest_checkpoint_is_exact(trained, tiny_cohort,
+                                                tmp_path):
+  workdir, cache, _ = trained
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
+  shutil.rmtree(resumed / "checkpoints" / "4")  # as if killed after step 2
+  train.train_and_evaluate(tiny_config(tiny_cohort, cache), resumed)
+  expected, got = _params(workdir, 4), _params(resumed, 4)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_r_zero_has_no_classification_metrics(tiny_cohort, tmp_path):
+  config = tiny_config(tiny_cohort, tmp_path / "cache", r=0.0)
+  config.num_steps = 1
+  results = train.train_and_evaluate(config, tmp_path / "run")
+  assert "cls_accuracy" not in results["test"]
+
+
+def _main(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "pvl_jax.main", *args],
+                        capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_cli_rejects_negative_r(tmp_path, request):
+  result = _main("--config=configs/joint.py:demo", "--config.r=-1",
+                 f"--workdir={tmp_path / 'run'}", cwd=request.config.rootpath)
+  assert result.returncode == 2
+  assert "config.r: must be >= 0" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_cli_rejects_cohort_missing_label_column(tiny_cohort, tmp_path,
+                                                 request):
+  cohort = tmp_path / "cohort"
+  shutil.copytree(tiny_cohort, cohort)
+  tsv = cohort / "participants.tsv"
+  tsv.write_text(tsv.read_text().replace("hand_function", "hand"))
+  result = _main("--config=configs/joint.py:demo",
+                 f"--config.data.cohort_dir={cohort}",
+                 f"--config.data.cache_dir={tmp_path / 'cache'}",
+                 f"--workdir={tmp_path / 'run'}", cwd=request.config.rootpath)
+  assert result.returncode == 2
+  assert "participants.tsv" in result.stderr
+  assert "hand_function" in result.stderr
+  assert not (tmp_path / "run" / "results.json").exists()
