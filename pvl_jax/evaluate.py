@@ -17,6 +17,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from preprocessing import nifti_io
+from preprocessing import normalize
 from pvl_jax import inference
 from pvl_jax import plotting
 from pvl_jax.evaluation import classification
@@ -121,11 +123,33 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   plotting.prediction_overlays(
       sources["test"], splits["test"]["predictions"],
       workdir / "predictions.png", config.inference.num_plot_subjects)
+  save_predictions(sources["test"], splits["test"]["predictions"],
+                   workdir / "predictions")
   logging.info("val dice %.4f test dice %.4f (threshold baseline test dice "
                "%.4f)", results["val"]["dice_mean"],
                results["test"]["dice_mean"],
                results["threshold_baseline"]["test_dice_mean"])
   return results
+
+
+def save_predictions(source: Any, predictions: Mapping[str, np.ndarray],
+                     out_dir: Path) -> None:
+  """Writes each predicted mask as NIfTI in its subject's original grid.
+
+  The crop is undone (zero outside it) and the original affine restored, so
+  `<out_dir>/<subject>_pred.nii.gz` overlays the scan the record came from
+  (for the template-space cohort: template space, as the baseline needs).
+  """
+  for i in range(len(source)):
+    record = source[i]
+    subject = _subject_id(record)
+    start = np.asarray(record["crop_start"])
+    full = np.zeros(tuple(record["original_shape"]), np.uint8)
+    pred = predictions[subject]
+    full[tuple(slice(a, a + n) for a, n in zip(start, pred.shape))] = pred
+    affine = normalize.crop_affine(np.asarray(record["affine"]), tuple(-start))
+    nifti_io.save_nifti(full, affine, out_dir / f"{subject}_pred.nii.gz",
+                        np.uint8)
 
 
 def threshold_baseline_results(sources: Mapping[str, Any]) -> dict[str, float]:

@@ -66,11 +66,25 @@ def test_run_artifacts(trained):
                "metrics.jsonl"):
     assert (workdir / name).stat().st_size > 0, name
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  predictions = sorted((workdir / "predictions").glob("sub-*_pred.nii.gz"))
+  assert len(predictions) == 2
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [2, 4]
   steps = [json.loads(l)["step"] for l in
            (workdir / "metrics.jsonl").read_text().splitlines()]
   assert steps == [2, 2, 4, 4]  # train + validation lines
+
+
+def test_predictions_are_in_the_original_grid(trained, tiny_cohort):
+  from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top
+  workdir, _, _ = trained
+  for path in (workdir / "predictions").glob("sub-*_pred.nii.gz"):
+    subject = path.name.split("_")[0]
+    _, affine = nifti_io.load_volume(
+        tiny_cohort / subject / "anat" / f"{subject}_FLAIR.nii.gz")
+    pred, pred_affine = nifti_io.load_volume(path)
+    np.testing.assert_allclose(pred_affine, affine, atol=1e-5)
+    assert pred.shape == (28, 32, 24)
 
 
 def test_resume_from_latest_checkpoint_is_exact(trained, tiny_cohort,
