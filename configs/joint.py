@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 2  # global; must be divisible by the device count
   config.num_steps = 20_000
   config.batch_dice = False
+  # NaN/Inf loss or gradients: "stop" (name the step and subjects, keep the
+  # last good checkpoint) or "skip" (leave parameters unchanged, count it).
+  config.nonfinite = "stop"
 
   config.log_every = 50
   config.eval_every = 1_000  # validation loss/Dice on fixed patches

@@ -31,6 +31,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be >= 1 (got {config.num_steps})")
   for key in ("log_every", "eval_every", "checkpoint_every"):
     _require(config[key] >= 1, key, f"must be >= 1 (got {config[key]})")
+  _require(config.nonfinite in ("stop", "skip"), "nonfinite",
+           f"must be 'stop' or 'skip' (got {config.nonfinite!r})")
   _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
            f"must be > 0 (got {config.optimizer.learning_rate})")
 

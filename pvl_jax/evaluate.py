@@ -36,6 +36,11 @@ def volume_shapes(sources: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
+def subject_ids(source: Any) -> list[str]:
+  """Subject id of every record of a split, in record order."""
+  return [_subject_id(source[i]) for i in range(len(source))]
+
+
 def patch_validation(eval_step, params, batches: Sequence[Mapping[str, np.ndarray]],
                      parallel) -> dict[str, float]:
   """Mean loss and hard Dice over fixed validation patches."""

@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pvl_jax import preemption
 from pvl_jax import train
 from preprocessing.errors import InputError
 
@@ -41,6 +42,12 @@ def main(argv):
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except train.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(143)  # the conventional status of a SIGTERM'd process
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pvl_jax import evaluate
 from pvl_jax import input_pipeline
 from pvl_jax import losses
 from pvl_jax import plotting
+from pvl_jax import preemption
 from pvl_jax.models import unet
 from preprocessing.atomic import atomic_write_text
 
@@ -53,8 +54,12 @@ def make_optimizer(config: ml_collections.ConfigDict
       init_value=0.0, peak_value=opt.learning_rate,
       warmup_steps=min(opt.warmup_steps, config.num_steps - 1),
       decay_steps=config.num_steps, end_value=opt.learning_rate * 1e-2)
-  return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm),
-                     optax.adamw(schedule, weight_decay=opt.weight_decay))
+  tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm),
+                   optax.adamw(schedule, weight_decay=opt.weight_decay))
+  if config.nonfinite == "skip":
+    # Steps with NaN/Inf gradients leave parameters unchanged and are counted.
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=10**9)
+  return tx
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
@@ -203,34 +208,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
 
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
   history_path = workdir / "metrics.jsonl"
+  train_ids = evaluate.subject_ids(sources["train"])
   train_metrics = None
   window_start, window_steps = time.perf_counter(), 0
-  for step in range(start_step + 1, config.num_steps + 1):
-    batch = parallel.global_batch(next(data_iter))
-    state, step_metrics = train_step(state, batch)
-    update = TrainMetrics.single_from_model_output(**step_metrics)
-    train_metrics = update if train_metrics is None else train_metrics.merge(update)
-    window_steps += 1
+  # The previous step's outputs, checked for NaN one step late so that the
+  # host never waits for the device between steps.
+  pending = None
+  try:
+    with preemption.PreemptionGuard() as guard:
+      for step in range(start_step + 1, config.num_steps + 1):
+        local_batch_np = next(data_iter)
+        state, step_metrics = train_step(
+            state, parallel.global_batch(local_batch_np))
+        if pending is not None and config.nonfinite == "stop":
+          _check_finite(*pending, train_ids)
+        pending = (step, step_metrics, local_batch_np["subject_index"])
+        update = TrainMetrics.single_from_model_output(**step_metrics)
+        train_metrics = (update if train_metrics is None
+                         else train_metrics.merge(update))
+        window_steps += 1
 
-    if step % config.log_every == 0 or step == config.num_steps:
-      summary = {f"train/{k}": float(v)
-                 for k, v in train_metrics.compute().items()}
-      rate = window_steps / (time.perf_counter() - window_start)
-      summary["train/steps_per_s"] = rate
-      logging.info(_log_line(step, config.num_steps, summary, rate))
-      _write_scalars(writer, history_path, step, summary)
-      train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+        if step % config.log_every == 0 or step == config.num_steps:
+          summary = {f"train/{k}": float(v)
+                     for k, v in train_metrics.compute().items()}
+          rate = window_steps / (time.perf_counter() - window_start)
+          summary["train/steps_per_s"] = rate
+          if config.nonfinite == "skip":
+            summary["train/skipped_nonfinite"] = float(
+                state.opt_state.total_notfinite)
+          logging.info(_log_line(step, config.num_steps, summary, rate))
+          _write_scalars(writer, history_path, step, summary)
+          train_metrics, window_start, window_steps = None, time.perf_counter(), 0
 
-    if step % config.eval_every == 0 or step == config.num_steps:
-      summary = evaluate.patch_validation(eval_step, state.params, val_batches,
-                                          parallel)
-      logging.info("step %d validation %s", step, summary)
-      _write_scalars(writer, history_path, step, summary)
+        if step % config.eval_every == 0 or step == config.num_steps:
+          summary = evaluate.patch_validation(eval_step, state.params,
+                                              val_batches, parallel)
+          logging.info("step %d validation %s", step, summary)
+          _write_scalars(writer, history_path, step, summary)
 
-    if step % config.checkpoint_every == 0 or step == config.num_steps:
-      _save(manager, step, state, data_iter)
-  manager.wait_until_finished()
-  writer.flush()
+        final = step == config.num_steps or guard.requested
+        if step % config.checkpoint_every == 0 or final:
+          if config.nonfinite == "stop":
+            _check_finite(*pending, train_ids)  # never checkpoint a NaN state
+          _save(manager, step, state, data_iter)
+        if guard.requested:
+          raise preemption.Preempted(
+              f"SIGTERM received: checkpoint saved at step {step} in "
+              f"{workdir / 'checkpoints'}; rerun the same command to resume")
+  finally:
+    # Finish pending async saves even when the loop raises (NaN, SIGTERM),
+    # so the last good checkpoint is complete on disk.
+    manager.wait_until_finished()
+    writer.flush()
 
   results = evaluate.evaluate_model(model, state.params, sources, config,
                                     workdir)
@@ -239,6 +268,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   writer.close()
   manager.close()
   return results
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradients of a training step were NaN or infinite."""
+
+
+def _check_finite(step: int, metrics: dict[str, jax.Array],
+                  subject_index: np.ndarray, subject_ids: list[str]) -> None:
+  """Raises NonFiniteError naming the step and the subjects of its batch."""
+  loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    return
+  subjects = sorted({subject_ids[i] for i in np.asarray(subject_index)})
+  raise NonFiniteError(
+      f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step "
+      f"{step}; batch subjects (this process): {', '.join(subjects)}. The "
+      "last checkpoint before this step is kept; set config.nonfinite='skip' "
+      "to skip such steps instead")
 
 
 def _write_scalars(writer: tensorboardX.SummaryWriter, history_path: Path,
