@@ -64,3 +64,19 @@ def test_patch_larger_than_volume_names_subject():
   with pytest.raises(InputError, match="larger than the volume of sub-002"):
     config_validation.validate_patch_size(
         (32, 32, 32), {"sub-001": (40, 40, 40), "sub-002": (40, 30, 40)})
+
+
+def test_unet3d_is_joint_with_r_zero():
+  from configs import unet3d  # pylint: disable=g-import-not-at-top
+  config = unet3d.get_config("demo")
+  assert config.r == 0.0
+  assert config.model.features == joint.get_config("demo").model.features
+
+
+@pytest.mark.parametrize("arg", [None, "demo"])
+def test_unet2d_config_is_2d_and_valid(arg):
+  from configs import unet2d  # pylint: disable=g-import-not-at-top
+  config = unet2d.get_config(arg)
+  assert len(config.data.patch_size) == 2
+  assert all(len(s) == 2 for s in config.model.strides)
+  config_validation.validate_config(config)

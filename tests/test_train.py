@@ -133,3 +133,15 @@ def test_cli_rejects_cohort_missing_label_column(tiny_cohort, tmp_path,
   assert "participants.tsv" in result.stderr
   assert "hand_function" in result.stderr
   assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_2d_model_trains_and_is_evaluated_on_volumes(tiny_cohort, tmp_path):
+  config = tiny_config(tiny_cohort, tmp_path / "cache", r=0.0)
+  config.data.patch_size = (16, 16)
+  config.model.strides = ((1, 1), (2, 2), (2, 2))
+  config.model.kernel_sizes = ((3, 3),) * 3
+  config.num_steps = 2
+  results = train.train_and_evaluate(config, tmp_path / "run")
+  assert results["test"]["num_subjects"] == 2
+  assert 0.0 <= results["test"]["dice_mean"] <= 1.0
+  assert len(list((tmp_path / "run" / "predictions").glob("*.nii.gz"))) == 2
