@@ -110,8 +110,7 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
             "test": evaluate_split(window_fn, sources["test"], config, "test")}
   results: dict[str, Any] = {}
   for name, split in splits.items():
-    results[name] = {"num_subjects": len(split["per_subject"]),
-                     **segmentation.aggregate(
+    results[name] = {**segmentation.aggregate(
                          [_metrics_only(row) for row in split["per_subject"]]),
                      "per_subject": split["per_subject"]}
   if config.r > 0:

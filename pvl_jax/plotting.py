@@ -78,9 +78,13 @@ def training_curves(history_path: Path, path: Path) -> None:
     for key, value in entry.items():
       series.setdefault(key, {})[step] = value
   keys = sorted(k for k in series if not k.endswith("steps_per_s"))
-  fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3),
+  cols = min(len(keys), 4)
+  rows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows),
                            squeeze=False)
-  for ax, key in zip(axes[0], keys):
+  for ax in axes.flat[len(keys):]:
+    ax.axis("off")
+  for ax, key in zip(axes.flat, keys):
     steps = sorted(series[key])
     ax.plot(steps, [series[key][s] for s in steps], marker=".")
     ax.set_title(key, fontsize=8)

@@ -56,7 +56,7 @@ def test_results_json_shape(trained):
     for key in ("dice_mean", "voe_mean", "cls_accuracy", "cls_f1", "cls_auc"):
       assert key in on_disk[split], (split, key)
     assert 0.0 <= on_disk[split]["dice_mean"] <= 1.0
-    assert on_disk[split]["num_subjects"] == 2
+    assert on_disk[split]["n_subjects"] == 2
   assert "test_dice_mean" in on_disk["threshold_baseline"]
 
 
@@ -142,6 +142,6 @@ def test_2d_model_trains_and_is_evaluated_on_volumes(tiny_cohort, tmp_path):
   config.model.kernel_sizes = ((3, 3),) * 3
   config.num_steps = 2
   results = train.train_and_evaluate(config, tmp_path / "run")
-  assert results["test"]["num_subjects"] == 2
+  assert results["test"]["n_subjects"] == 2
   assert 0.0 <= results["test"]["dice_mean"] <= 1.0
   assert len(list((tmp_path / "run" / "predictions").glob("*.nii.gz"))) == 2
