@@ -131,7 +131,15 @@ def with_subject_index(source: Any) -> grain.MapDataset:
 def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
                   batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
-  """Infinite stream of training batches for this process.
+  """Infinite stream of this process's slices of the global training batches.
+
+  The global stream of patches is a pure function of the seed: element i of
+  the (shuffled, repeated) subject sequence, cut and augmented with element
+  i's own random generator. Global batch b holds elements
+  [b * G, (b + 1) * G) for G = batch_size * process_count, and process p
+  computes only its slice [b * G + p * batch_size, ... + batch_size). So the
+  global batch, and with it training, is the same for any number of
+  processes, and each process reads only its own share of the data.
 
   Args:
     source: random-access TFDS data source of the training split.
@@ -140,17 +148,24 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
     batch_size: per-process batch size.
     seed: shuffling and augmentation seed.
     process_index: this process's index (multi-host data loading).
-    process_count: number of processes; each reads its own subject shard.
+    process_count: number of processes.
 
   Returns:
     A grain IterDataset of dict batches (image, label, hand_function,
     subject_index); with worker processes when data_config.num_workers > 0.
   """
-  ds = with_subject_index(source)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat()
-  ds = ds.random_map(PatchSampler(data_config.patch_size,
-                                  data_config.foreground_fraction,
-                                  data_config.augment.to_dict()), seed=seed)
+  patches = with_subject_index(source).shuffle(seed=seed).repeat()
+  patches = patches.random_map(
+      PatchSampler(data_config.patch_size, data_config.foreground_fraction,
+                   data_config.augment.to_dict()), seed=seed)
+  global_batch = batch_size * process_count
+
+  def global_element(i: int) -> int:
+    return (i // batch_size) * global_batch + process_index * batch_size + (
+        i % batch_size)
+
+  ds = grain.MapDataset.range(len(patches) // process_count).map(
+      lambda i: patches[global_element(i)])
   ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
   if data_config.num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
