@@ -32,6 +32,7 @@ from pvl_jax import dataset
 from pvl_jax import evaluate
 from pvl_jax import input_pipeline
 from pvl_jax import losses
+from pvl_jax import planning
 from pvl_jax import plotting
 from pvl_jax import preemption
 from pvl_jax.models import unet
@@ -160,17 +161,16 @@ def _log_line(step: int, num_steps: int, summary: dict[str, float],
           f"ETA {eta / 60:.1f} min")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
-                       ) -> dict[str, Any]:
-  """Trains the configured model, then evaluates it; resumes from workdir.
+def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
+                ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """Validates the config, prepares the dataset and (optionally) the plan.
 
   Args:
     config: training config (see configs/joint.py).
-    workdir: where checkpoints, TensorBoard events, metrics.jsonl, PNGs and
-      results.json go.
+    workdir: the run directory (created; the resolved config.json goes there).
 
   Returns:
-    The results dict also written to `<workdir>/results.json`.
+    (config with the plan applied, split name -> data source).
   """
   config_validation.validate_config(config)
   workdir = Path(workdir)
@@ -179,9 +179,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
 
   builder = dataset.prepare(config)
   sources = dataset.split_sources(builder, config)
+  if config.plan:
+    config = planning.plan_and_apply(config, sources["train"],
+                                     builder.data_dir, workdir,
+                                     jax.device_count())
+    config_validation.validate_config(config)
+    atomic_write_text(workdir / "config.json",
+                      config.to_json_best_effort(indent=2))
   config_validation.validate_patch_size(
       config.data.patch_size, evaluate.volume_shapes(sources))
+  return config, sources
 
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path,
+          sources: dict[str, Any]) -> Any:
+  """Trains (resuming from `workdir`'s latest checkpoint) and returns params.
+
+  Args:
+    config: the prepared config (from `prepare_run`).
+    workdir: where checkpoints, TensorBoard events and metrics.jsonl go.
+    sources: split name -> data source (from `prepare_run`).
+
+  Returns:
+    The final parameters (replicated over the devices).
+  """
+  workdir = Path(workdir)
   model = unet.unet_from_config(config.model)
   parallel = DataParallel()
   state = create_train_state(config, model, unet.init_key(config.seed),
@@ -259,14 +281,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
     # Finish pending async saves even when the loop raises (NaN, SIGTERM),
     # so the last good checkpoint is complete on disk.
     manager.wait_until_finished()
-    writer.flush()
+    manager.close()
+    writer.close()
 
-  results = evaluate.evaluate_model(model, state.params, sources, config,
-                                    workdir)
-  plotting.training_curves(history_path, workdir / "training_curves.png")
+  return state.params
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
+                       ) -> dict[str, Any]:
+  """Trains the configured model, then evaluates it; resumes from workdir.
+
+  Args:
+    config: training config (see configs/joint.py).
+    workdir: where checkpoints, TensorBoard events, metrics.jsonl, PNGs and
+      results.json go.
+
+  Returns:
+    The results dict also written to `<workdir>/results.json`.
+  """
+  workdir = Path(workdir)
+  config, sources = prepare_run(config, workdir)
+  # Replicated parameters: every process holds them whole; evaluation runs
+  # on one process, on its local device.
+  params = jax.device_get(train(config, workdir, sources))
+  if jax.process_index() != 0:
+    return {}
+  model = unet.unet_from_config(config.model)
+  results = evaluate.evaluate_model(model, params, sources, config, workdir)
+  plotting.training_curves(workdir / "metrics.jsonl",
+                           workdir / "training_curves.png")
   atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
-  writer.close()
-  manager.close()
   return results
 
 
