@@ -61,13 +61,13 @@ def predict_volume(window_fn: inference.WindowFn, image: np.ndarray,
   spatial axis and its slices stacked back into a volume.
   """
   if len(patch_size) == 3:
-    return inference.sliding_window_predict(window_fn, image, patch_size,
-                                            overlap, batch_size)
-  slices = [inference.sliding_window_predict(window_fn, image[:, :, z],
-                                             patch_size, overlap, batch_size)
-            for z in range(image.shape[2])]
-  return (np.stack([p for p, _ in slices], axis=2),
-          float(np.mean([logit for _, logit in slices])))
+    maps, logit = inference.sliding_window_predict(
+        window_fn, [image], patch_size, overlap, batch_size)
+    return maps[0], logit
+  maps, logit = inference.sliding_window_predict(
+      window_fn, [image[:, :, z] for z in range(image.shape[2])], patch_size,
+      overlap, batch_size)
+  return np.stack(maps, axis=2), logit
 
 
 def evaluate_split(window_fn: inference.WindowFn, source: Any,

@@ -56,44 +56,51 @@ def make_window_fn(apply_fn: Callable, variables) -> WindowFn:
   return predict
 
 
-def sliding_window_predict(window_fn: WindowFn, image: np.ndarray,
+def sliding_window_predict(window_fn: WindowFn, images: Sequence[np.ndarray],
                            window: Sequence[int], overlap: float,
-                           batch_size: int) -> tuple[np.ndarray, float]:
-  """Predicts a lesion probability map for one volume.
+                           batch_size: int) -> tuple[list[np.ndarray], float]:
+  """Predicts lesion probability maps for one or more same-rank images.
+
+  Windows of all images share the batches (a 2D model predicts a volume as
+  the stack of its slices, so slices fill batches together).
 
   Args:
     window_fn: from `make_window_fn`.
-    image: (*spatial, channels) volume.
+    images: (*spatial, channels) arrays with len(window) spatial axes.
     window: window shape (the training patch size).
     overlap: fraction of a window shared with its neighbour, in [0, 1).
     batch_size: windows per call.
 
   Returns:
-    (probability map with the image's spatial shape, mean hand-function logit).
+    (probability map per image, with its spatial shape; mean hand-function
+    logit over all windows).
   """
-  spatial = image.shape[:-1]
-  pads = [(0, max(w - s, 0)) for s, w in zip(spatial, window)]
-  padded = np.pad(image, pads + [(0, 0)])
-  shape = padded.shape[:-1]
-  starts = list(itertools.product(*(window_starts(s, w, overlap)
-                                    for s, w in zip(shape, window))))
   weights = gaussian_importance(window)
-  prob_sum = np.zeros(shape, np.float32)
-  weight_sum = np.zeros(shape, np.float32)
+  padded, prob_sums, weight_sums, jobs = [], [], [], []
+  for index, image in enumerate(images):
+    pads = [(0, max(w - s, 0)) for s, w in zip(image.shape[:-1], window)]
+    padded.append(np.pad(image, pads + [(0, 0)]))
+    shape = padded[-1].shape[:-1]
+    prob_sums.append(np.zeros(shape, np.float32))
+    weight_sums.append(np.zeros(shape, np.float32))
+    jobs += [(index, start) for start in itertools.product(
+        *(window_starts(s, w, overlap) for s, w in zip(shape, window)))]
   logits = []
-  for i in range(0, len(starts), batch_size):
-    chunk = starts[i:i + batch_size]
-    batch = np.stack([padded[tuple(slice(s, s + w) for s, w in
-                                   zip(start, window))] for start in chunk])
+  for i in range(0, len(jobs), batch_size):
+    chunk = jobs[i:i + batch_size]
+    regions = [tuple(slice(s, s + w) for s, w in zip(start, window))
+               for _, start in chunk]
+    batch = np.stack([padded[index][region]
+                      for (index, _), region in zip(chunk, regions)])
     if len(chunk) < batch_size:  # keep one compiled shape
       filler = np.zeros((batch_size - len(chunk),) + batch.shape[1:],
                         batch.dtype)
       batch = np.concatenate([batch, filler])
     probs, cls_logit = jax.device_get(window_fn(jnp.asarray(batch)))
-    for j, start in enumerate(chunk):
-      region = tuple(slice(s, s + w) for s, w in zip(start, window))
-      prob_sum[region] += probs[j] * weights
-      weight_sum[region] += weights
+    for j, ((index, _), region) in enumerate(zip(chunk, regions)):
+      prob_sums[index][region] += probs[j] * weights
+      weight_sums[index][region] += weights
       logits.append(float(cls_logit[j]))
-  probs = prob_sum / weight_sum
-  return probs[tuple(slice(0, s) for s in spatial)], float(np.mean(logits))
+  maps = [(p / w)[tuple(slice(0, s) for s in image.shape[:-1])]
+          for p, w, image in zip(prob_sums, weight_sums, images)]
+  return maps, float(np.mean(logits))
