@@ -56,6 +56,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.cls_hidden = 64
   config.model.compute_dtype = "bfloat16"
 
+  # Self-configuration (pvl_jax/planning.py, nnU-Net v2's rules). With
+  # plan = True the training split is fingerprinted and the planned fields
+  # left unset -- () for data.patch_size, model.features, model.strides,
+  # model.kernel_sizes; 0 for batch_size -- are filled; values set here or on
+  # the command line win. The plan goes to <workdir>/plan.json.
+  config.plan = False
+  config.planner = ml_collections.ConfigDict(dict(
+      dims=3,  # 2: U-Net on axial slices (used when data.patch_size is unset)
+      vram_budget_gb=8.0))  # nnU-Net's default memory target
+
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, weight_decay=1e-4,
       grad_clip_norm=12.0))
