@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.mask_threshold = -1.0  # < 0: lesion masks must be binary
   config.data.num_folds = 5
   config.data.fold = arg.fold
-  config.data.patch_size = (128, 128, 128)
+  config.data.patch_size = ()  # planned (128^3 for the 1 mm cohort)
   config.data.foreground_fraction = 0.33
   config.data.num_workers = 8
   config.data.augment = ml_collections.ConfigDict(dict(
@@ -48,9 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       noise_prob=0.15))
 
   config.model = ml_collections.ConfigDict()
-  config.model.features = (32, 64, 128, 256, 320, 320)
-  config.model.strides = ((1, 1, 1),) + ((2, 2, 2),) * 5
-  config.model.kernel_sizes = ((3, 3, 3),) * 6
+  # Planned: nnU-Net's 6-stage 32-64-128-256-320-320 for the 1 mm cohort.
+  config.model.features = ()
+  config.model.strides = ()
+  config.model.kernel_sizes = ()
   config.model.num_classes = 2
   config.model.deep_supervision = True
   config.model.cls_hidden = 64
@@ -61,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # left unset -- () for data.patch_size, model.features, model.strides,
   # model.kernel_sizes; 0 for batch_size -- are filled; values set here or on
   # the command line win. The plan goes to <workdir>/plan.json.
-  config.plan = False
+  config.plan = True
   config.planner = ml_collections.ConfigDict(dict(
       dims=3,  # 2: U-Net on axial slices (used when data.patch_size is unset)
       vram_budget_gb=8.0))  # nnU-Net's default memory target
@@ -69,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, weight_decay=1e-4,
       grad_clip_norm=12.0))
-  config.batch_size = 2  # global; must be divisible by the device count
+  config.batch_size = 0  # global, divisible by the device count; 0: planned
   config.num_steps = 20_000
   config.batch_dice = False
   # NaN/Inf loss or gradients: "stop" (name the step and subjects, keep the
@@ -88,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.demo:
     config.data.synthetic = ml_collections.ConfigDict(dict(
         num_subjects=40, seed=0, resolution_mm=2))
+    config.plan = False  # sized by hand for a 2-core CPU
+    config.batch_size = 2
     config.data.patch_size = (32, 32, 32)
     config.data.num_workers = 1
     config.model.features = (8, 16, 32)

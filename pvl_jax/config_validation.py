@@ -4,6 +4,7 @@ import jax
 import ml_collections
 
 from preprocessing.errors import InputError
+from pvl_jax import planning
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -22,11 +23,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config: the full training config.
   """
   _require(config.r >= 0, "r", f"must be >= 0 (got {config.r})")
-  _require(config.batch_size >= 1, "batch_size",
-           f"must be >= 1 (got {config.batch_size})")
-  devices = jax.device_count()
-  _require(config.batch_size % devices == 0, "batch_size",
-           f"{config.batch_size} is not divisible by the {devices} devices")
   _require(config.num_steps >= 1, "num_steps",
            f"must be >= 1 (got {config.num_steps})")
   for key in ("log_every", "eval_every", "checkpoint_every"):
@@ -45,16 +41,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= data.foreground_fraction <= 1.0, "data.foreground_fraction",
            f"must be in [0, 1] (got {data.foreground_fraction})")
   _require(data.num_workers >= 0, "data.num_workers", "must be >= 0")
-  _require(len(data.patch_size) in (2, 3), "data.patch_size",
-           f"needs 2 (2D) or 3 (3D) entries (got {tuple(data.patch_size)})")
-  _require(all(p >= 1 for p in data.patch_size), "data.patch_size",
-           f"entries must be >= 1 (got {tuple(data.patch_size)})")
   if not data.cohort_dir:
     _require(data.synthetic.num_subjects >= data.num_folds,
              "data.synthetic.num_subjects",
              f"{data.synthetic.num_subjects} subjects cannot fill "
              f"{data.num_folds} folds")
 
+  dtype = config.model.compute_dtype
+  _require(dtype in ("float32", "bfloat16", "float16"),
+           "model.compute_dtype", f"unknown dtype '{dtype}'")
+  _require(0.0 <= config.inference.overlap < 1.0, "inference.overlap",
+           f"must be in [0, 1) (got {config.inference.overlap})")
+  _require(config.inference.batch_size >= 1, "inference.batch_size",
+           "must be >= 1")
+
+  if config.plan and planning.unset_keys(config):
+    return  # checked again once the planner has filled them
+  _validate_batch_and_topology(config)
+
+
+def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields the planner may fill: batch, patch, topology."""
+  data = config.data
+  _require(config.batch_size >= 1, "batch_size",
+           f"must be >= 1 (got {config.batch_size})")
+  devices = jax.device_count()
+  _require(config.batch_size % devices == 0, "batch_size",
+           f"{config.batch_size} is not divisible by the {devices} devices")
+  _require(len(data.patch_size) in (2, 3), "data.patch_size",
+           f"needs 2 (2D) or 3 (3D) entries (got {tuple(data.patch_size)})")
+  _require(all(p >= 1 for p in data.patch_size), "data.patch_size",
+           f"entries must be >= 1 (got {tuple(data.patch_size)})")
   model = config.model
   stages = len(model.features)
   _require(stages >= 2, "model.features", "needs at least 2 stages")
@@ -73,12 +90,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "data.patch_size",
            f"{tuple(data.patch_size)} must be divisible by the network's "
            f"total stride {tuple(total_stride)}")
-  _require(model.compute_dtype in ("float32", "bfloat16", "float16"),
-           "model.compute_dtype", f"unknown dtype '{model.compute_dtype}'")
-  _require(0.0 <= config.inference.overlap < 1.0, "inference.overlap",
-           f"must be in [0, 1) (got {config.inference.overlap})")
-  _require(config.inference.batch_size >= 1, "inference.batch_size",
-           "must be >= 1")
 
 
 def validate_patch_size(patch_size, volume_shapes: dict[str, tuple[int, ...]]
