@@ -1,0 +1,129 @@
+"""Poster-style comparison of trained runs (e.g. 2D vs 3D U-Net).
+
+  python -m pvl_jax.compare --runs=2D=/runs/unet2d,3D=/runs/unet3d --out=DIR
+
+Reads each run's results.json, checks that all runs were tested on the same
+subjects, and writes DIR/comparison.md and DIR/comparison.csv: Dice and VOE
+(in percent, per-subject means as the poster reports them) plus HD95, volume
+difference, lesion-wise recall/F1 and the pooled recall per lesion-size bin,
+which shows the small-lesion weakness.
+"""
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from absl import app
+from absl import flags
+
+from preprocessing.atomic import atomic_write_text
+from preprocessing.errors import InputError
+
+# (column title, results key, scale) for the headline columns.
+COLUMNS = (
+    ("Dice (%)", "dice_mean", 100.0),
+    ("VOE (%)", "voe_mean", 100.0),
+    ("HD95 (mm)", "hd95_mm_mean", 1.0),
+    ("AVD (%)", "avd_pct_mean", 1.0),
+    ("lesion recall", "lesion_recall_mean", 1.0),
+    ("lesion F1", "lesion_f1_mean", 1.0),
+)
+
+
+def load_test_results(run_dir: Path) -> dict[str, Any]:
+  """The "test" block of a run's results.json (InputError if unusable)."""
+  path = run_dir / "results.json"
+  if not path.is_file():
+    raise InputError(f"{path}: not found (has the run finished?)")
+  try:
+    results = json.loads(path.read_text())
+    return results["test"]
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise InputError(f"{path}: not a results.json with a 'test' block ({e})")
+
+
+def comparison_rows(runs: dict[str, Path]) -> list[dict[str, Any]]:
+  """One row per run; raises InputError if the runs' test subjects differ."""
+  rows, subjects = [], {}
+  for name, run_dir in runs.items():
+    test = load_test_results(run_dir)
+    subjects[name] = sorted(r["subject_id"] for r in test["per_subject"])
+    row = {"model": name, "n_subjects": len(subjects[name])}
+    for title, key, scale in COLUMNS:
+      value = test.get(key)
+      row[title] = None if value is None else value * scale
+    for key in sorted(k for k in test if k.startswith("size_")
+                      and k.endswith("_recall")):
+      label = key[len("size_"):-len("_recall")]
+      row[f"recall {label}"] = test[key]
+    rows.append(row)
+  reference = next(iter(subjects.values()))
+  for name, ids in subjects.items():
+    if ids != reference:
+      raise InputError(f"{runs[name] / 'results.json'}: tested on different "
+                       f"subjects than {next(iter(runs))}; compare runs of the "
+                       "same fold")
+  return rows
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+  """A markdown table of the rows (columns in order of first appearance)."""
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  def fmt(value):
+    if value is None:
+      return "n/a"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+  lines = ["| " + " | ".join(columns) + " |",
+           "|" + " --- |" * len(columns)]
+  lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |"
+            for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
+
+
+def parse_runs(spec: str) -> dict[str, Path]:
+  """Parses `name=dir,name2=dir2` (InputError on a malformed entry)."""
+  runs = {}
+  for item in filter(None, spec.split(",")):
+    name, sep, directory = item.partition("=")
+    if not sep or not name or not directory:
+      raise InputError(f"--runs: '{item}' is not NAME=RUN_DIR")
+    runs[name] = Path(directory)
+  if not runs:
+    raise InputError("--runs: no runs given")
+  return runs
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  try:
+    rows = comparison_rows(parse_runs(FLAGS.runs))
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  out = Path(FLAGS.out)
+  table = to_markdown(rows)
+  atomic_write_text(out / "comparison.md", table)
+  atomic_write_text(out / "comparison.csv", to_csv(rows))
+  print(table)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("runs", None, "NAME=RUN_DIR,... of finished runs.",
+                      required=True)
+  flags.DEFINE_string("out", None, "Output directory.", required=True)
+  app.run(main)
