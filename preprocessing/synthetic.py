@@ -43,6 +43,7 @@ Usage:
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -61,7 +62,7 @@ from preprocessing import nifti_io
 from preprocessing.atomic import atomic_directory, atomic_write_text
 from preprocessing.errors import InputError
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 # A point inside the lateral ventricles (MNI mm), see the module docstring.
 VENTRICLE_SEED_MM = (0.0, -15.0, 14.0)
 MOTOR_ROI_CENTRES_MM = ((24.0, -22.0, 24.0), (-24.0, -22.0, 24.0))
@@ -208,7 +209,7 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence
 
   Returns:
     dict with flair (float32), lesion (uint8), brain (uint8), lesion_ml,
-    motor_ml and num_lesions.
+    motor_ml, num_lesions and label_draw (uniform in [0, 1)).
   """
   rng = np.random.default_rng(seed)
   template = load_template(params.resolution_mm)
@@ -235,8 +236,8 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence
   wall_mm = ndimage.distance_transform_edt(~ventricles, sampling=vox_mm)
 
   # 3. Lesions in the periventricular white-matter band.
-  lesion, num_lesions, intensity = _place_lesions(
-      rng, params, template, wm, brain, ventricles, wall_mm)
+  lesion, intensity = _place_lesions(rng, params, template, wm, brain,
+                                     ventricles, wall_mm)
   lesion_fraction = np.clip(
       ndimage.gaussian_filter(lesion.astype(np.float32), 0.4), 0, 1)
   lesion_fraction = np.maximum(lesion_fraction, lesion)
@@ -259,18 +260,22 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence
 
   lesion &= brain
   motor = _motor_roi(template)
+  _, num_lesions = ndimage.label(lesion, np.ones((3, 3, 3)))
   return {
       "flair": noisy.astype(np.float32),
       "lesion": lesion.astype(np.uint8),
       "brain": brain.astype(np.uint8),
       "lesion_ml": float(lesion.sum() * voxel_ml),
       "motor_ml": float((lesion & motor).sum() * voxel_ml),
-      "num_lesions": int(num_lesions),
+      "num_lesions": int(num_lesions),  # 26-connected components
+      # The subject's own draw for its label, so that a subject's label does
+      # not depend on the cohort size.
+      "label_draw": float(rng.random()),
   }
 
 
 def _place_lesions(rng, params, template, wm, brain, ventricles, wall_mm):
-  """Draws the lesions; returns (mask, count, per-voxel lesion intensity)."""
+  """Draws the lesions; returns (mask, per-voxel lesion intensity)."""
   shape = brain.shape
   band = ((wall_mm >= params.band_mm[0]) & (wall_mm <= params.band_mm[1])
           & (wm > 0.5) & brain & ~ventricles)
@@ -278,7 +283,7 @@ def _place_lesions(rng, params, template, wm, brain, ventricles, wall_mm):
   lesion = np.zeros(shape, bool)
   intensity = np.zeros(shape, np.float32)
   if rng.random() < params.lesion_free_fraction or candidates.size == 0:
-    return lesion, 0, intensity
+    return lesion, intensity
   # Frontal horns always attract lesions; posterior involvement (trigones,
   # bodies beside the corticospinal tract) and the motor ROI itself vary a
   # lot between subjects, which is what makes hand function vary.
@@ -307,7 +312,7 @@ def _place_lesions(rng, params, template, wm, brain, ventricles, wall_mm):
       step = rng.normal(0, radius / vox_mm, 3)
       centre = np.clip(np.round(centre + step).astype(int), 0,
                        np.array(shape) - 1)
-  return lesion, count, intensity
+  return lesion, intensity
 
 
 def label_probability(motor_ml: np.ndarray, params: CohortParams
@@ -341,7 +346,8 @@ def _generate_and_write(args) -> dict[str, float | int]:
   data = generate_subject(params, seed)
   _write_subject(root, subject, data,
                  load_template(params.resolution_mm).affine)
-  return {k: data[k] for k in ("lesion_ml", "motor_ml", "num_lesions")}
+  return {k: data[k] for k in ("lesion_ml", "motor_ml", "num_lesions",
+                                "label_draw")}
 
 
 def _description(name: str, dataset_type: str) -> str:
@@ -351,8 +357,13 @@ def _description(name: str, dataset_type: str) -> str:
                        "Version": GENERATOR_VERSION}]}, indent=2) + "\n"
 
 
-def validate_arguments(num_subjects: int, params: CohortParams) -> None:
+def validate_arguments(num_subjects: int, seed: int, num_workers: int,
+                       params: CohortParams) -> None:
   """Raises InputError naming the bad argument."""
+  if seed < 0:
+    raise InputError(f"--seed: must be >= 0 (got {seed})")
+  if num_workers < 1:
+    raise InputError(f"--num_workers: must be >= 1 (got {num_workers})")
   if num_subjects < 1:
     raise InputError(f"--num_subjects: must be >= 1 (got {num_subjects})")
   if params.resolution_mm not in (1, 2):
@@ -379,26 +390,30 @@ def generate_cohort(out_dir: str | os.PathLike, num_subjects: int, seed: int,
   Raises:
     InputError: bad arguments, or `out_dir` already exists.
   """
-  validate_arguments(num_subjects, params)
+  validate_arguments(num_subjects, seed, num_workers, params)
   out_dir = Path(out_dir)
   if out_dir.exists():
     raise InputError(f"{out_dir}: already exists; choose a new --out")
-  seeds = np.random.SeedSequence(seed).spawn(num_subjects + 1)
+  seeds = np.random.SeedSequence(seed).spawn(num_subjects)
   subjects = [_subject_id(i, num_subjects) for i in range(num_subjects)]
   with atomic_directory(out_dir) as root:
     jobs = [(root, s, params, sd) for s, sd in zip(subjects, seeds)]
-    # "spawn": the caller may have started JAX, which does not survive fork.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=max(1, min(num_workers, num_subjects)),
-        mp_context=context) as pool:
-      loads = list(tqdm.tqdm(pool.map(_generate_and_write, jobs),
-                             total=num_subjects, disable=not progress,
-                             desc="synthetic subjects", unit="subject"))
+    with contextlib.ExitStack() as stack:
+      if num_workers > 1:
+        # "spawn": the caller may have started JAX, which does not survive
+        # fork.
+        pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(num_workers, num_subjects),
+            mp_context=multiprocessing.get_context("spawn")))
+        results = pool.map(_generate_and_write, jobs)
+      else:
+        results = map(_generate_and_write, jobs)
+      loads = list(tqdm.tqdm(results, total=num_subjects,
+                             disable=not progress, desc="synthetic subjects",
+                             unit="subject"))
     motor = np.array([l["motor_ml"] for l in loads])
     p_bad = label_probability(motor, params)
-    labels = (np.random.default_rng(seeds[-1]).random(num_subjects)
-              < p_bad).astype(int)
+    labels = (np.array([l["label_draw"] for l in loads]) < p_bad).astype(int)
     rows = ["participant_id\thand_function\tlesion_volume_ml\t"
             "motor_lesion_volume_ml\tnum_lesions"]
     rows += [f"{s}\t{y}\t{l['lesion_ml']:.4f}\t{l['motor_ml']:.4f}\t"

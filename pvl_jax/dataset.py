@@ -53,7 +53,8 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
   from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
   spec = config.data.synthetic
   params = synthetic.CohortParams(resolution_mm=spec.resolution_mm)
-  key = _digest(repr((spec.num_subjects, spec.seed, dataclasses.asdict(params))))
+  key = _digest(repr((synthetic.GENERATOR_VERSION, spec.num_subjects,
+                      spec.seed, dataclasses.asdict(params))))
   out = (cache_root(config) / "cohorts" /
          f"synthetic-n{spec.num_subjects}-seed{spec.seed}-"
          f"{spec.resolution_mm}mm-{key}")

@@ -67,10 +67,20 @@ def test_lesions_are_periventricular_and_bright(cohort):
     assert flair[lesion].mean() > flair[wm].mean() + 0.1
 
 
-def test_same_seed_same_bytes_other_seed_differs(cohort, tmp_path):
-  again = synthetic.generate_cohort(tmp_path / "again", NUM_SUBJECTS, seed=5,
-                                    num_workers=1, progress=False)
-  assert _digests(again) == _digests(cohort)
+def test_same_seed_same_bytes_and_labels_whatever_the_cohort_size(
+    cohort, tmp_path):
+  # Subjects 1-2 of a 2-subject cohort are those of the 3-subject cohort.
+  smaller = synthetic.generate_cohort(tmp_path / "two", 2, seed=5,
+                                      num_workers=1, progress=False)
+  full, small = _digests(cohort), _digests(smaller)
+  for name, digest in small.items():
+    if name.startswith(("sub-", "derivatives/lesions/sub-")):
+      assert digest == full[name], name
+  rows = (cohort / "participants.tsv").read_text().splitlines()
+  assert (smaller / "participants.tsv").read_text().splitlines() == rows[:3]
+
+
+def test_other_seed_differs(cohort, tmp_path):
   other = synthetic.generate_cohort(tmp_path / "other", 1, seed=6,
                                     progress=False)
   name = "sub-001/anat/sub-001_FLAIR.nii.gz"
@@ -102,6 +112,10 @@ def test_bad_arguments(tmp_path, cohort):
                               params=synthetic.CohortParams(resolution_mm=3))
   with pytest.raises(InputError, match="already exists"):
     synthetic.generate_cohort(cohort, 1, seed=0)
+  with pytest.raises(InputError, match="--seed"):
+    synthetic.generate_cohort(tmp_path / "x", 1, seed=-1)
+  with pytest.raises(InputError, match="--num_workers"):
+    synthetic.generate_cohort(tmp_path / "x", 1, seed=0, num_workers=0)
   assert not (tmp_path / "x").exists()
 
 
