@@ -4,19 +4,22 @@ import numpy as np
 
 
 def zscore_in_mask(image: np.ndarray, mask: np.ndarray,
-                   clip_percentiles: tuple[float, float] = (0.5, 99.5)
+                   stats_percentiles: tuple[float, float] = (0.5, 99.5)
                    ) -> np.ndarray:
   """Z-scores `image` with statistics from inside `mask`, robust to outliers.
 
-  Intensities are first clipped to the given percentiles of the in-mask
-  values (bright vessels or residual skull would otherwise inflate the
-  standard deviation), then centred and scaled by the in-mask mean and
-  standard deviation. Voxels outside the mask are set to 0.
+  The mean and standard deviation come from the in-mask intensities between
+  the given percentiles (bright vessels or residual skull would otherwise
+  inflate the standard deviation). The image itself is not clipped: lesions
+  are among the brightest voxels of a FLAIR scan, and clipping would flatten
+  them onto the brightest normal tissue. Voxels outside the mask are set
+  to 0.
 
   Args:
     image: a 3D volume.
     mask: boolean brain mask of the same shape; must not be empty.
-    clip_percentiles: lower and upper percentile of in-mask intensities.
+    stats_percentiles: in-mask intensities between these percentiles give
+      the statistics.
 
   Returns:
     float32 normalised volume.
@@ -25,11 +28,10 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray,
   if not mask.any():
     raise ValueError("brain mask is empty; cannot normalise intensities")
   values = image[mask]
-  lo, hi = np.percentile(values, clip_percentiles)
-  clipped = np.clip(image, lo, hi)
-  inside = clipped[mask]
+  lo, hi = np.percentile(values, stats_percentiles)
+  inside = values[(values >= lo) & (values <= hi)]
   std = inside.std()
-  out = (clipped - inside.mean()) / (std if std > 0 else 1.0)
+  out = (image - inside.mean()) / (std if std > 0 else 1.0)
   return np.where(mask, out, 0.0).astype(np.float32)
 
 

@@ -15,8 +15,10 @@ needed: build with `file_format="array_record"`, read with
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
+from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -50,8 +52,11 @@ class PVLCohortConfig(tfds.core.BuilderConfig):
 class PVLCohort(tfds.core.GeneratorBasedBuilder):
   """A PVL cohort: images, lesion masks, brain masks and hand function."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Template-space cohort, z-scored, brain-cropped."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Template-space cohort, z-scored, brain-cropped.",
+      "1.1.0": "Z-scoring no longer clips intensities (kept lesion contrast).",
+  }
   BUILDER_CONFIGS = [PVLCohortConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Pass the BIDS cohort directory as the manual dir: "
@@ -205,12 +210,71 @@ def build(cohort_dir: str | Path, data_dir: str | Path,
     The prepared builder (use `builder.as_data_source(split)`).
 
   Raises:
-    InputError: the cohort is missing or invalid (from `bids.load_cohort`).
+    InputError: the cohort is missing or invalid (from `bids.load_cohort`),
+      or an already prepared dataset in `data_dir` is damaged.
   """
   if not Path(cohort_dir).is_dir():
     raise InputError(f"{cohort_dir}: cohort directory does not exist")
-  builder = PVLCohort(data_dir=str(data_dir), config=config or "default")
+  config = config or "default"
+  name = config if isinstance(config, str) else config.name
+  _check_dataset_info(
+      Path(data_dir) / PVLCohort.name / name / str(PVLCohort.VERSION), data_dir)
+  builder = PVLCohort(data_dir=str(data_dir), config=config)
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=str(cohort_dir)))
+  for split in builder.info.splits.values():
+    for path, num_records in zip(split.filepaths, split.shard_lengths):
+      _check_shard(Path(path), num_records, data_dir)
   return builder
+
+
+def _rebuild_hint(data_dir: str | Path) -> str:
+  return (f"delete {data_dir} (cached records of the cohort) and rerun to "
+          "rebuild it")
+
+
+def _check_dataset_info(version_dir: Path, data_dir: str | Path) -> None:
+  """Rejects a prepared dataset whose dataset_info.json is missing or corrupt.
+
+  TFDS takes an existing version directory for a finished build; without a
+  readable dataset_info.json it fails later with unrelated errors.
+  """
+  if not version_dir.is_dir():
+    return  # not built yet
+  info = version_dir / "dataset_info.json"
+  try:
+    json.loads(info.read_text())
+  except (OSError, ValueError) as err:
+    problem = ("missing" if isinstance(err, FileNotFoundError)
+               else f"unreadable ({err})")
+    raise InputError(f"{info}: {problem} in a prepared TFDS dataset; "
+                     f"{_rebuild_hint(data_dir)}") from None
+
+
+def _check_shard(path: Path, num_records: int, data_dir: str | Path) -> None:
+  """Checks a record file exists, has its records and its ends decode.
+
+  Reading the first and last record verifies their chunk checksums and the
+  file's index (truncation breaks the index) without a pass over all data.
+  """
+  if not path.is_file():
+    raise InputError(f"{path}: shard of the prepared TFDS dataset is missing;"
+                     f" {_rebuild_hint(data_dir)}")
+  try:
+    reader = array_record_module.ArrayRecordReader(str(path))
+    try:
+      found = reader.num_records() if reader.ok() else 0
+      if found == num_records and num_records:
+        reader.read(sorted({0, num_records - 1}))
+    finally:
+      reader.close()  # raises the reader's error if it failed to open
+  except RuntimeError as err:  # array_record reports corruption this way
+    raise InputError(f"{path}: corrupt or truncated shard of the prepared "
+                     f"TFDS dataset ({str(err) or 'unreadable'}); "
+                     f"{_rebuild_hint(data_dir)}") from None
+  if found != num_records:
+    raise InputError(
+        f"{path}: corrupt or truncated shard of the prepared TFDS dataset "
+        f"({found} readable records, dataset_info.json lists {num_records}); "
+        f"{_rebuild_hint(data_dir)}")
