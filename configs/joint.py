@@ -84,7 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.max_checkpoints_to_keep = 3
 
   config.inference = ml_collections.ConfigDict(dict(
-      overlap=0.5, batch_size=2, num_plot_subjects=3))
+      overlap=0.5, batch_size=2, num_plot_subjects=3,
+      # Remove lesion components smaller than a size chosen on validation.
+      postprocess=True))
 
   if arg.demo:
     config.data.synthetic = ml_collections.ConfigDict(dict(

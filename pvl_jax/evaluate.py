@@ -22,6 +22,7 @@ from preprocessing import normalize
 from pvl_jax import inference
 from pvl_jax import plotting
 from pvl_jax.evaluation import classification
+from pvl_jax.evaluation import postprocess
 from pvl_jax.evaluation import segmentation
 from pvl_jax.evaluation import threshold_baseline
 
@@ -70,28 +71,37 @@ def predict_volume(window_fn: inference.WindowFn, image: np.ndarray,
   return np.stack(maps, axis=2), logit
 
 
-def evaluate_split(window_fn: inference.WindowFn, source: Any,
-                   config: ml_collections.ConfigDict, name: str
-                   ) -> dict[str, Any]:
-  """Predicts every subject of a split and computes per-subject metrics."""
-  per_subject, predictions, logits, labels = [], {}, [], []
+def predict_split(window_fn: inference.WindowFn, source: Any,
+                  config: ml_collections.ConfigDict, name: str
+                  ) -> dict[str, Any]:
+  """Predicts every subject of a split (masks at probability 0.5)."""
+  split = {"subjects": [], "predictions": {}, "references": {},
+           "spacings": {}, "logits": [], "labels": []}
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
     probs, logit = predict_volume(window_fn, record["image"],
                                   config.data.patch_size,
                                   config.inference.overlap,
                                   config.inference.batch_size)
-    pred = probs > 0.5
-    metrics = segmentation.evaluate_subject(pred, record["lesion_mask"] > 0,
-                                            tuple(record["spacing"]))
     subject = _subject_id(record)
-    per_subject.append({"subject_id": subject, **metrics})
-    predictions[subject] = pred
-    logits.append(logit)
-    labels.append(int(record["hand_function"]))
-  return {"per_subject": per_subject, "predictions": predictions,
-          "cls_prob": 1 / (1 + np.exp(-np.asarray(logits))),
-          "labels": np.asarray(labels)}
+    split["subjects"].append(subject)
+    split["predictions"][subject] = probs > 0.5
+    split["references"][subject] = record["lesion_mask"] > 0
+    split["spacings"][subject] = tuple(record["spacing"])
+    split["logits"].append(logit)
+    split["labels"].append(int(record["hand_function"]))
+  split["cls_prob"] = 1 / (1 + np.exp(-np.asarray(split["logits"])))
+  split["labels"] = np.asarray(split["labels"])
+  return split
+
+
+def segmentation_results(split: Mapping[str, Any]) -> dict[str, Any]:
+  """Per-subject metrics and their aggregate for a predicted split."""
+  rows = [{"subject_id": s, **segmentation.evaluate_subject(
+      split["predictions"][s], split["references"][s], split["spacings"][s])}
+          for s in split["subjects"]]
+  return {**segmentation.aggregate([_metrics_only(row) for row in rows]),
+          "per_subject": rows}
 
 
 def evaluate_model(model, params, sources: Mapping[str, Any],
@@ -105,14 +115,23 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
     for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
   """
   window_fn = inference.make_window_fn(model.apply, {"params": params})
-  splits = {"val": evaluate_split(window_fn, sources["validation"], config,
-                                  "validation"),
-            "test": evaluate_split(window_fn, sources["test"], config, "test")}
-  results: dict[str, Any] = {}
-  for name, split in splits.items():
-    results[name] = {**segmentation.aggregate(
-                         [_metrics_only(row) for row in split["per_subject"]]),
-                     "per_subject": split["per_subject"]}
+  splits = {"val": predict_split(window_fn, sources["validation"], config,
+                                 "validation"),
+            "test": predict_split(window_fn, sources["test"], config, "test")}
+  min_size = 0
+  if config.inference.postprocess:
+    val = splits["val"]
+    min_size = postprocess.choose_min_size(
+        [val["predictions"][s] for s in val["subjects"]],
+        [val["references"][s] for s in val["subjects"]])
+    for split in splits.values():
+      split["predictions"] = {
+          s: postprocess.remove_small_components(p, min_size)
+          for s, p in split["predictions"].items()}
+  results: dict[str, Any] = {
+      name: segmentation_results(split) for name, split in splits.items()}
+  results["postprocessing"] = {"min_component_voxels": min_size,
+                               "chosen_on": "validation"}
   if config.r > 0:
     threshold = classification.choose_threshold(splits["val"]["labels"],
                                                 splits["val"]["cls_prob"])

@@ -345,3 +345,23 @@ def test_aggregate_rejects_mismatched_keys_and_empty_input():
     seg.aggregate([{"dice": 1.0}, {"voe": 0.0}])
   with pytest.raises(ValueError, match="at least one subject"):
     seg.aggregate([])
+
+
+def test_remove_small_components_and_choice_on_validation():
+  from pvl_jax.evaluation import postprocess  # pylint: disable=g-import-not-at-top
+  mask = np.zeros((12, 12, 12), bool)
+  mask[1:4, 1:4, 1:4] = True          # 27 voxels
+  mask[8, 8, 8] = True                 # 1 voxel
+  mask[10, 10, 10] = mask[11, 11, 11] = True  # 2 voxels, 26-connected
+  kept = postprocess.remove_small_components(mask, 2)
+  assert kept.sum() == 29 and not kept[8, 8, 8]
+  assert postprocess.remove_small_components(mask, 28).sum() == 0
+  np.testing.assert_array_equal(postprocess.remove_small_components(mask, 0),
+                                mask)
+  # Reference = the big cube only: removing specks below 4 voxels is best.
+  ref = np.zeros_like(mask)
+  ref[1:4, 1:4, 1:4] = True
+  assert postprocess.choose_min_size([mask], [ref]) == 4
+  # Reference includes the single voxel: no postprocessing is best.
+  ref[8, 8, 8] = True
+  assert postprocess.choose_min_size([mask], [ref | mask]) == 0
