@@ -1,0 +1,61 @@
+"""Logistic-regression hand-function baseline on lesion masks (CLI).
+
+Usage:
+  python -m pvl_jax.run_baseline --cohort=DIR --out=FILE.json \
+      [--predictions=RUN_DIR1,RUN_DIR2,...] [--folds=5] [--downsample=4] \
+      [--seed=0]
+
+Nested cross-validated logistic regression on the "matrix" (block-averaged
+mask) and "lesion_load" (regional volumes) features of the cohort's reference
+masks and, with --predictions, of the cross-fitted predicted masks of the
+given training runs (one per test fold; see `pvl_jax.baseline`). Writes
+{"rows": [...]} to --out (the format launch/report.py reads as --baseline)
+and prints a markdown table. Bad input: `error: <file>: <problem>` on stderr
+and exit status 2.
+"""
+
+import json
+import logging as py_logging
+import sys
+
+from absl import app
+from absl import flags
+
+from preprocessing.atomic import atomic_write_text
+from preprocessing.errors import InputError
+from pvl_jax import baseline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("cohort", None, "BIDS cohort directory (participants.tsv "
+                    "with hand_function, reference lesion masks).",
+                    required=True)
+flags.DEFINE_list("predictions", [], "Training run workdirs whose "
+                  "predictions/sub-XXX_pred.nii.gz together cover every "
+                  "subject once (one run per test fold).")
+flags.DEFINE_string("out", None, "Output JSON file.", required=True)
+flags.DEFINE_integer("folds", 5, "Outer stratified cross-validation folds.")
+flags.DEFINE_integer("downsample", 4, "Block-averaging factor of the matrix "
+                     "features.")
+flags.DEFINE_integer("seed", 0, "Seed of the fold assignment.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  py_logging.getLogger().setLevel(py_logging.INFO)
+  try:
+    rows = baseline.run(FLAGS.cohort, FLAGS.predictions, folds=FLAGS.folds,
+                        downsample=FLAGS.downsample, seed=FLAGS.seed)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  result = {"cohort": FLAGS.cohort, "predictions": FLAGS.predictions,
+            "folds": FLAGS.folds, "downsample": FLAGS.downsample,
+            "seed": FLAGS.seed, "c_grid": list(baseline.C_GRID), "rows": rows}
+  atomic_write_text(FLAGS.out, json.dumps(result, indent=2,
+                                          allow_nan=False) + "\n")
+  print(baseline.markdown_table(rows))
+
+
+if __name__ == "__main__":
+  app.run(main)
