@@ -217,8 +217,12 @@ def _parse_header(path: Path, raw: bytes
                      f"{sizeof_hdr} bytes)")
   image_class = _IMAGE_CLASSES[sizeof_hdr]
   header_class = image_class.header_class
-  header = header_class.from_fileobj(io.BytesIO(raw), endianness=endianness,
-                                     check=False)
+  try:
+    header = header_class.from_fileobj(io.BytesIO(raw), endianness=endianness,
+                                       check=False)
+  except (HeaderDataError, ValueError, EOFError) as err:
+    # E.g. header extensions whose sizes run past the end of the file.
+    raise InputError(f"{path}: corrupt NIfTI header ({err})") from err
   magic = header["magic"].item()
   if magic == header_class.pair_magic:
     raise InputError(f"{path}: header of a .hdr/.img pair, not a single-file"
@@ -272,7 +276,12 @@ def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _check_data_length(path: Path, header: nib.Nifti1Header,
                        num_bytes: int) -> None:
   """Checks the file holds all the voxels the header promises."""
-  offset = int(header.get_data_offset())
+  # vox_offset is a float in NIfTI-1: NaN or Inf would crash int().
+  vox_offset = float(header["vox_offset"])
+  if not (math.isfinite(vox_offset) and vox_offset >= 0):
+    raise InputError(f"{path}: corrupt header: voxel data offset (vox_offset)"
+                     f" is {vox_offset}")
+  offset = int(vox_offset)
   needed = math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
   if num_bytes < offset + needed:
     raise InputError(f"{path}: truncated voxel data ({num_bytes - offset} of "

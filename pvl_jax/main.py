@@ -7,11 +7,13 @@ with `error: <message>` on stderr and exit status 2, before training starts.
 
 import logging as py_logging
 import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from pvl_jax import preemption
@@ -50,5 +52,39 @@ def main(argv):
     sys.exit(143)  # the conventional status of a SIGTERM'd process
 
 
+def _exit_with_error(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with bad flags reported as `error: ...`, exit 2."""
+  try:
+    remaining = FLAGS(argv)
+  except OSError:  # --config.KEY overrides of a config file that is missing
+    remaining = None
+  except flags.Error as e:
+    # config_flags puts the config file's traceback in the message; its last
+    # line is the reason.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _exit_with_error(lines[0] if len(lines) == 1 else
+                     f"{lines[0]} {lines[-1]}")
+  except (KeyError, AttributeError) as e:  # config_flags on an unknown field
+    field = str(e).strip("'\"")
+    overrides = [arg.split("=", 1)[0] for arg in argv
+                 if arg.startswith("--config.")
+                 and arg.split("=", 1)[0].endswith(f".{field}")]
+    _exit_with_error(f"{overrides[0] if overrides else '--config'}: no such "
+                     f"config field '{field}'")
+  # config_flags defers a missing config file's error until first use.
+  if remaining is None or not isinstance(FLAGS["config"].value,
+                                         ml_collections.ConfigDict):
+    given = [arg.split("=", 1)[1] for arg in argv
+             if arg.startswith("--config=")]
+    _exit_with_error(f"--config: cannot load {given[-1] if given else ''} "
+                     "(file not found)")
+  return remaining
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -35,6 +35,7 @@ from pvl_jax import losses
 from pvl_jax import planning
 from pvl_jax import plotting
 from pvl_jax import preemption
+from pvl_jax import preflight
 from pvl_jax.models import unet
 from preprocessing.atomic import atomic_write_text
 
@@ -173,6 +174,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
     (config with the plan applied, split name -> data source).
   """
   config_validation.validate_config(config)
+  preflight.check_run_dirs(workdir, config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
