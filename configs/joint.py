@@ -72,7 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       grad_clip_norm=12.0))
   config.batch_size = 0  # global, divisible by the device count; 0: planned
   config.num_steps = 20_000
-  config.batch_dice = False
+  # Dice pooled over the batch (nnU-Net's batch_dice): most patches hold no
+  # lesion, and a per-patch Dice of an empty patch is a noisy loss of ~1.
+  config.batch_dice = True
   # NaN/Inf loss or gradients: "stop" (name the step and subjects, keep the
   # last good checkpoint) or "skip" (leave parameters unchanged, count it).
   config.nonfinite = "stop"
@@ -101,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.compute_dtype = "float32"
     config.optimizer.learning_rate = 3e-3
     config.optimizer.warmup_steps = 20
-    config.num_steps = 300
+    config.num_steps = 400
     config.log_every = 25
     config.eval_every = 100
     config.eval_patches = 8

@@ -62,7 +62,7 @@ from preprocessing import nifti_io
 from preprocessing.atomic import atomic_directory, atomic_write_text
 from preprocessing.errors import InputError
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 # A point inside the lateral ventricles (MNI mm), see the module docstring.
 VENTRICLE_SEED_MM = (0.0, -15.0, 14.0)
 MOTOR_ROI_CENTRES_MM = ((24.0, -22.0, 24.0), (-24.0, -22.0, 24.0))
@@ -107,11 +107,11 @@ class CohortParams:
   size_class_probs: tuple[float, float, float] = (0.35, 0.4, 0.25)
   motor_involvement: float = 0.5
   motor_affinity: tuple[float, float] = (3.0, 15.0)
-  lesion_intensity: tuple[float, float] = (0.8, 1.1)
+  lesion_intensity: tuple[float, float] = (0.85, 1.15)
   gm_intensity: float = 0.72
   wm_intensity: float = 0.52
   csf_intensity: float = 0.12
-  cap_intensity: tuple[float, float] = (0.15, 0.35)
+  cap_intensity: tuple[float, float] = (0.1, 0.25)
   partial_volume_sigma_vox: float = 0.5
   bias_strength: float = 0.15
   noise_level: tuple[float, float] = (0.04, 0.08)
