@@ -38,6 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_subjects=100, seed=0, resolution_mm=1))
   config.data.modalities = ("FLAIR",)
   config.data.mask_threshold = -1.0  # < 0: lesion masks must be binary
+  # enabled: the cohort holds raw scans; register them to the MNI template,
+  # skull strip, N4 and resample to target_spacing (mm) first, once, cached
+  # under cache_dir (preprocessing.pipeline).
+  config.data.preprocess = ml_collections.ConfigDict(dict(
+      enabled=False, target_spacing=1.0))
   config.data.num_folds = 5
   config.data.fold = arg.fold
   config.data.patch_size = ()  # planned (128^3 for the 1 mm cohort)
@@ -95,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_subjects=40, seed=0, resolution_mm=2))
     config.plan = False  # sized by hand for a 2-core CPU
     config.batch_size = 2
+    config.data.preprocess.target_spacing = 2.0
     config.data.patch_size = (32, 32, 32)
     config.data.num_workers = 1
     config.model.features = (8, 16, 32)

@@ -5,7 +5,8 @@ Layout (paths relative to the cohort directory):
   participants.tsv                                   participant_id, label
   sub-001/anat/sub-001_FLAIR.nii.gz                  one file per modality
   derivatives/lesions/sub-001/anat/sub-001_label-lesion_mask.nii.gz
-  derivatives/synthetic/sub-001/anat/sub-001_desc-brain_mask.nii.gz  optional
+  sub-001/anat/sub-001_desc-brain_mask.nii.gz        optional brain mask, or
+  derivatives/synthetic/sub-001/anat/sub-001_desc-brain_mask.nii.gz
 
 Every problem is reported as an `InputError` naming the file (and line) and
 what is wrong, before any image is read.
@@ -41,7 +42,10 @@ class Subject:
     hand_function: 0 good, 1 bad (or the value of the chosen label column).
     image_paths: modality -> scan, e.g. {"FLAIR": .../sub-001_FLAIR.nii.gz}.
     lesion_mask_path: the manual lesion segmentation.
-    brain_mask_path: the brain mask, or None when the cohort has none.
+    brain_mask_path: the brain mask, or None when the cohort has none: the
+      subject's own `anat/<id>_desc-brain_mask` (preprocessed datasets, see
+      `preprocessing.pipeline`), else the synthetic generator's
+      `derivatives/synthetic/<id>/anat/<id>_desc-brain_mask`.
   """
   participant_id: str
   hand_function: int
@@ -194,8 +198,10 @@ def _find_subject_files(bids_dir: Path, participant_id: str, label: int,
       bids_dir / "derivatives" / "lesions" / anat
       / f"{participant_id}_label-lesion_mask",
       f"{participant_id} has no lesion mask")
-  brain_mask = _find_nifti(bids_dir / "derivatives" / "synthetic" / anat
-                           / f"{participant_id}_desc-brain_mask")
+  brain_mask_name = f"{participant_id}_desc-brain_mask"
+  brain_mask = (_find_nifti(bids_dir / anat / brain_mask_name)
+                or _find_nifti(bids_dir / "derivatives" / "synthetic" / anat
+                               / brain_mask_name))
   return Subject(participant_id=participant_id, hand_function=label,
                  image_paths=image_paths, lesion_mask_path=lesion_mask,
                  brain_mask_path=brain_mask)

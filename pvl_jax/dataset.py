@@ -7,6 +7,15 @@ size, modification time), so an edited cohort is rebuilt and an unchanged one
 is not. A file lock serialises concurrent preparers (e.g. sweep points started
 together), and everything is written atomically, so a killed preparation
 leaves nothing that a later run would take for finished.
+
+With `config.data.preprocess.enabled`, the cohort holds raw scans: it is first
+run through `preprocessing.pipeline` (registration to the template, skull
+stripping, N4, resampling to `config.data.preprocess.target_spacing`) into
+`<cache>/preprocessed/<cohort name>-<hash of its path and the parameters>`,
+and the records are built from that. The pipeline skips subjects whose input
+files and parameters are unchanged, so a rerun processes nothing again and,
+writing nothing, keeps the records' cache key. A cohort that is already a
+pipeline output is used as it is.
 """
 
 import contextlib
@@ -67,6 +76,27 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
   return out
 
 
+def preprocessed_cohort(config: ml_collections.ConfigDict, cohort: Path
+                        ) -> Path:
+  """Runs the preprocessing pipeline on a raw cohort (cached, see above)."""
+  # Imported here: SimpleITK and the pipeline are only needed for raw data.
+  from preprocessing import pipeline  # pylint: disable=g-import-not-at-top
+  if pipeline.is_preprocessed(cohort):
+    return cohort
+  threshold = config.data.mask_threshold
+  params = pipeline.Params(
+      target_spacing=config.data.preprocess.target_spacing,
+      mask_threshold=threshold if threshold >= 0 else None,
+      modalities=tuple(config.data.modalities))
+  out = (cache_root(config) / "preprocessed" /
+         f"{cohort.name}-{_digest(repr((str(cohort), params)))}")
+  with _locked(out.with_suffix(".lock")):
+    logging.info("Preprocessing %s into %s", cohort, out)
+    pipeline.preprocess_cohort(cohort, out, params,
+                               num_workers=max(os.cpu_count() or 1, 1))
+  return out
+
+
 def cohort_fingerprint(cohort_dir: Path) -> str:
   """Hash of every file's relative path, size and modification time."""
   entries = []
@@ -105,6 +135,8 @@ def prepare(config: ml_collections.ConfigDict) -> tfds_builder.PVLCohort:
       raise InputError(f"{cohort}: config.data.cohort_dir does not exist")
   else:
     cohort = synthetic_cohort(config)
+  if config.data.preprocess.enabled:
+    cohort = preprocessed_cohort(config, cohort)
   data_dir = (cache_root(config) / "tfds" /
               f"{cohort.name}-{cohort_fingerprint(cohort)}")
   with _locked(data_dir.with_suffix(".lock")):

@@ -74,6 +74,20 @@ def test_good_cohort_sorted(tmp_path):
     assert subject.lesion_mask_path.is_file()
 
 
+def test_brain_mask_in_anat_preferred(tmp_path):
+  """Preprocessed datasets keep the brain mask beside the scan."""
+  root = _make_cohort(tmp_path / "cohort")
+  in_anat = root / "sub-001" / "anat" / "sub-001_desc-brain_mask.nii.gz"
+  _write_volume(in_anat)
+  _write_volume(root / "sub-003" / "anat" / "sub-003_desc-brain_mask.nii")
+  subjects = bids.load_cohort(root)
+  assert subjects[0].brain_mask_path == in_anat
+  assert subjects[1].brain_mask_path == (
+      root / "derivatives" / "synthetic" / "sub-002" / "anat"
+      / "sub-002_desc-brain_mask.nii.gz")
+  assert subjects[2].brain_mask_path.name == "sub-003_desc-brain_mask.nii"
+
+
 def test_uncompressed_nii_found(tmp_path):
   root = _make_cohort(tmp_path / "cohort")
   gz = root / "sub-002" / "anat" / "sub-002_FLAIR.nii.gz"

@@ -1,0 +1,174 @@
+r"""Scores each preprocessing step against a synthetic cohort's ground truth.
+
+Usage:
+  python -m preprocessing.benchmark --bids=RAW_DIR --prep=PREP_DIR
+
+RAW_DIR is a raw-space synthetic cohort and PREP_DIR its `preprocessing.run`
+output. The generator records its ground truth per subject under
+`RAW_DIR/derivatives/synthetic/sub-X/anat/`:
+
+  sub-X_desc-brain_mask.nii.gz                      native brain mask
+  sub-X_desc-biasfield.nii.gz                       multiplicative bias field
+  sub-X_from-MNI152NLin2009cAsym_to-native_xfm.tfm  template -> native points
+  sub-X_space-MNI152NLin2009cAsym_label-lesion_mask.nii.gz
+
+Per subject it prints:
+  reg_mm      mean distance between where the true and the recovered
+              transform send each template brain voxel (mm);
+  brain_dice  Dice of the native brain mask with the true one;
+  cv_raw, cv_n4, cv_true  white-matter coefficient of variation of the raw
+              scan, of the scan divided by the estimated bias field, and by
+              the true one (the floor that noise leaves); white matter is
+              the template's (probability >= 0.9) carried into native space
+              by the true transform, inside both brain masks, lesions out;
+  cv_cut      1 - cv_n4 / cv_raw, the reduction by N4;
+  lesion_dice Dice of the template-space lesion mask with the generator's;
+  seconds     the pipeline's processing time of the subject (one worker);
+then the means and the targets of issue 3.
+"""
+
+import json
+from pathlib import Path
+
+from absl import app
+from absl import flags
+import numpy as np
+import SimpleITK as sitk
+
+from preprocessing import bids
+from preprocessing import nifti_io
+from preprocessing import pipeline
+from preprocessing import qc
+from preprocessing import registration
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("bids", None, "Raw synthetic cohort (with ground truth).",
+                    required=True)
+flags.DEFINE_string("prep", None, "Its preprocessing.run output.",
+                    required=True)
+flags.DEFINE_string("modality", "FLAIR", "The reference modality.")
+
+SPACE = registration.TEMPLATE_SPACE
+# (column, target, whether larger is better) from issue 3.
+TARGETS = (("reg_mm", 1.0, False), ("brain_dice", 0.95, True),
+           ("cv_cut", 0.5, True), ("lesion_dice", 0.95, True),
+           ("seconds", 20.0, False))
+COLUMNS = ("reg_mm", "brain_dice", "cv_raw", "cv_n4", "cv_true", "cv_cut",
+           "lesion_dice", "seconds")
+_WM_PROBABILITY = 0.9
+
+
+def score_subject(raw_dir: Path, prep_dir: Path, pid: str,
+                  modality: str = "FLAIR") -> dict[str, float]:
+  """The figures of one subject (see the module docstring)."""
+  truth = raw_dir / "derivatives" / "synthetic" / pid / "anat"
+  out = prep_dir / pid
+  true_xfm = sitk.ReadTransform(
+      str(truth / f"{pid}_from-{SPACE}_to-native_xfm.tfm"))
+  xfm = sitk.ReadTransform(
+      str(out / "xfm" / f"{pid}_from-native_to-{SPACE}_xfm.tfm"))
+  template = registration.load_template(2)
+  scan_path = raw_dir / pid / "anat" / f"{pid}_{modality}.nii.gz"
+  scan, affine = nifti_io.load_volume(scan_path)
+  true_brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz",
+                                  reference_shape=scan.shape,
+                                  reference_affine=affine)
+  brain = nifti_io.load_mask(out / "native" / f"{pid}_desc-brain_mask.nii.gz",
+                             reference_shape=scan.shape,
+                             reference_affine=affine)
+  bias, _ = nifti_io.load_volume(
+      out / "native" / f"{pid}_desc-biasfield.nii.gz")
+  true_bias, _ = nifti_io.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
+  lesion = nifti_io.load_mask(raw_dir / "derivatives" / "lesions" / pid /
+                              "anat" / f"{pid}_label-lesion_mask.nii.gz",
+                              threshold=0.5)
+  native = registration.image_from_array(scan, affine)
+  white_matter = sitk.GetArrayFromImage(sitk.Resample(
+      template.white_matter, native, true_xfm.GetInverse(), sitk.sitkLinear,
+      0.0, sitk.sitkFloat32)).T >= _WM_PROBABILITY
+  white_matter &= brain & true_brain & ~lesion
+  cv_raw = qc.white_matter_cv(scan, white_matter)
+  cv_n4 = qc.white_matter_cv(scan / np.where(brain, bias, 1), white_matter)
+  record = json.loads((out / f"{pid}_desc-preprocessing.json").read_text())
+  return {
+      "reg_mm": _transform_error(true_xfm, xfm, template.brain_mask),
+      "brain_dice": _dice(brain, true_brain),
+      "cv_raw": cv_raw, "cv_n4": cv_n4,
+      "cv_true": qc.white_matter_cv(scan / true_bias, white_matter),
+      "cv_cut": 1 - cv_n4 / cv_raw,
+      "lesion_dice": _lesion_dice(
+          prep_dir / "derivatives" / "lesions" / pid / "anat" /
+          f"{pid}_label-lesion_mask.nii.gz",
+          truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz"),
+      "seconds": float(record["qc"]["seconds_total"]),
+  }
+
+
+def format_table(scores: dict[str, dict[str, float]]) -> str:
+  """Per-subject rows, the mean, and the targets with pass/FAIL."""
+  width = max(len("subject"), *map(len, scores))
+  lines = [f"{'subject':<{width}} " + " ".join(f"{c:>11}" for c in COLUMNS)]
+  for pid, row in scores.items():
+    lines.append(f"{pid:<{width}} " +
+                 " ".join(f"{row[c]:11.4f}" for c in COLUMNS))
+  means = {c: float(np.mean([row[c] for row in scores.values()]))
+           for c in COLUMNS}
+  lines.append(f"{'mean':<{width}} " +
+               " ".join(f"{means[c]:11.4f}" for c in COLUMNS))
+  lines.append(f"\n{len(scores)} subjects; targets (on the means):")
+  for column, target, larger in TARGETS:
+    ok = means[column] >= target if larger else means[column] <= target
+    lines.append(f"  {column:<12} {means[column]:8.4f} "
+                 f"{'>=' if larger else '<='} {target:<6g} "
+                 f"{'pass' if ok else 'FAIL'}")
+  return "\n".join(lines)
+
+
+def _transform_error(true_xfm: sitk.Transform, xfm: sitk.Transform,
+                     brain: sitk.Image) -> float:
+  """Mean distance (mm) between two transforms' images of brain voxels."""
+  def displacement(transform):
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, brain.GetSize(), brain.GetOrigin(),
+        brain.GetSpacing(), brain.GetDirection())
+    return sitk.GetArrayFromImage(field)
+  distance = np.linalg.norm(displacement(true_xfm) - displacement(xfm),
+                            axis=-1)
+  return float(distance[sitk.GetArrayFromImage(brain) > 0].mean())
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+  total = a.sum() + b.sum()
+  return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def _lesion_dice(path: Path, true_path: Path) -> float:
+  """Dice of a lesion mask with the true one, on the true mask's grid.
+
+  The preprocessed mask is cropped (and possibly at another spacing), so it
+  is carried onto the generator's template grid by nearest neighbour; where
+  the grids coincide this only undoes the crop.
+  """
+  data, affine = nifti_io.load_volume(path, kind="lesion mask")
+  true, true_affine = nifti_io.load_volume(true_path, kind="lesion mask")
+  on_truth = sitk.Resample(
+      registration.image_from_array(data, affine),
+      registration.image_from_array(true, true_affine), sitk.Transform(),
+      sitk.sitkNearestNeighbor, 0.0)
+  return _dice(sitk.GetArrayFromImage(on_truth).T > 0.5, true > 0.5)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  raw_dir, prep_dir = Path(FLAGS.bids), Path(FLAGS.prep)
+  if not pipeline.is_preprocessed(prep_dir):
+    raise app.UsageError(f"{prep_dir}: not a preprocessing.run output")
+  subjects = bids.read_participants(prep_dir / bids.PARTICIPANTS_FILE)
+  scores = {pid: score_subject(raw_dir, prep_dir, pid, FLAGS.modality)
+            for pid in sorted(subjects)}
+  print(format_table(scores))
+
+
+if __name__ == "__main__":
+  app.run(main)

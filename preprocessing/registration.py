@@ -1,0 +1,281 @@
+"""Registration of native scans to the MNI152 2009c template (SimpleITK).
+
+Spaces and conventions:
+  * NIfTI affines (nibabel) map voxels to RAS+ millimetres; SimpleITK images
+    and transforms live in LPS millimetres. `image_from_array` and
+    `array_from_image` convert between the two, so everything handed to
+    SimpleITK carries the scan's true geometry.
+  * Registration is template (fixed) <- native scan (moving). The resulting
+    transform maps TEMPLATE physical points to NATIVE physical points (LPS),
+    which is what `sitk.Resample(native_image, template_grid, transform)`
+    needs to pull native intensities into template space. Its inverse
+    (`transform.GetInverse()`, always defined for an affine) maps native
+    points to template points and takes template-space images, e.g. network
+    predictions, back to a native grid:
+    `sitk.Resample(prediction, native_image, transform.GetInverse(),
+    sitk.sitkNearestNeighbor)`. BIDS names it `from-native_to-<template>`
+    (the direction images travel, as in fMRIPrep/ANTs); the ITK file itself
+    holds the point mapping template -> native.
+
+The template is the MNI152 2009c nonlinear asymmetric T1 that nilearn ships
+(skull-stripped, 1 or 2 mm), with its brain mask and white-matter map.
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+import SimpleITK as sitk
+
+from preprocessing import bias_field
+
+TEMPLATE_SPACE = "MNI152NLin2009cAsym"
+# RAS <-> LPS: negate the first two world axes.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+# Mattes MI: the FLAIR-like scans have grey matter brighter than white matter
+# (the T1 template the other way round), so only an information metric can
+# compare them.
+_HISTOGRAM_BINS = 32
+# Fraction of the fixed mask's voxels sampled per iteration at 2 mm (about
+# 25,000 points), with a fixed seed so that a subject is always registered
+# the same way. Coarser levels sample a larger fraction, so that every level
+# has about as many points: with 10% of an 8 mm level (a few hundred points)
+# the joint histogram was so noisy that the rigid stage failed on a test
+# subject posed 8 degrees and 10 mm away.
+_SAMPLING_PERCENTAGE = 0.1
+_SAMPLING_MM = 2.0
+_SAMPLING_SEED = 20261124
+# Resolution pyramids as (voxel size in mm, smoothing sigma in mm) per level.
+# The rigid stage finds the pose from coarse to fine; the affine stage then
+# only refines scale and shear at the finest level (a coarser affine level
+# cost 2 s and gained nothing on the test subjects).
+_RIGID_LEVELS = ((8.0, 4.0), (4.0, 2.0), (2.0, 1.0))
+_AFFINE_LEVELS = ((2.0, 0.0),)
+# The rigid stage registers the scan block-averaged to about this voxel size
+# (mm): smoothing and shrinking a full 1 mm scan for each of its levels would
+# cost more than the optimisation itself. The affine stage sees the full
+# scan, whose detail makes the final alignment sub-millimetre.
+_RIGID_SCAN_MM = 2.0
+_ITERATIONS = 200
+# Template voxels this far (mm) outside the brain still drive the metric, so
+# the brain's outline (brain against dark CSF/skull) is matched too; on the
+# test subjects 10 mm halved the error of 6 mm.
+_FIXED_MASK_MARGIN_MM = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+  """The registration target and the maps propagated from it.
+
+  Attributes:
+    t1: the skull-stripped T1 (float32).
+    brain_mask: brain mask (uint8, 0/1) on the T1's grid.
+    white_matter: white-matter probability map (float32) on the same grid.
+    resolution_mm: the grid's voxel size (1 or 2).
+  """
+  t1: sitk.Image
+  brain_mask: sitk.Image
+  white_matter: sitk.Image
+  resolution_mm: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+  """The result of `register_to_template`.
+
+  Attributes:
+    transform: affine transform mapping template points to native points
+      (LPS mm); see the module docstring for how to use it and its inverse.
+    metric_value: the final Mattes mutual information (negative; lower is a
+      better match), for quality control.
+  """
+  transform: sitk.AffineTransform
+  metric_value: float
+
+
+@functools.lru_cache(maxsize=2)
+def load_template(resolution_mm: int) -> Template:
+  """Loads nilearn's MNI152 2009c template at 1 or 2 mm (cached per process).
+
+  Args:
+    resolution_mm: 1 or 2.
+
+  Returns:
+    The template images as SimpleITK images in LPS geometry.
+  """
+  # Imported here: nilearn takes seconds to import, and only the processes
+  # that register scans need it.
+  from nilearn import datasets  # pylint: disable=g-import-not-at-top
+  images = {
+      "t1": datasets.load_mni152_template(resolution=resolution_mm),
+      "brain_mask": datasets.load_mni152_brain_mask(resolution=resolution_mm),
+      "white_matter": datasets.load_mni152_wm_template(
+          resolution=resolution_mm),
+  }
+  dtypes = {"t1": np.float32, "brain_mask": np.uint8,
+            "white_matter": np.float32}
+  return Template(
+      resolution_mm=resolution_mm,
+      **{name: image_from_array(np.asarray(img.get_fdata(), dtypes[name]),
+                                img.affine)
+         for name, img in images.items()})
+
+
+@functools.lru_cache(maxsize=2)
+def template_grid(spacing_mm: float) -> sitk.Image:
+  """An empty uint8 image on the template's field of view at `spacing_mm`.
+
+  The grid shares the 1 mm template's first voxel centre and direction, so
+  at 1 and 2 mm it is exactly nilearn's 1 and 2 mm template grid.
+
+  Args:
+    spacing_mm: isotropic voxel size of the grid.
+
+  Returns:
+    A reference image for `sitk.Resample`.
+  """
+  from nilearn import datasets  # pylint: disable=g-import-not-at-top
+  template = datasets.load_mni152_brain_mask(resolution=1)
+  extent = (np.asarray(template.shape) - 1) * template.header.get_zooms()[:3]
+  size = [int(n) for n in np.floor(extent / spacing_mm + 1e-6) + 1]
+  affine = template.affine @ np.diag([spacing_mm / z for z in
+                                      template.header.get_zooms()[:3]] + [1])
+  return image_from_array(np.zeros(size, np.uint8), affine)
+
+
+def image_from_array(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
+  """A SimpleITK image of `data` (nibabel voxel order) with a RAS affine.
+
+  Args:
+    data: 3D array indexed (i, j, k) as nibabel returns it.
+    affine: 4x4 voxel-to-RAS+ affine.
+
+  Returns:
+    The image, with spacing, direction and origin in LPS.
+  """
+  # SimpleITK's arrays are indexed (k, j, i).
+  image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).T))
+  linear = _RAS_TO_LPS @ np.asarray(affine, np.float64)[:3, :3]
+  spacing = np.linalg.norm(linear, axis=0)
+  image.SetSpacing(spacing.tolist())
+  image.SetDirection((linear / spacing).ravel().tolist())
+  image.SetOrigin((_RAS_TO_LPS @ np.asarray(affine)[:3, 3]).tolist())
+  return image
+
+
+def array_from_image(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+  """The inverse of `image_from_array`: (data in (i, j, k) order, affine)."""
+  data = sitk.GetArrayFromImage(image).T
+  return data, image_affine(image)
+
+
+def image_affine(image: sitk.Image) -> np.ndarray:
+  """The 4x4 voxel-to-RAS+ affine of a SimpleITK image's grid."""
+  direction = np.asarray(image.GetDirection()).reshape(3, 3)
+  affine = np.eye(4)
+  affine[:3, :3] = _RAS_TO_LPS @ direction @ np.diag(image.GetSpacing())
+  affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.GetOrigin())
+  return affine
+
+
+def resample_mask(mask: sitk.Image, reference: sitk.Image,
+                  transform: sitk.Transform) -> sitk.Image:
+  """Carries a binary mask onto `reference`'s grid.
+
+  The 0/1 mask is interpolated linearly and thresholded at 0.5 (as nnU-Net
+  resamples segmentations), which puts the boundary between voxels instead
+  of snapping it to the source grid: on 20 test subjects, lesion masks taken
+  from a 1 x 1.2 x 1.4 mm native grid to the 1 mm template kept 0.944 Dice
+  with the template-space truth, against 0.919 by nearest neighbour (0.920
+  by SimpleITK's label-Gaussian interpolator, 40 times slower).
+
+  Args:
+    mask: the mask (any integer or real pixel type, 0/1).
+    reference: the target grid.
+    transform: maps `reference` points to `mask` points.
+
+  Returns:
+    uint8 0/1 mask on the reference grid.
+  """
+  fraction = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), reference,
+                           transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+  return sitk.Cast(fraction >= 0.5, sitk.sitkUInt8)
+
+
+def register_to_template(image: sitk.Image, template: Template
+                         ) -> Registration:
+  """Registers a native scan (with skull) to the template T1.
+
+  The scan's gross bias is divided out first (N4 inside an Otsu head mask);
+  then a rigid stage (centres of mass aligned first) and an affine stage
+  maximise Mattes mutual information sampled inside the template's brain
+  mask dilated by `_FIXED_MASK_MARGIN_MM`.
+
+  Args:
+    image: the native scan, float32.
+    template: the target, from `load_template`.
+
+  Returns:
+    The affine transform (template -> native points) and final metric value.
+
+  Raises:
+    RuntimeError: SimpleITK failed (e.g. the scan does not overlap the
+      template at all, or is constant).
+  """
+  fixed = template.t1
+  # A strong bias field misleads mutual information at the coarse levels:
+  # with a +-40% field, 2 of 10 test subjects ended 8 mm off, all 10 within
+  # 1 mm once the head's gross bias was removed first (Otsu head mask).
+  image = bias_field.correct(image, sitk.OtsuThreshold(image, 0, 1)).corrected
+  coarse = sitk.BinShrink(
+      image,
+      [max(1, int(round(_RIGID_SCAN_MM / s))) for s in image.GetSpacing()])
+  fixed_mask = sitk.BinaryDilate(
+      template.brain_mask,
+      [int(round(_FIXED_MASK_MARGIN_MM / template.resolution_mm))] * 3)
+  # The head's centre of mass (scalp included) is within about 10 mm of the
+  # brain's, inside the capture range of the 8 mm level.
+  rigid = sitk.CenteredTransformInitializer(
+      fixed, coarse, sitk.Euler3DTransform(),
+      sitk.CenteredTransformInitializerFilter.MOMENTS)
+  rigid, _ = _optimise(fixed, fixed_mask, coarse, rigid, _RIGID_LEVELS,
+                       template.resolution_mm)
+  rigid = sitk.Euler3DTransform(rigid)
+  affine = sitk.AffineTransform(3)
+  affine.SetCenter(rigid.GetCenter())
+  affine.SetMatrix(rigid.GetMatrix())
+  affine.SetTranslation(rigid.GetTranslation())
+  affine, metric_value = _optimise(fixed, fixed_mask, image, affine,
+                                   _AFFINE_LEVELS, template.resolution_mm)
+  return Registration(transform=sitk.AffineTransform(affine),
+                      metric_value=metric_value)
+
+
+def _optimise(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
+              initial: sitk.Transform,
+              levels: tuple[tuple[float, float], ...], fixed_spacing_mm: float
+              ) -> tuple[sitk.Transform, float]:
+  """One multi-resolution Mattes-MI stage; returns (transform, metric)."""
+  method = sitk.ImageRegistrationMethod()
+  method.SetMetricAsMattesMutualInformation(_HISTOGRAM_BINS)
+  method.SetMetricSamplingStrategy(method.RANDOM)
+  method.SetMetricSamplingPercentagePerLevel(
+      [min(1.0, _SAMPLING_PERCENTAGE * (size / _SAMPLING_MM) ** 3)
+       for size, _ in levels], _SAMPLING_SEED)
+  method.SetMetricFixedMask(fixed_mask)
+  method.SetInterpolator(sitk.sitkLinear)
+  method.SetOptimizerAsRegularStepGradientDescent(
+      learningRate=2.0, minStep=1e-3, numberOfIterations=_ITERATIONS,
+      relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+  # Scales from physical shift: one optimiser step moves any voxel by about
+  # the same distance whether it changes a rotation, a shear or a shift.
+  method.SetOptimizerScalesFromPhysicalShift()
+  method.SetShrinkFactorsPerLevel(
+      [max(1, int(round(size / fixed_spacing_mm))) for size, _ in levels])
+  method.SetSmoothingSigmasPerLevel([sigma for _, sigma in levels])
+  method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+  method.SetInitialTransform(initial, inPlace=False)
+  transform = method.Execute(fixed, moving)
+  # Execute returns a composite wrapping the optimised transform.
+  transform = sitk.CompositeTransform(transform).GetBackTransform()
+  return transform, method.GetMetricValue()

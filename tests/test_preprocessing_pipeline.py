@@ -1,0 +1,611 @@
+"""Preprocessing pipeline tests on raw-space subjects with known ground truth.
+
+Until the synthetic generator's raw-space mode lands, `write_raw_cohort`
+builds raw scans itself, writing its ground truth under the names that
+generator will use (see `preprocessing.benchmark`): a FLAIR-like head (grey
+matter brighter than white matter, bright lesions in deep white matter, a
+dark skull and a bright scalp shell) made from the template's tissue maps,
+posed by a known rigid transform, resampled onto an oblique, anisotropic
+native grid, multiplied by a smooth bias field, with Rician noise.
+
+To benchmark on it at ~1 mm:
+  python -c "import sys; sys.path.insert(0, 'tests'); \
+      import test_preprocessing_pipeline as t; \
+      t.write_raw_cohort('/tmp/raw', 10, resolution_mm=1, \
+                         native_spacing=(1.0, 1.2, 1.4))"
+  python -m preprocessing.run --bids=/tmp/raw --out=/tmp/prep
+  python -m preprocessing.benchmark --bids=/tmp/raw --prep=/tmp/prep
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+import SimpleITK as sitk
+
+from preprocessing import benchmark
+from preprocessing import bids
+from preprocessing import nifti_io
+from preprocessing import pipeline
+from preprocessing import qc
+from preprocessing import registration
+from preprocessing.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = registration.TEMPLATE_SPACE
+# Test subjects: 2 mm template anatomy, a native grid of about 2 mm.
+NATIVE_SPACING = (1.8, 2.0, 2.4)
+
+
+def write_raw_cohort(root: str | os.PathLike, num_subjects: int,
+                     resolution_mm: int = 2,
+                     native_spacing: tuple[float, ...] = NATIVE_SPACING,
+                     seed: int = 0) -> Path:
+  """Writes a raw-space BIDS cohort with its ground truth (module docstring).
+
+  Args:
+    root: the cohort directory.
+    num_subjects: subjects sub-001, sub-002, ...
+    resolution_mm: the template anatomy's resolution (1 or 2).
+    native_spacing: voxel size of the native grids (mm).
+    seed: random seed of poses, lesions, bias and noise.
+
+  Returns:
+    `root`.
+  """
+  root = Path(root)
+  template = registration.load_template(resolution_mm)
+  tissue = _tissue_intensity(template)
+  rng = np.random.default_rng(seed)
+  rows = ["participant_id\thand_function"]
+  for i in range(1, num_subjects + 1):
+    pid = f"sub-{i:03d}"
+    _write_raw_subject(root, pid, template, tissue, rng, native_spacing)
+    rows.append(f"{pid}\t{i % 2}")
+  (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+  return root
+
+
+def _tissue_intensity(template: registration.Template) -> np.ndarray:
+  """FLAIR-like brain (CSF dark, WM mid, GM bright), skull and scalp.
+
+  Arrays are SimpleITK-ordered (k, j, i), on the template grid.
+  """
+  from nilearn import datasets  # pylint: disable=g-import-not-at-top
+  gm = np.clip(np.asarray(datasets.load_mni152_gm_template(
+      resolution=template.resolution_mm).get_fdata(), np.float32).T, 0, 1)
+  wm = np.clip(sitk.GetArrayFromImage(template.white_matter), 0, 1)
+  brain = sitk.GetArrayFromImage(template.brain_mask) > 0
+  csf = np.clip(1 - gm - wm, 0, 1)
+  head = brain * (1.0 * gm + 0.7 * wm + 0.25 * csf)
+  outside_mm = ndimage.distance_transform_edt(~brain) * template.resolution_mm
+  head[(outside_mm > 0) & (outside_mm <= 3)] = 0.05  # CSF and bone: dark
+  head[(outside_mm > 3) & (outside_mm <= 5)] = 0.15
+  head[(outside_mm > 5) & (outside_mm <= 9)] = 1.1  # scalp fat: bright
+  return head.astype(np.float32)
+
+
+def _lesions(template: registration.Template, rng: np.random.Generator
+             ) -> np.ndarray:
+  """2 to 4 ellipsoids (radii 3-7 mm) in deep white matter, (k, j, i)."""
+  res = template.resolution_mm
+  wm = sitk.GetArrayFromImage(template.white_matter)
+  deep = np.argwhere(ndimage.binary_erosion(wm > 0.9, iterations=3 // res))
+  grid = np.indices(wm.shape, dtype=np.float32)
+  lesion = np.zeros(wm.shape, bool)
+  for _ in range(rng.integers(2, 5)):
+    centre = deep[rng.integers(len(deep))].reshape(3, 1, 1, 1)
+    radii = (rng.uniform(3, 7, 3) / res).reshape(3, 1, 1, 1)
+    lesion |= (((grid - centre) / radii) ** 2).sum(0) < 1
+  return lesion & (wm > 0.3)
+
+
+def _pose(rng: np.random.Generator, centre: tuple[float, ...]
+          ) -> sitk.Euler3DTransform:
+  """Head pose: template points -> native points (10 degrees, 10 mm)."""
+  transform = sitk.Euler3DTransform()
+  transform.SetCenter(centre)
+  transform.SetRotation(*np.deg2rad(rng.uniform(-10, 10, 3)).tolist())
+  transform.SetTranslation(rng.uniform(-10, 10, 3).tolist())
+  return transform
+
+
+def _native_grid(head: sitk.Image, to_native: sitk.Transform,
+                 spacing: tuple[float, ...], rng: np.random.Generator
+                 ) -> sitk.Image:
+  """An oblique grid stored L-I-A (not RAS) that covers the posed head."""
+  tilt = sitk.Euler3DTransform()
+  tilt.SetRotation(*np.deg2rad(rng.uniform(-8, 8, 3)).tolist())
+  axes = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # in LPS columns
+  direction = np.asarray(tilt.GetMatrix()).reshape(3, 3) @ axes
+  voxels = np.argwhere(sitk.GetArrayFromImage(head) > 0.01)[:, ::-1]
+  corners = np.array(np.meshgrid(*zip(voxels.min(0), voxels.max(0))))
+  native = np.array([
+      to_native.TransformPoint(head.TransformIndexToPhysicalPoint(
+          [int(c) for c in corner])) for corner in corners.reshape(3, -1).T])
+  local = native @ direction  # coordinates along the grid's axes
+  start = local.min(0) - 6
+  size = np.ceil((local.max(0) + 6 - start) / spacing).astype(int)
+  grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+  grid.SetSpacing(list(spacing))
+  grid.SetDirection(direction.ravel().tolist())
+  grid.SetOrigin((direction @ start).tolist())
+  return grid
+
+
+def _bias_field(shape: tuple[int, ...], rng: np.random.Generator
+                ) -> np.ndarray:
+  """exp of a random quadratic polynomial over the grid (about +-30%)."""
+  coords = [c / (n - 1) * 2 - 1 for c, n in
+            zip(np.indices(shape, dtype=np.float32), shape)]
+  log_bias = np.zeros(shape, np.float32)
+  for i in range(3):
+    log_bias += rng.normal(0, 0.25) * coords[i]
+    for j in range(i, 3):
+      log_bias += rng.normal(0, 0.12) * coords[i] * coords[j]
+  return np.exp(log_bias)
+
+
+def _write_raw_subject(root: Path, pid: str, template: registration.Template,
+                       tissue: np.ndarray, rng: np.random.Generator,
+                       spacing: tuple[float, ...]) -> None:
+  def on_template(array):
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.CopyInformation(template.brain_mask)
+    return image
+  lesion = _lesions(template, rng)
+  head = on_template(np.where(lesion, 1.5, tissue))
+  brain = sitk.GetArrayFromImage(template.brain_mask)
+  centre = head.TransformContinuousIndexToPhysicalPoint(
+      ndimage.center_of_mass(brain)[::-1])
+  to_native = _pose(rng, centre)
+  grid = _native_grid(head, to_native, spacing, rng)
+
+  def native(image):
+    return sitk.GetArrayFromImage(sitk.Resample(
+        image, grid, to_native.GetInverse(), sitk.sitkLinear, 0.0,
+        sitk.sitkFloat32))
+
+  def save(array, dtype, path):
+    image = sitk.GetImageFromArray(array.astype(dtype))
+    image.CopyInformation(grid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # ITK's own NIfTI writer: an independent check of the pipeline's
+    # RAS/LPS handling, which reads these files with nibabel.
+    sitk.WriteImage(image, str(path))
+
+  clean = native(head)
+  bias = _bias_field(clean.shape, rng)
+  noise = rng.normal(0, 0.02, (2,) + clean.shape)
+  scan = np.sqrt((clean * bias + noise[0]) ** 2 + noise[1] ** 2)
+  anat = Path(pid, "anat")
+  truth = root / "derivatives" / "synthetic" / anat
+  save(scan, np.float32, root / anat / f"{pid}_FLAIR.nii.gz")
+  save(native(on_template(lesion)) >= 0.5, np.uint8,
+       root / "derivatives" / "lesions" / anat /
+       f"{pid}_label-lesion_mask.nii.gz")
+  save(native(on_template(brain)) >= 0.5, np.uint8,
+       truth / f"{pid}_desc-brain_mask.nii.gz")
+  save(bias, np.float32, truth / f"{pid}_desc-biasfield.nii.gz")
+  sitk.WriteImage(sitk.Cast(on_template(lesion), sitk.sitkUInt8),
+                  str(truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz"))
+  sitk.WriteTransform(to_native,
+                      str(truth / f"{pid}_from-{SPACE}_to-native_xfm.tfm"))
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "preprocessing.run", *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600,
+                        check=False)
+
+
+def _tree_hash(root: Path) -> str:
+  """Hash of every file's relative path, bytes and modification time."""
+  digest = hashlib.sha256()
+  for path in sorted(root.rglob("*")):
+    if path.is_file():
+      digest.update(f"{path.relative_to(root)}:{path.stat().st_mtime_ns}"
+                    .encode())
+      digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def _copy_subject(source: Path, pid: str, root: Path, new_pid: str) -> None:
+  """Copies a raw subject's scan and lesion mask under another id."""
+  for folder in (Path(), Path("derivatives", "lesions")):
+    for path in (source / folder / pid / "anat").glob("*.nii.gz"):
+      target = (root / folder / new_pid / "anat" /
+                path.name.replace(pid, new_pid))
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(path, target)
+
+
+def _no_partial_outputs(out: Path, pid: str) -> bool:
+  """No file or folder of `pid`, and no temporary folder, under `out`."""
+  leftovers = [p for p in out.rglob("*") if pid in p.name or ".tmp-" in p.name]
+  return not leftovers
+
+
+@pytest.fixture(scope="module")
+def raw_cohort(tmp_path_factory) -> Path:
+  """Two raw subjects at about 2 mm (read-only for tests)."""
+  return write_raw_cohort(tmp_path_factory.mktemp("raw") / "cohort", 2)
+
+
+@pytest.fixture(scope="module")
+def prep(raw_cohort, tmp_path_factory):
+  """(output dir, CLI result, raw hash before) of one run at 2 mm."""
+  before = _tree_hash(raw_cohort)
+  out = tmp_path_factory.mktemp("prep") / "prep"
+  result = _run_cli(f"--bids={raw_cohort}", f"--out={out}",
+                    "--target_spacing=2", "--num_workers=2")
+  return out, result, before
+
+
+def test_image_conversion_matches_itk_geometry(raw_cohort):
+  path = raw_cohort / "sub-001" / "anat" / "sub-001_FLAIR.nii.gz"
+  data, affine = nifti_io.load_volume(path)
+  image = registration.image_from_array(data, affine)
+  itk = sitk.ReadImage(str(path))
+  np.testing.assert_allclose(image.GetOrigin(), itk.GetOrigin(), atol=1e-3)
+  np.testing.assert_allclose(image.GetDirection(), itk.GetDirection(),
+                             atol=1e-5)
+  np.testing.assert_allclose(image.GetSpacing(), itk.GetSpacing(), rtol=1e-6)
+  np.testing.assert_array_equal(sitk.GetArrayFromImage(image),
+                                sitk.GetArrayFromImage(itk))
+  back, back_affine = registration.array_from_image(image)
+  np.testing.assert_array_equal(back, data)
+  np.testing.assert_allclose(back_affine, affine, atol=1e-9)
+
+
+def test_template_grid_is_nilearns():
+  from nilearn import datasets  # pylint: disable=g-import-not-at-top
+  for mm in (1, 2):
+    nilearn_mask = datasets.load_mni152_brain_mask(resolution=mm)
+    grid = registration.template_grid(float(mm))
+    assert grid.GetSize() == nilearn_mask.shape
+    np.testing.assert_allclose(registration.image_affine(grid),
+                               nilearn_mask.affine)
+
+
+def test_cli_writes_the_layout(prep, raw_cohort):
+  out, result, raw_hash = prep
+  assert result.returncode == 0, result.stderr
+  assert "2 subjects in" in result.stdout
+  assert _tree_hash(raw_cohort) == raw_hash
+  description = json.loads((out / "dataset_description.json").read_text())
+  assert description["DatasetType"] == "derivative"
+  assert description["GeneratedBy"][0]["Name"] == pipeline.GENERATED_BY
+  assert description["SourceDatasets"] == [{"URL": raw_cohort.as_uri()}]
+  assert ((out / "participants.tsv").read_text()
+          == (raw_cohort / "participants.tsv").read_text())
+  grid = registration.template_grid(2.0)
+  for pid in ("sub-001", "sub-002"):
+    image, affine = nifti_io.load_volume(
+        out / pid / "anat" / f"{pid}_FLAIR.nii.gz")
+    brain = nifti_io.load_mask(
+        out / pid / "anat" / f"{pid}_desc-brain_mask.nii.gz",
+        reference_shape=image.shape, reference_affine=affine)
+    lesion_path = (out / "derivatives" / "lesions" / pid / "anat" /
+                   f"{pid}_label-lesion_mask.nii.gz")
+    nifti_io.load_mask(lesion_path, reference_shape=image.shape,
+                       reference_affine=affine)
+    assert nib.load(lesion_path).get_data_dtype() == np.uint8
+    # A crop of the 2 mm template grid: same axes, origin on a grid voxel.
+    full = registration.image_affine(grid)
+    np.testing.assert_allclose(affine[:3, :3], full[:3, :3])
+    start = np.linalg.solve(full[:3, :3], affine[:3, 3] - full[:3, 3])
+    np.testing.assert_allclose(start, np.round(start), atol=1e-4)
+    # Skull-stripped and z-scored inside the brain (robust statistics).
+    assert abs(image[brain].mean()) < 0.1
+    assert abs(image[brain].std() - 1) < 0.15
+    assert not image[~brain].any()
+    native = nifti_io.load_mask(
+        out / pid / "native" / f"{pid}_desc-brain_mask.nii.gz")
+    scan, _ = nifti_io.load_volume(raw_cohort / pid / "anat" /
+                                   f"{pid}_FLAIR.nii.gz")
+    assert native.shape == scan.shape
+    assert (out / "qc" / f"{pid}.png").stat().st_size > 10_000
+  steps = (out / "qc" / "steps.csv").read_text().splitlines()
+  assert steps[0].split(",") == list(qc.COLUMNS)
+  assert [line.split(",")[:2] for line in steps[1:]] == [
+      ["sub-001", "ok"], ["sub-002", "ok"]]
+
+
+def test_steps_score_against_ground_truth(prep, raw_cohort):
+  """The benchmark's figures, at 2 mm (loose: the targets are for ~1 mm)."""
+  out, result, _ = prep
+  assert result.returncode == 0, result.stderr
+  for pid in ("sub-001", "sub-002"):
+    score = benchmark.score_subject(raw_cohort, out, pid)
+    assert score["reg_mm"] < 1.0, score
+    assert score["brain_dice"] > 0.97, score
+    assert score["cv_cut"] > 0.4, score
+    assert score["cv_n4"] < 1.3 * score["cv_true"], score
+    assert score["lesion_dice"] > 0.8, score
+  table = benchmark.format_table(
+      {"sub-001": benchmark.score_subject(raw_cohort, out, "sub-001")})
+  assert "reg_mm" in table and "mean" in table
+
+
+def test_transform_takes_masks_back_to_native(prep, raw_cohort):
+  """The saved transform's inverse maps template-space outputs to native."""
+  out, _, _ = prep
+  pid = "sub-001"
+  transform = sitk.ReadTransform(
+      str(out / pid / "xfm" / f"{pid}_from-native_to-{SPACE}_xfm.tfm"))
+  data, affine = nifti_io.load_volume(out / pid / "anat" /
+                                      f"{pid}_desc-brain_mask.nii.gz")
+  scan, scan_affine = nifti_io.load_volume(raw_cohort / pid / "anat" /
+                                           f"{pid}_FLAIR.nii.gz")
+  back = sitk.Resample(registration.image_from_array(data, affine),
+                       registration.image_from_array(scan, scan_affine),
+                       transform.GetInverse(), sitk.sitkNearestNeighbor)
+  back = sitk.GetArrayFromImage(back).T > 0
+  native = nifti_io.load_mask(out / pid / "native" /
+                              f"{pid}_desc-brain_mask.nii.gz")
+  assert 2 * (back & native).sum() / (back.sum() + native.sum()) > 0.95
+
+
+def test_output_is_a_cohort_for_training(prep):
+  from preprocessing import tfds_builder  # pylint: disable=g-import-not-at-top
+  out, _, _ = prep
+  subjects = bids.load_cohort(out)
+  assert [s.participant_id for s in subjects] == ["sub-001", "sub-002"]
+  first = subjects[0]
+  assert first.brain_mask_path == (out / "sub-001" / "anat" /
+                                   "sub-001_desc-brain_mask.nii.gz")
+  example = tfds_builder.encode_subject(first, ("FLAIR",), None)
+  assert example["lesion_mask"].sum() > 0
+  np.testing.assert_allclose(example["spacing"], [2, 2, 2])
+
+
+def test_rerun_is_cached_and_writes_nothing(prep, raw_cohort):
+  out, _, _ = prep
+  before = _tree_hash(out)
+  summary = pipeline.preprocess_cohort(
+      raw_cohort, out, pipeline.Params(target_spacing=2.0))
+  assert summary.cached == summary.processed == ["sub-001", "sub-002"]
+  assert _tree_hash(out) == before
+
+
+def test_changed_parameters_change_the_cache_key(raw_cohort):
+  subject = bids.load_cohort(raw_cohort)[0]
+  keys = {pipeline.inputs_hash(raw_cohort, subject, params) for params in (
+      pipeline.Params(), pipeline.Params(target_spacing=2.0),
+      pipeline.Params(mask_threshold=0.5))}
+  assert len(keys) == 3
+
+
+def test_dataset_prepare_preprocesses_raw_cohort(prep, raw_cohort, tmp_path,
+                                                 monkeypatch):
+  """configs: data.preprocess.enabled runs the pipeline, then builds TFDS."""
+  from configs import joint  # pylint: disable=g-import-not-at-top
+  from pvl_jax import dataset  # pylint: disable=g-import-not-at-top
+  out, _, _ = prep
+  runs = []
+  real = pipeline.preprocess_cohort
+
+  def seeded(bids_dir, out_dir, params, **kwargs):
+    # Seed the cache with the CLI's output: same inputs and parameters, so
+    # the pipeline must find both subjects up to date.
+    shutil.copytree(out, out_dir, copy_function=shutil.copy2)
+    summary = real(bids_dir, out_dir, params, **kwargs)
+    runs.append(summary)
+    return summary
+
+  monkeypatch.setattr(pipeline, "preprocess_cohort", seeded)
+  config = joint.get_config("demo")
+  config.data.cohort_dir = str(raw_cohort)
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.data.num_folds = 2
+  config.data.preprocess.enabled = True
+  builder = dataset.prepare(config)
+  assert runs[0].cached == ["sub-001", "sub-002"]
+  assert sum(len(builder.as_data_source(f"fold{k}")) for k in (0, 1)) == 2
+  # A preprocessed cohort is used as it is.
+  assert dataset.preprocessed_cohort(config, out) == out
+
+
+def _corrupt(kind: str, raw: Path, pid: str) -> Path:
+  """Breaks one of a raw subject's files; returns the broken file."""
+  scan = raw / pid / "anat" / f"{pid}_FLAIR.nii.gz"
+  lesion = (raw / "derivatives" / "lesions" / pid / "anat" /
+            f"{pid}_label-lesion_mask.nii.gz")
+  data, affine = nifti_io.load_volume(scan)
+  mask, _ = nifti_io.load_volume(lesion)
+  if kind == "truncated":
+    scan.write_bytes(scan.read_bytes()[:5000])
+    return scan
+  if kind == "4d":
+    nib.save(nib.Nifti1Image(np.stack([data, data], -1), affine), scan)
+    return scan
+  if kind == "nan":
+    data[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(data, affine), scan)
+    return scan
+  if kind == "mask_shape":
+    nib.save(nib.Nifti1Image(mask[:-1].astype(np.uint8), affine), lesion)
+    return lesion
+  if kind == "mask_affine":
+    shifted = affine.copy()
+    shifted[:3, 3] += 5
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), shifted), lesion)
+    return lesion
+  assert kind == "non_binary"
+  nib.save(nib.Nifti1Image(mask.astype(np.float32) * 0.7, affine), lesion)
+  return lesion
+
+
+BAD_FILES = {
+    "truncated": "truncated gzip stream",
+    "4d": "expected a 3D image volume",
+    "nan": "1 NaN",
+    "mask_shape": "differs from shape",
+    "mask_affine": "affine differs",
+    "non_binary": "mask is not binary",
+}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "nan", "mask_affine"])
+def test_bad_file_stops_the_run(kind, raw_cohort, tmp_path):
+  raw = tmp_path / "raw"
+  _copy_subject(raw_cohort, "sub-001", raw, "sub-001")
+  (raw / "participants.tsv").write_text("participant_id\thand_function\n"
+                                        "sub-001\t1\n")
+  broken = _corrupt(kind, raw, "sub-001")
+  before = _tree_hash(raw)
+  out = tmp_path / "out"
+  result = _run_cli(f"--bids={raw}", f"--out={out}", "--num_workers=1")
+  assert result.returncode == 2
+  # The progress bar comes first on stderr.
+  error = result.stderr[result.stderr.index("\nerror: ") + 1:]
+  assert error.startswith(f"error: {broken}: ")
+  assert BAD_FILES[kind] in error
+  assert "Traceback" not in result.stderr
+  assert _tree_hash(raw) == before
+  assert _no_partial_outputs(out, "sub-001")
+
+
+def test_skip_failed_reports_every_bad_file_and_continues(prep, raw_cohort,
+                                                          tmp_path):
+  raw = tmp_path / "raw"
+  rows = ["participant_id\thand_function", "sub-001\t1"]
+  # sub-001 with its outputs from the CLI run: up to date, not recomputed.
+  _copy_subject(raw_cohort, "sub-001", raw, "sub-001")
+  out = tmp_path / "out"
+  shutil.copytree(prep[0], out, copy_function=shutil.copy2)
+  broken = {}
+  for i, kind in enumerate(BAD_FILES, start=2):
+    pid = f"sub-{i:03d}"
+    _copy_subject(raw_cohort, "sub-002", raw, pid)
+    broken[pid] = (kind, _corrupt(kind, raw, pid))
+    rows.append(f"{pid}\t0")
+  (raw / "participants.tsv").write_text("\n".join(rows) + "\n")
+  before = _tree_hash(raw)
+  result = _run_cli(f"--bids={raw}", f"--out={out}", "--target_spacing=2",
+                    "--skip_failed")
+  assert result.returncode == 0, result.stderr
+  assert (f"1 subjects in {out} (1 up to date already, {len(BAD_FILES)} "
+          "skipped)") in result.stdout
+  assert _tree_hash(raw) == before
+  steps = {line.split(",")[0]: line
+           for line in (out / "qc" / "steps.csv").read_text().splitlines()}
+  assert steps["sub-001"].startswith("sub-001,ok,")
+  for pid, (kind, path) in broken.items():
+    assert f"skipped {pid}: {path}: " in result.stderr
+    assert BAD_FILES[kind] in steps[pid] and "failed: " in steps[pid]
+    assert _no_partial_outputs(out, pid)
+  assert bids.read_participants(out / "participants.tsv") == {"sub-001": 1}
+  assert [s.participant_id for s in bids.load_cohort(out)] == ["sub-001"]
+
+
+def test_non_binary_mask_is_binarised_with_a_threshold(raw_cohort, tmp_path):
+  raw = tmp_path / "raw"
+  _copy_subject(raw_cohort, "sub-001", raw, "sub-001")
+  (raw / "participants.tsv").write_text("participant_id\thand_function\n"
+                                        "sub-001\t1\n")
+  _corrupt("non_binary", raw, "sub-001")  # values 0 and 0.7
+  subject = bids.load_cohort(raw)[0]
+  out = tmp_path / "out"
+  with pytest.raises(InputError, match="mask is not binary"):
+    pipeline.preprocess_subject(subject, out, pipeline.Params(), "digest")
+  assert _no_partial_outputs(out, "sub-001")
+  record = pipeline.preprocess_subject(
+      subject, out, pipeline.Params(target_spacing=2.0, mask_threshold=0.5),
+      "digest")
+  assert record["qc"]["lesion_volume_template_ml"] > 0
+  lesion = nifti_io.load_mask(out / "derivatives" / "lesions" / "sub-001" /
+                              "anat" / "sub-001_label-lesion_mask.nii.gz")
+  assert lesion.sum() > 0
+
+
+@pytest.mark.parametrize("tsv, problem", [
+    ("participant_id\thand_function\nsub-001\t1\nsub-009\t0\n",
+     "sub-009 has no FLAIR scan"),
+    ("participant_id\thand_function\n", "no participants"),
+    ("participant_id\thand_function\nsub-001\t1\nsub-001\t1\n",
+     "duplicate participant ids"),
+    ("participant_id\thand_function\nsub-001\t1\n../x\t0\n",
+     "'../x' is not of the form sub-<label>"),
+])
+def test_bad_cohort_stops_before_any_work(tsv, problem, raw_cohort, tmp_path):
+  raw = tmp_path / "raw"
+  _copy_subject(raw_cohort, "sub-001", raw, "sub-001")
+  (raw / "participants.tsv").write_text(tsv)
+  before = _tree_hash(raw)
+  out = tmp_path / "out"
+  result = _run_cli(f"--bids={raw}", f"--out={out}", "--skip_failed")
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: ") and problem in result.stderr
+  assert _tree_hash(raw) == before
+  assert not out.exists()
+
+
+def test_scan_without_row(raw_cohort, tmp_path):
+  raw = tmp_path / "raw"
+  _copy_subject(raw_cohort, "sub-001", raw, "sub-001")
+  _copy_subject(raw_cohort, "sub-002", raw, "sub-002")
+  (raw / "participants.tsv").write_text("participant_id\thand_function\n"
+                                        "sub-001\t1\n")
+  result = _run_cli(f"--bids={raw}", f"--out={tmp_path / 'out'}")
+  assert result.returncode == 2
+  assert "no row for scan folder(s) sub-002" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["raw", "parent", "foreign"])
+def test_unsafe_output_folder_refused(where, raw_cohort, tmp_path):
+  out = {"raw": raw_cohort, "parent": raw_cohort.parent,
+         "foreign": tmp_path}[where]
+  (tmp_path / "notes.txt").write_text("not ours")
+  with pytest.raises(InputError, match="must not be|not an output of"):
+    pipeline.preprocess_cohort(raw_cohort, out)
+  assert (tmp_path / "notes.txt").read_text() == "not ours"
+
+
+@pytest.mark.slow
+def test_benchmark_at_1mm(tmp_path):
+  """Issue 3's targets on two ~1 mm subjects, through both CLIs."""
+  raw = write_raw_cohort(tmp_path / "raw", 2, resolution_mm=1,
+                         native_spacing=(1.0, 1.2, 1.4), seed=1)
+  out = tmp_path / "prep"
+  result = _run_cli(f"--bids={raw}", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  table = subprocess.run(
+      [sys.executable, "-m", "preprocessing.benchmark", f"--bids={raw}",
+       f"--prep={out}"], cwd=REPO, capture_output=True, text=True,
+      timeout=600, check=True).stdout
+  print(table)
+  for pid in ("sub-001", "sub-002"):
+    score = benchmark.score_subject(raw, out, pid)
+    assert score["reg_mm"] <= 1.0, score
+    assert score["brain_dice"] >= 0.95, score
+    assert score["cv_cut"] >= 0.5, score
+    assert score["lesion_dice"] >= 0.85, score
+
+
+@pytest.mark.slow
+def test_changed_input_is_processed_again(prep, raw_cohort, tmp_path):
+  out = tmp_path / "prep"
+  shutil.copytree(prep[0], out, copy_function=shutil.copy2)
+  raw = tmp_path / "raw"
+  shutil.copytree(raw_cohort, raw, copy_function=shutil.copy2)
+  params = pipeline.Params(target_spacing=2.0)
+  # A moved cohort (same relative paths, sizes, times) is up to date.
+  summary = pipeline.preprocess_cohort(raw, out, params)
+  assert summary.cached == ["sub-001", "sub-002"]
+  os.utime(raw / "derivatives" / "lesions" / "sub-002" / "anat" /
+           "sub-002_label-lesion_mask.nii.gz")
+  summary = pipeline.preprocess_cohort(raw, out, params)
+  assert summary.cached == ["sub-001"]
+  assert summary.processed == ["sub-001", "sub-002"]
+  assert bids.read_participants(out / "participants.tsv") == {
+      "sub-001": 1, "sub-002": 0}
