@@ -93,7 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.inference = ml_collections.ConfigDict(dict(
       overlap=0.5, batch_size=2, num_plot_subjects=3,
       # Remove lesion components smaller than a size chosen on validation.
-      postprocess=True))
+      postprocess=True,
+      # Mirroring test-time augmentation: spatial axes to flip, () = off;
+      # (0, 1, 2) averages all 8 flips of a 3D model (a 2D model mirrors its
+      # in-plane axes 0 and 1), at 8x the inference cost.
+      mirror_axes=()))
 
   if arg.demo:
     config.data.synthetic = ml_collections.ConfigDict(dict(

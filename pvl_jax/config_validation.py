@@ -54,6 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be in [0, 1) (got {config.inference.overlap})")
   _require(config.inference.batch_size >= 1, "inference.batch_size",
            "must be >= 1")
+  _validate_mirror_axes(config.inference.mirror_axes)
 
   if config.plan and planning.unset_keys(config):
     return  # checked again once the planner has filled them
@@ -90,6 +91,18 @@ def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
            "data.patch_size",
            f"{tuple(data.patch_size)} must be divisible by the network's "
            f"total stride {tuple(total_stride)}")
+
+
+def _validate_mirror_axes(axes) -> None:
+  """Mirror axes: distinct spatial axes 0-2 (axis 2 is ignored by 2D models)."""
+  key = "inference.mirror_axes"
+  _require(isinstance(axes, (tuple, list)) and all(
+      isinstance(a, int) and not isinstance(a, bool) for a in axes), key,
+           f"must be a tuple of spatial axes, e.g. (0, 1, 2) (got {axes!r})")
+  _require(all(0 <= a <= 2 for a in axes), key,
+           f"axes must be 0, 1 or 2 (got {tuple(axes)})")
+  _require(len(set(axes)) == len(axes), key,
+           f"repeats an axis (got {tuple(axes)})")
 
 
 def validate_patch_size(patch_size, volume_shapes: dict[str, tuple[int, ...]]

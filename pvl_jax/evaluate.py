@@ -114,7 +114,8 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
     split holds aggregated segmentation metrics (dice_mean, voe_mean, ...),
     for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
   """
-  window_fn = inference.make_window_fn(model.apply, {"params": params})
+  window_fn = inference.make_window_fn(model.apply, {"params": params},
+                                       config.inference.mirror_axes)
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
             "test": predict_split(window_fn, sources["test"], config, "test")}

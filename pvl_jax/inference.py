@@ -7,9 +7,15 @@ window, as nnU-Net) so that window borders, where the network sees less
 context, count less. Windows are evaluated in fixed-size batches by one jitted
 function (the last batch is padded, so nothing recompiles). The hand-function
 logit of a volume is the mean of its windows' logits.
+
+Mirroring test-time augmentation (`mirror_axes`, as nnU-Net): each batch is
+also predicted flipped along every non-empty subset of the mirror axes, each
+softmax flipped back, and the 2^k softmaxes (and classification logits)
+averaged, inside the same jitted function.
 """
 
 from collections.abc import Callable, Sequence
+import functools
 import itertools
 
 import jax
@@ -44,14 +50,58 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 1 / 8
   return weights
 
 
-def make_window_fn(apply_fn: Callable, variables) -> WindowFn:
-  """Jitted foreground-probability function for batches of windows."""
+def mirror_combinations(mirror_axes: Sequence[int], num_spatial: int
+                        ) -> list[tuple[int, ...]]:
+  """Every subset of the mirror axes that exist in `num_spatial` dimensions.
+
+  Axes beyond the window's rank are dropped, so that (0, 1, 2) mirrors a 2D
+  model's two in-plane axes: its slices are predicted independently, and
+  flipping their order would change nothing.
+
+  Args:
+    mirror_axes: spatial axes to mirror (0 = first spatial axis).
+    num_spatial: spatial dimensions of a window (2 or 3).
+
+  Returns:
+    The subsets, the empty one (no flip) first.
+  """
+  axes = sorted({a for a in mirror_axes if a < num_spatial})
+  return [subset for k in range(len(axes) + 1)
+          for subset in itertools.combinations(axes, k)]
+
+
+def make_window_fn(apply_fn: Callable, variables,
+                   mirror_axes: Sequence[int] = ()) -> WindowFn:
+  """Jitted foreground-probability function for batches of windows.
+
+  Args:
+    apply_fn: the model's apply, (variables, images) -> (list of
+      segmentation logits, the full-resolution one first; class logit).
+    variables: the model's variables.
+    mirror_axes: spatial axes for mirroring test-time augmentation; () = off.
+
+  Returns:
+    The window function for `sliding_window_predict`.
+  """
 
   @jax.jit
   def predict(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    seg_logits, cls_logit = apply_fn(variables, images)
-    probs = jax.nn.softmax(seg_logits[0], axis=-1)[..., 1]
-    return probs, cls_logit
+    flips = [functools.partial(jnp.flip, axis=tuple(a + 1 for a in axes))
+             for axes in mirror_combinations(mirror_axes, images.ndim - 2)]
+
+    # A loop rather than unrolled flips: the network is compiled once and
+    # holds the memory of one forward pass, whatever the number of flips.
+    def add_flip(i, sums):
+      prob_sum, logit_sum = sums
+      seg_logits, cls_logit = apply_fn(variables,
+                                       jax.lax.switch(i, flips, images))
+      probs = jax.nn.softmax(seg_logits[0], axis=-1)[..., 1]
+      return (prob_sum + jax.lax.switch(i, flips, probs),
+              logit_sum + cls_logit)
+
+    zeros = (jnp.zeros(images.shape[:-1]), jnp.zeros(images.shape[:1]))
+    prob_sum, logit_sum = jax.lax.fori_loop(0, len(flips), add_flip, zeros)
+    return prob_sum / len(flips), logit_sum / len(flips)
 
   return predict
 

@@ -47,6 +47,9 @@ def test_sweep_crosses_r_folds_and_seeds():
     ("data.patch_size", (32, 32, 32, 32), "needs 2 (2D) or 3 (3D) entries"),
     ("model.compute_dtype", "float8", "unknown dtype"),
     ("inference.overlap", 1.0, "config.inference.overlap"),
+    ("inference.mirror_axes", (0, 3), "config.inference.mirror_axes: axes must"),
+    ("inference.mirror_axes", (1, 1), "config.inference.mirror_axes: repeats"),
+    ("inference.mirror_axes", ("x",), "config.inference.mirror_axes: must be a"),
     ("data.synthetic.num_subjects", 3, "cannot fill 5 folds"),
 ])
 def test_out_of_range_values_name_the_key(key, value, message):

@@ -1,4 +1,7 @@
-"""Sliding-window inference: tiling, weighting, stitching."""
+"""Sliding-window inference: tiling, weighting, stitching, mirroring."""
+
+import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +9,7 @@ import numpy as np
 import pytest
 
 from pvl_jax import inference
+from pvl_jax.models import unet
 
 
 @pytest.mark.parametrize("size,window,overlap", [
@@ -63,3 +67,63 @@ def test_make_window_fn_returns_foreground_probability():
   window_fn = inference.make_window_fn(apply_fn, {})
   probs, _ = window_fn(jnp.full((1, 4, 4, 1), 2.0))
   np.testing.assert_allclose(probs, jax.nn.sigmoid(2.0), atol=1e-6)
+
+
+@functools.cache  # initialising takes seconds on CPU
+def _random_unet(ndim: int):
+  """A small randomly initialised U-Net (not flip-equivariant) and its vars."""
+  model = unet.UNet(features=(4, 8), strides=((1,) * ndim, (2,) * ndim),
+                    kernel_sizes=((3,) * ndim,) * 2, cls_hidden=4)
+  sample = jnp.zeros((1,) + (8,) * ndim + (2,))
+  return model, jax.jit(model.init)(unet.init_key(0), sample)
+
+
+def _numpy_mirrored(model, variables, images, axes):
+  """Softmax foreground and logit averaged over flips, computed in numpy."""
+  apply_fn = jax.jit(model.apply)
+  probs, logits = [], []
+  for chosen in itertools.product((False, True), repeat=len(axes)):
+    flip = tuple(a + 1 for a, c in zip(axes, chosen) if c)
+    seg_logits, cls_logit = apply_fn(variables, np.flip(images, flip))
+    seg = np.asarray(seg_logits[0], np.float64)
+    softmax = np.exp(seg) / np.exp(seg).sum(-1, keepdims=True)
+    probs.append(np.flip(softmax[..., 1], flip))
+    logits.append(np.asarray(cls_logit))
+  return np.mean(probs, axis=0), np.mean(logits, axis=0)
+
+
+@pytest.mark.parametrize("ndim,mirror_axes,model_axes", [
+    (3, (0, 1, 2), (0, 1, 2)),
+    (3, (2, 0), (0, 2)),
+    (2, (0, 1, 2), (0, 1)),   # a 2D model mirrors its in-plane axes only
+])
+def test_mirroring_averages_the_flipped_softmax(ndim, mirror_axes,
+                                                model_axes):
+  model, variables = _random_unet(ndim)
+  images = np.random.default_rng(1).normal(
+      size=(3,) + (8,) * ndim + (2,)).astype(np.float32)
+  probs, logits = inference.make_window_fn(model.apply, variables,
+                                           mirror_axes)(jnp.asarray(images))
+  expected_probs, expected_logits = _numpy_mirrored(model, variables, images,
+                                                    model_axes)
+  np.testing.assert_allclose(probs, expected_probs, atol=1e-5)
+  np.testing.assert_allclose(logits, expected_logits, atol=1e-5)
+  plain, _ = inference.make_window_fn(model.apply, variables)(
+      jnp.asarray(images))
+  assert np.abs(np.asarray(plain) - expected_probs).max() > 1e-3  # not moot
+
+
+def test_no_mirror_axes_is_the_plain_prediction():
+  model, variables = _random_unet(3)
+  images = jnp.asarray(np.random.default_rng(2).normal(
+      size=(2, 8, 8, 8, 2)).astype(np.float32))
+
+  @jax.jit
+  def plain(x):
+    seg_logits, cls_logit = model.apply(variables, x)
+    return jax.nn.softmax(seg_logits[0], axis=-1)[..., 1], cls_logit
+
+  probs, logits = inference.make_window_fn(model.apply, variables, ())(images)
+  expected_probs, expected_logits = plain(images)
+  np.testing.assert_array_equal(probs, expected_probs)
+  np.testing.assert_array_equal(logits, expected_logits)
