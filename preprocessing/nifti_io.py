@@ -60,15 +60,45 @@ def load_volume(path: str | os.PathLike, *, kind: str = "image"
     InputError: the file is missing, not a readable NIfTI, not a 3D numeric
       volume, has invalid voxel sizes or affine, or contains NaN/Inf voxels.
   """
-  path = Path(path)
+  data, affine = _load(Path(path), kind, channels=1)
+  return data[..., 0], affine
+
+
+def load_channels(path: str | os.PathLike, channels: int, *,
+                  kind: str = "image") -> tuple[np.ndarray, np.ndarray]:
+  """Loads a scan of `channels` co-registered volumes (one per modality).
+
+  One channel is a 3D volume (as `load_volume`), several are the volumes of
+  a 4D file along its fourth axis.
+
+  Args:
+    path: a .nii or .nii.gz file.
+    channels: the number of volumes expected.
+    kind: what the scan is, used in messages.
+
+  Returns:
+    (data, affine): float32 voxels (X, Y, Z, channels) and the affine, as
+    `load_volume` returns them.
+
+  Raises:
+    InputError: as `load_volume`, or the file holds another number of
+      volumes.
+  """
+  return _load(Path(path), kind, channels)
+
+
+def _load(path: Path, kind: str, channels: int
+          ) -> tuple[np.ndarray, np.ndarray]:
+  """Checks and loads a file of `channels` volumes as (X, Y, Z, channels)."""
   raw = _read_nifti_bytes(path)
   image_class, header = _parse_header(path, raw)
-  shape = _check_header(path, header, kind)
+  shape = _check_header(path, header, kind, channels)
   _check_data_length(path, header, len(raw))
   try:
     img = image_class.from_bytes(raw)
     affine = np.array(img.affine, dtype=np.float64)
-    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(
+        shape[:3] + (channels,))
   except (ImageFileError, HeaderDataError, EOFError, zlib.error, OSError,
           ValueError) as err:
     raise InputError(f"{path}: unreadable NIfTI {kind} ({err})") from err
@@ -232,9 +262,12 @@ def _parse_header(path: Path, raw: bytes
   return image_class, header
 
 
-def _check_header(path: Path, header: nib.Nifti1Header, kind: str
-                  ) -> tuple[int, ...]:
-  """Checks dimensions, data type and voxel sizes; returns the 3D shape."""
+def _check_header(path: Path, header: nib.Nifti1Header, kind: str,
+                  channels: int) -> tuple[int, ...]:
+  """Checks dimensions, data type and voxel sizes; returns the shape.
+
+  The shape is 3D for one channel, else 4D with `channels` volumes.
+  """
   dim = [int(d) for d in header["dim"]]
   ndim = dim[0]
   if not 1 <= ndim <= 7:
@@ -247,10 +280,14 @@ def _check_header(path: Path, header: nib.Nifti1Header, kind: str
   if math.prod(shape) > MAX_VOXELS:
     raise InputError(f"{path}: corrupt header: absurd dimensions {shape} "
                      f"(more than {MAX_VOXELS} voxels)")
-  spatial = _squeeze_trailing(shape)
-  if len(spatial) != 3:
-    raise InputError(f"{path}: expected a 3D {kind} volume, got "
-                     f"{len(spatial)}D data of shape {shape}")
+  # Several channels are the volumes along a 4th axis.
+  wanted_ndim = 3 if channels == 1 else 4
+  squeezed = _squeeze_trailing(shape, wanted_ndim)
+  if len(squeezed) != wanted_ndim or squeezed[3:4] not in ((), (channels,)):
+    wanted = (f"a 3D {kind} volume" if channels == 1 else
+              f"a 4D {kind} of {channels} volumes (one per channel)")
+    raise InputError(f"{path}: expected {wanted}, got {len(squeezed)}D data "
+                     f"of shape {shape}")
   try:
     dtype = header.get_data_dtype()
   except KeyError:
@@ -263,12 +300,12 @@ def _check_header(path: Path, header: nib.Nifti1Header, kind: str
   if not np.all(np.isfinite(voxel_sizes)) or np.any(voxel_sizes <= 0):
     raise InputError(f"{path}: invalid voxel sizes (pixdim) "
                      f"{voxel_sizes.tolist()}: must be finite and positive")
-  return spatial
+  return squeezed
 
 
-def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
-  """Drops trailing size-1 dimensions beyond the third ((x,y,z,1) -> 3D)."""
-  while len(shape) > 3 and shape[-1] == 1:
+def _squeeze_trailing(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+  """Drops trailing size-1 dimensions beyond `ndim` ((x,y,z,1) -> 3D)."""
+  while len(shape) > ndim and shape[-1] == 1:
     shape = shape[:-1]
   return shape
 

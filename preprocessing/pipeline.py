@@ -16,6 +16,9 @@ Per subject, in worker processes (one subject each, in parallel):
   6. z-score inside the brain (`normalize`), crop to the brain's bounding box
      plus a margin, write.
 
+Steps 2-6 without the lesion mask are `to_template`, which
+`pvl_jax.predict` runs on the scans it segments.
+
 Output (a BIDS derivative dataset that `bids.load_cohort` and the TFDS
 builder read as a cohort):
 
@@ -235,41 +238,36 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
   """
   pid = subject.participant_id
   _remove_outputs(out_dir, pid)
-  seconds = {step: 0.0 for step in qc.STEPS}
+  seconds = dict.fromkeys(qc.STEPS, 0.0)
   reference = params.modalities[0]
   reference_path = subject.image_paths[reference]
   with _step(seconds, "load", reference_path):
-    scans = {m: nifti_io.load_volume(subject.image_paths[m])
+    scans = {m: (subject.image_paths[m],
+                 *nifti_io.load_volume(subject.image_paths[m]))
              for m in params.modalities}
-    native, native_affine = scans[reference]
+    _, native, native_affine = scans[reference]
     lesion = nifti_io.load_mask(
         subject.lesion_mask_path, reference_shape=native.shape,
         reference_affine=native_affine, reference_path=reference_path,
         threshold=params.mask_threshold)
     template = registration.load_template(_TEMPLATE_MM)
-  native_steps = {
-      m: _native_steps(subject.image_paths[m], *scans[m], template, seconds)
-      for m in params.modalities}
-  reference_fit, reference_mask, correction = native_steps[reference]
-  brain = sitk.GetArrayFromImage(reference_mask).T > 0
+  result = to_template(scans, params.target_spacing, seconds)
+  reference_steps = result.native[reference]
+  brain = sitk.GetArrayFromImage(reference_steps.mask).T > 0
   white_matter = brain & ~lesion & _white_matter(
-      reference_mask, reference_fit.transform, template)
+      reference_steps.mask, result.to_native, template)
   cv_before = qc.white_matter_cv(native, white_matter)
   cv_after = qc.white_matter_cv(
-      sitk.GetArrayFromImage(correction.corrected).T, white_matter)
+      sitk.GetArrayFromImage(reference_steps.correction.corrected).T,
+      white_matter)
   with _step(seconds, "resample", reference_path):
-    grid, brain_t = _brain_grid(reference_mask, reference_fit.transform,
-                                params.target_spacing)
     lesion_t = sitk.GetArrayFromImage(registration.resample_mask(
         registration.image_from_array(lesion.astype(np.uint8), native_affine),
-        grid, reference_fit.transform)).T
-    images_t = {m: sitk.GetArrayFromImage(sitk.Resample(
-        step.correction.corrected, grid, step.fit.transform, sitk.sitkLinear,
-        0.0, sitk.sitkFloat32)).T for m, step in native_steps.items()}
+        result.grid, result.to_native)).T
   voxel_ml = abs(np.linalg.det(native_affine[:3, :3])) / 1000
   row = {
       "participant_id": pid, "status": "ok",
-      "registration_metric": reference_fit.metric_value,
+      "registration_metric": reference_steps.fit.metric_value,
       "brain_volume_ml": brain.sum() * voxel_ml,
       "wm_cv_before_n4": cv_before, "wm_cv_after_n4": cv_after,
       "lesion_volume_native_ml": lesion.sum() * voxel_ml,
@@ -278,40 +276,38 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
   }
   write_start = time.perf_counter()
   try:
-    images_t = {m: normalize.zscore_in_mask(image, brain_t)
-                for m, image in images_t.items()}
     qc.write_figure(
         out_dir / "qc" / f"{pid}.png", native, native_affine, brain,
-        images_t[reference], lesion_t,
+        result.images[reference], lesion_t,
         f"{pid}: MI {row['registration_metric']:.3f}, WM CV "
         f"{cv_before:.3f} -> {cv_after:.3f}, lesion "
         f"{row['lesion_volume_native_ml']:.2f} -> "
         f"{row['lesion_volume_template_ml']:.2f} ml")
-    template_affine = registration.image_affine(grid)
+    template_affine = registration.image_affine(result.grid)
     with atomic_directory(_lesion_dir(out_dir, pid)) as tmp:
       nifti_io.save_nifti(lesion_t, template_affine,
                           tmp / "anat" / f"{pid}_label-lesion_mask.nii.gz",
                           np.uint8)
     with atomic_directory(out_dir / pid) as tmp:
-      for modality, image in images_t.items():
+      for modality, image in result.images.items():
         nifti_io.save_nifti(image, template_affine,
                             tmp / "anat" / f"{pid}_{modality}.nii.gz",
                             np.float32)
         (tmp / "xfm").mkdir(exist_ok=True)
-        sitk.WriteTransform(native_steps[modality].fit.transform, str(
+        sitk.WriteTransform(result.native[modality].fit.transform, str(
             tmp / "xfm" / _transform_name(pid, modality, reference)))
-      nifti_io.save_nifti(brain_t.astype(np.uint8), template_affine,
+      nifti_io.save_nifti(result.brain.astype(np.uint8), template_affine,
                           tmp / "anat" / f"{pid}_desc-brain_mask.nii.gz",
                           np.uint8)
       nifti_io.save_nifti(brain.astype(np.uint8), native_affine,
                           tmp / "native" / f"{pid}_desc-brain_mask.nii.gz",
                           np.uint8)
-      bias = sitk.GetArrayFromImage(correction.bias_field).T
+      bias = sitk.GetArrayFromImage(reference_steps.correction.bias_field).T
       nifti_io.save_nifti(np.where(brain, bias, 0), native_affine,
                           tmp / "native" / f"{pid}_desc-biasfield.nii.gz",
                           np.float32)
       # The record, written last, cannot time its own writing.
-      seconds["normalize_write"] = time.perf_counter() - write_start
+      seconds["normalize_write"] += time.perf_counter() - write_start
       row.update({f"seconds_{s}": t for s, t in seconds.items()},
                  seconds_total=sum(seconds.values()))
       record = {"inputs_hash": digest, "qc": row}
@@ -327,16 +323,94 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
   return record
 
 
-class _NativeSteps(NamedTuple):
+class NativeSteps(NamedTuple):
   """A scan's registration, brain mask and bias correction."""
   fit: registration.Registration
   mask: sitk.Image
   correction: bias_field.Correction
 
 
+@dataclasses.dataclass(frozen=True)
+class TemplateScans:
+  """One subject's scans carried into template space (`to_template`).
+
+  Attributes:
+    native: per modality (the reference first), steps 2-4 on its scan.
+    grid: the cropped template grid of `images`.
+    brain: the brain mask on `grid`.
+    images: per modality, the z-scored image on `grid` (0 outside the brain).
+  """
+  native: dict[str, NativeSteps]
+  grid: sitk.Image
+  brain: np.ndarray
+  images: dict[str, np.ndarray]
+
+  @property
+  def to_native(self) -> sitk.Transform:
+    """The reference scan's transform: template points -> native points.
+
+    Its inverse takes images on `grid` (predictions) to the native grid.
+    """
+    return next(iter(self.native.values())).fit.transform
+
+
+def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
+                target_spacing: float,
+                seconds: dict[str, float] | None = None) -> TemplateScans:
+  """Steps 2-6 on one subject's scans, without the lesion mask or writing.
+
+  Training data and the scans `pvl_jax.predict` segments go through this
+  same function.
+
+  Args:
+    scans: modality -> (path, data, affine) of its native scan, the
+      reference modality first; the path only names the scan in errors.
+    target_spacing: isotropic voxel size (mm) of the template grid.
+    seconds: step name -> seconds, added to (see `qc.STEPS`).
+
+  Returns:
+    The scans in template space, with what it took to get them there.
+
+  Raises:
+    InputError: naming the scan: it is a single slice, empty or constant, or
+      a step failed on it.
+  """
+  seconds = dict.fromkeys(qc.STEPS, 0.0) if seconds is None else seconds
+  for path, data, _ in scans.values():
+    _check_scan(path, data)
+  template = registration.load_template(_TEMPLATE_MM)
+  native = {m: _native_steps(*scan, template, seconds)
+            for m, scan in scans.items()}
+  reference_path = next(iter(scans.values()))[0]
+  reference = next(iter(native.values()))
+  with _step(seconds, "resample", reference_path):
+    grid, brain = _brain_grid(reference.mask, reference.fit.transform,
+                              target_spacing)
+    images = {m: sitk.GetArrayFromImage(sitk.Resample(
+        steps.correction.corrected, grid, steps.fit.transform,
+        sitk.sitkLinear, 0.0, sitk.sitkFloat32)).T
+              for m, steps in native.items()}
+  with _step(seconds, "normalize_write", reference_path):
+    images = {m: normalize.zscore_in_mask(image, brain)
+              for m, image in images.items()}
+  return TemplateScans(native=native, grid=grid, brain=brain, images=images)
+
+
+def _check_scan(path: Path, data: np.ndarray) -> None:
+  """Rejects scans that no step could process, before any work."""
+  if min(data.shape) < 2:
+    raise InputError(f"{path}: a single slice of shape {data.shape}, not a "
+                     "3D volume")
+  if not data.any():
+    raise InputError(f"{path}: image is empty (every voxel is 0)")
+  if data.min() == data.max():
+    raise InputError(f"{path}: image is constant (every voxel is "
+                     f"{data.flat[0]:g})")
+
+
 def _native_steps(path: Path, data: np.ndarray, affine: np.ndarray,
                   template: registration.Template,
-                  seconds: dict[str, float]) -> _NativeSteps:
+                  seconds: dict[str, float]) -> NativeSteps:
   """Steps 2-4 (register, skull strip, N4) on one scan, timed."""
   image = registration.image_from_array(data, affine)
   with _step(seconds, "register", path):
@@ -345,7 +419,7 @@ def _native_steps(path: Path, data: np.ndarray, affine: np.ndarray,
     mask = skull_strip.brain_mask(image, fit.transform, template)
   with _step(seconds, "bias_field", path):
     correction = bias_field.correct(image, mask)
-  return _NativeSteps(fit, mask, correction)
+  return NativeSteps(fit, mask, correction)
 
 
 def _transform_name(pid: str, modality: str, reference: str) -> str:

@@ -172,6 +172,31 @@ def test_trailing_singleton_is_squeezed(tmp_path):
   np.testing.assert_array_equal(data, _volume())
 
 
+def test_channels_load_as_last_axis(tmp_path):
+  four_d = _volume((4, 4, 4, 2))
+  data, affine = nifti_io.load_channels(
+      _write(tmp_path / "two.nii.gz", four_d), 2)
+  np.testing.assert_array_equal(data, four_d)
+  np.testing.assert_allclose(affine, AFFINE)
+  data, _ = nifti_io.load_channels(_write(tmp_path / "one.nii.gz", _volume()),
+                                   1)
+  np.testing.assert_array_equal(data, _volume()[..., None])
+
+
+@pytest.mark.parametrize("shape, channels, words", [
+    ((4, 4, 4), 2, ("expected a 4D FLAIR/T1w image of 2 volumes", "3D")),
+    ((4, 4, 4, 3), 2, ("of 2 volumes", "shape (4, 4, 4, 3)")),
+    ((4, 4, 4, 2), 1, ("expected a 3D FLAIR/T1w image volume", "4D")),
+])
+def test_wrong_number_of_channels(tmp_path, shape, channels, words):
+  path = _write(tmp_path / "vol.nii.gz", _volume(shape))
+  with pytest.raises(InputError) as info:
+    nifti_io.load_channels(path, channels, kind="FLAIR/T1w image")
+  assert str(info.value).startswith(f"{path}: ")
+  for word in words:
+    assert word in str(info.value)
+
+
 def test_rgb_rejected(tmp_path):
   rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
   path = _write(tmp_path / "rgb.nii", rgb)
