@@ -129,10 +129,18 @@ def sweep(add, arg: str | None = None) -> None:
   Args:
     add: callback taking config overrides as keyword arguments with dotted
       keys passed through `**{"data.fold": k}`.
-    arg: `folds=N,seeds=M` to widen the sweep (default 1 fold, 1 seed).
+    arg: `folds=N,seeds=M` to widen the sweep (default 1 fold, 1 seed);
+      `r=0/1/10` runs only those r values (slash-separated) instead of
+      `SWEEP_R`.
   """
-  arg = common.parse_arg(arg, folds=1, seeds=1)
+  arg = common.parse_arg(arg, folds=1, seeds=1, r="")
+  try:
+    r_values = ([float(r) for r in arg.r.split("/")] if arg.r
+                else list(SWEEP_R))
+  except ValueError:
+    raise ValueError(f"config argument 'r={arg.r}': expected numbers "
+                     "separated by '/', e.g. r=0/1/10") from None
   for seed in range(arg.seeds):
     for fold in range(arg.folds):
-      for r in SWEEP_R:
+      for r in r_values:
         add(**{"r": r, "data.fold": fold, "seed": seed})

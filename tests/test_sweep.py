@@ -55,6 +55,14 @@ def test_joint_sweep_points_and_names():
   assert len(sweep.list_overrides(joint.sweep, None)) == 6
 
 
+def test_joint_sweep_r_subset():
+  points = sweep.list_overrides(joint.sweep, "folds=2,r=0/1/10")
+  assert [(p["r"], p["data.fold"]) for p in points] == [
+      (0.0, 0), (1.0, 0), (10.0, 0), (0.0, 1), (1.0, 1), (10.0, 1)]
+  with pytest.raises(ValueError, match="r=0/x"):
+    sweep.list_overrides(joint.sweep, "r=0/x")
+
+
 def test_point_names_keep_clashing_keys_and_tuples_readable():
   assert sweep.point_name({"seed": 1, "data.synthetic.seed": 2}) == (
       "seed=1_data.synthetic.seed=2")
