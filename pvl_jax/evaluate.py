@@ -2,7 +2,8 @@
 
 Segmentation metrics are computed per subject on the cropped volume (the
 lesion mask lies inside the brain crop, so nothing is lost) and aggregated
-as the poster reports them (means over subjects). For r > 0 the hand-function
+as the poster reports them (means over subjects). Predicted masks are
+restricted to the subject's brain mask. For r > 0 the hand-function
 probability of a subject is the sigmoid of its mean window logit; the decision
 threshold is chosen on the validation split and applied to the test split.
 """
@@ -85,7 +86,9 @@ def predict_split(window_fn: inference.WindowFn, source: Any,
                                   config.inference.batch_size)
     subject = _subject_id(record)
     split["subjects"].append(subject)
-    split["predictions"][subject] = probs > 0.5
+    # Lesions lie in the brain by definition; what the network marks in the
+    # dark background (it sees little of it in training) is discarded.
+    split["predictions"][subject] = (probs > 0.5) & (record["brain_mask"] > 0)
     split["references"][subject] = record["lesion_mask"] > 0
     split["spacings"][subject] = tuple(record["spacing"])
     split["logits"].append(logit)
