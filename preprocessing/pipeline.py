@@ -141,6 +141,14 @@ def is_preprocessed(directory: str | os.PathLike) -> bool:
       for g in generated_by)
 
 
+def output_params(directory: str | os.PathLike) -> Params:
+  """The parameters an output of this pipeline (`is_preprocessed`) used."""
+  description = json.loads(
+      (Path(directory) / DESCRIPTION_FILE).read_text(encoding="utf-8"))
+  params = description["PipelineParameters"]
+  return Params(**{**params, "modalities": tuple(params["modalities"])})
+
+
 def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
                       params: Params = Params(), num_workers: int = 2,
                       skip_failed: bool = False) -> Summary:
@@ -377,7 +385,7 @@ def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
   """
   seconds = dict.fromkeys(qc.STEPS, 0.0) if seconds is None else seconds
   for path, data, _ in scans.values():
-    _check_scan(path, data)
+    check_scan(path, data)
   template = registration.load_template(_TEMPLATE_MM)
   native = {m: _native_steps(*scan, template, seconds)
             for m, scan in scans.items()}
@@ -396,8 +404,12 @@ def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
   return TemplateScans(native=native, grid=grid, brain=brain, images=images)
 
 
-def _check_scan(path: Path, data: np.ndarray) -> None:
-  """Rejects scans that no step could process, before any work."""
+def check_scan(path: str | os.PathLike, data: np.ndarray) -> None:
+  """Rejects a scan that no step could process, before any work.
+
+  Raises:
+    InputError: naming `path`: `data` is a single slice, empty or constant.
+  """
   if min(data.shape) < 2:
     raise InputError(f"{path}: a single slice of shape {data.shape}, not a "
                      "3D volume")

@@ -97,6 +97,32 @@ def preprocessed_cohort(config: ml_collections.ConfigDict, cohort: Path
   return out
 
 
+def template_spacing(config: ml_collections.ConfigDict) -> float:
+  """Voxel size (mm) of the template grid the config's volumes are on.
+
+  The synthetic cohort is generated on the template grid at its resolution,
+  a raw cohort is preprocessed to data.preprocess.target_spacing, and a
+  pipeline output records its own spacing. Any other cohort is taken to be
+  in template space at data.preprocess.target_spacing.
+  """
+  # Imported here: SimpleITK and the pipeline are only needed for raw data.
+  from preprocessing import pipeline  # pylint: disable=g-import-not-at-top
+  data = config.data
+  # Runs older than the preprocessing option have no data.preprocess.
+  preprocess = data.get("preprocess")
+  if data.cohort_dir:
+    cohort = Path(data.cohort_dir).expanduser()
+    if pipeline.is_preprocessed(cohort):
+      return pipeline.output_params(cohort).target_spacing
+  elif not (preprocess and preprocess.enabled):
+    return float(data.synthetic.resolution_mm)
+  if preprocess is None:
+    raise InputError(f"{data.cohort_dir}: the run's config has no "
+                     "data.preprocess.target_spacing, so the template spacing "
+                     "of its cohort is unknown")
+  return float(preprocess.target_spacing)
+
+
 def cohort_fingerprint(cohort_dir: Path) -> str:
   """Hash of every file's relative path, size and modification time."""
   entries = []

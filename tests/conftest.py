@@ -68,3 +68,19 @@ def tiny_builder(tiny_cohort, tmp_path_factory):
   """The TFDS dataset of the tiny cohort, built once per session."""
   from preprocessing import tfds_builder  # pylint: disable=g-import-not-at-top
   return tfds_builder.build(tiny_cohort, tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort, tmp_path_factory):
+  """(workdir, cache dir, results) of a 4-step joint run on the tiny cohort.
+
+  Trained once per session (`test_train.tiny_config`, r = 0.5); read-only
+  for tests.
+  """
+  # pylint: disable=g-import-not-at-top
+  from pvl_jax import train
+  from tests.test_train import tiny_config
+  workdir = tmp_path_factory.mktemp("run")
+  cache = tmp_path_factory.mktemp("cache")
+  results = train.train_and_evaluate(tiny_config(tiny_cohort, cache), workdir)
+  return workdir, cache, results

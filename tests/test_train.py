@@ -39,16 +39,8 @@ def _params(workdir, step):
   return restored["params"]
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_cohort, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  cache = tmp_path_factory.mktemp("cache")
-  results = train.train_and_evaluate(tiny_config(tiny_cohort, cache), workdir)
-  return workdir, cache, results
-
-
-def test_results_json_shape(trained):
-  workdir, _, results = trained
+def test_results_json_shape(tiny_run):
+  workdir, _, results = tiny_run
   on_disk = json.loads((workdir / "results.json").read_text())
   assert on_disk["test"]["dice_mean"] == pytest.approx(
       results["test"]["dice_mean"])
@@ -60,8 +52,8 @@ def test_results_json_shape(trained):
   assert "test_dice_mean" in on_disk["threshold_baseline"]
 
 
-def test_run_artifacts(trained):
-  workdir, _, _ = trained
+def test_run_artifacts(tiny_run):
+  workdir, _, _ = tiny_run
   for name in ("predictions.png", "training_curves.png", "config.json",
                "metrics.jsonl"):
     assert (workdir / name).stat().st_size > 0, name
@@ -75,9 +67,9 @@ def test_run_artifacts(trained):
   assert steps == [2, 2, 4, 4]  # train + validation lines
 
 
-def test_predictions_are_in_the_original_grid(trained, tiny_cohort):
+def test_predictions_are_in_the_original_grid(tiny_run, tiny_cohort):
   from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top
-  workdir, _, _ = trained
+  workdir, _, _ = tiny_run
   for path in (workdir / "predictions").glob("sub-*_pred.nii.gz"):
     subject = path.name.split("_")[0]
     _, affine = nifti_io.load_volume(
@@ -87,9 +79,9 @@ def test_predictions_are_in_the_original_grid(trained, tiny_cohort):
     assert pred.shape == (28, 32, 24)
 
 
-def test_resume_from_latest_checkpoint_is_exact(trained, tiny_cohort,
+def test_resume_from_latest_checkpoint_is_exact(tiny_run, tiny_cohort,
                                                 tmp_path):
-  workdir, cache, _ = trained
+  workdir, cache, _ = tiny_run
   resumed = tmp_path / "resumed"
   shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
   shutil.rmtree(resumed / "checkpoints" / "4")  # as if killed after step 2

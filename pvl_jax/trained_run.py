@@ -1,0 +1,157 @@
+"""A training run, loaded from its workdir to segment new volumes.
+
+What inference needs from a run: the resolved config (`config.json`), the
+parameters of the latest checkpoint, and what evaluation chose on the
+validation split (`results.json`: the postprocessing minimum component size
+and, for r > 0, the hand-function decision threshold). A run whose
+evaluation has not finished has no results.json; it predicts without
+postprocessing and without a decision threshold.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from preprocessing.errors import InputError
+from pvl_jax import dataset
+from pvl_jax import evaluate
+from pvl_jax import inference
+from pvl_jax.evaluation import postprocess
+from pvl_jax.models import unet
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A run's model and the settings it was evaluated with.
+
+  Attributes:
+    config: the run's resolved config.
+    step: the training step of the restored checkpoint.
+    window_fn: the jitted sliding-window function (with the run's
+      `inference.mirror_axes`).
+    min_component_voxels: lesion components smaller than this are removed
+      (chosen on validation; 0 without results.json or postprocessing).
+    cls_threshold: P(bad hand function) at or above which a scan is called
+      bad (chosen on validation); None for r = 0 or without results.json.
+  """
+  config: ml_collections.ConfigDict
+  step: int
+  window_fn: inference.WindowFn
+  min_component_voxels: int
+  cls_threshold: float | None
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    """The input channels, in order."""
+    return tuple(self.config.data.modalities)
+
+  @property
+  def template_spacing(self) -> float:
+    """Voxel size (mm) of the template grid the model was trained on."""
+    return dataset.template_spacing(self.config)
+
+  @property
+  def classifies(self) -> bool:
+    """Whether the run trained the hand-function head (r > 0)."""
+    return self.config.r > 0
+
+  def predict(self, image: np.ndarray, brain: np.ndarray
+              ) -> tuple[np.ndarray, float]:
+    """Segments one template-space volume.
+
+    Args:
+      image: (X, Y, Z, channels), z-scored and brain-cropped as training
+        volumes are.
+      brain: the brain mask on the same grid.
+
+    Returns:
+      (lesion probability per voxel: 0 outside the brain and in the
+      components that postprocessing removes, so that the mask is
+      probability > 0.5; P(bad hand function), meaningful only if
+      `classifies`).
+    """
+    inference_config = self.config.inference
+    probs, logit = evaluate.predict_volume(
+        self.window_fn, image, self.config.data.patch_size,
+        inference_config.overlap, inference_config.batch_size)
+    # Lesions lie in the brain; what the network marks in the zeroed
+    # background, which training patches show little of, is discarded.
+    probs = np.where(brain, probs, 0.0)
+    mask = probs > 0.5
+    removed = mask & ~postprocess.remove_small_components(
+        mask, self.min_component_voxels)
+    return np.where(removed, 0.0, probs), float(1 / (1 + np.exp(-logit)))
+
+
+def load(workdir: str | Path) -> TrainedRun:
+  """Loads a run's config, latest checkpoint and validation choices.
+
+  Args:
+    workdir: the run directory (`--workdir` of `pvl_jax.main`).
+
+  Returns:
+    The run, ready to predict.
+
+  Raises:
+    InputError: naming the missing or unreadable file.
+  """
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise InputError(f"{workdir}: run directory does not exist")
+  config = ml_collections.ConfigDict(_read_json(workdir / "config.json"))
+  step, params = _restore_params(workdir / "checkpoints")
+  results = (_read_json(workdir / "results.json")
+             if (workdir / "results.json").exists() else {})
+  # 0 when evaluation did not postprocess (config.inference.postprocess).
+  min_size = results.get("postprocessing", {}).get("min_component_voxels", 0)
+  threshold = results.get("val", {}).get("cls_threshold")
+  model = unet.unet_from_config(config.model)
+  window_fn = inference.make_window_fn(
+      model.apply, {"params": params},
+      tuple(config.inference.get("mirror_axes", ())))
+  return TrainedRun(config=config, step=step,
+                    window_fn=window_fn, min_component_voxels=int(min_size),
+                    cls_threshold=threshold if config.r > 0 else None)
+
+
+def _read_json(path: Path) -> dict:
+  if not path.is_file():
+    raise InputError(f"{path}: not found (is this the workdir of a training "
+                     "run?)")
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as err:
+    raise InputError(f"{path}: unreadable ({err})") from err
+
+
+def _restore_params(checkpoints: Path) -> tuple[int, dict]:
+  """(step, parameters) of the latest checkpoint, on the default device.
+
+  Only the parameters are read (not the optimizer state), onto one local
+  device whatever mesh the run was trained on.
+  """
+  latest = (ocp.path.step.latest_step_metadata(
+      checkpoints, ocp.path.step.standard_name_format())
+            if checkpoints.is_dir() else None)
+  if latest is None:
+    raise InputError(f"{checkpoints}: no checkpoint (has the run trained?)")
+  path = Path(latest.path) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    stored = checkpointer.metadata(path).item_metadata["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"params": jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=device), stored)}
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  except (OSError, ValueError, KeyError) as err:
+    raise InputError(f"{path}: unreadable checkpoint ({err})") from err
+  return latest.step, restored["params"]
