@@ -15,8 +15,10 @@ import SimpleITK as sitk
 # Voxel size (mm) of the shrunk image N4 works on.
 _ESTIMATION_SPACING_MM = 8.0
 # N4's B-spline fitting levels (each doubles the control-point resolution)
-# and iterations per level.
-_ITERATIONS = (50, 50, 40)
+# and iterations per level. A fourth level took the white-matter coefficient
+# of variation of two synthetic 1 mm scans from 0.106 to 0.090 (0.088 with
+# the true field) for 0.5 s more.
+_ITERATIONS = (50, 50, 50, 50)
 # N4 takes logarithms: intensities are floored at this fraction of the
 # brain's median (noise or interpolation can leave zeros inside the brain).
 _FLOOR_FRACTION = 1e-3

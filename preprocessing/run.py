@@ -3,7 +3,7 @@ r"""Preprocesses a raw BIDS cohort into template space for training.
 Usage:
   python -m preprocessing.run --bids=RAW_DIR --out=PREP_DIR \
       [--target_spacing=1.0] [--mask_threshold=0.5] [--num_workers=2] \
-      [--skip_failed] [--modalities=FLAIR,T1w]
+      [--skip_failed] [--modalities=FLAIR,T1w] [--registration=rigid]
 
 Registers every scan to the MNI152 2009c template, skull strips, N4-corrects,
 resamples to `target_spacing`, z-scores and crops it; see
@@ -41,6 +41,10 @@ flags.DEFINE_bool("skip_failed", False, "Report and skip subjects whose files "
                   "fail instead of stopping.")
 flags.DEFINE_list("modalities", ["FLAIR"], "BIDS suffixes of the scans; the "
                   "first is the one the lesion mask is drawn on.")
+flags.DEFINE_string("registration", "rigid", "What registration to the "
+                    "template fits: rigid (the head's pose) or affine (also "
+                    "head size and shear, e.g. children against the adult "
+                    "template).")
 
 
 def main(argv):
@@ -48,7 +52,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   params = pipeline.Params(target_spacing=FLAGS.target_spacing,
                            mask_threshold=FLAGS.mask_threshold,
-                           modalities=tuple(FLAGS.modalities))
+                           modalities=tuple(FLAGS.modalities),
+                           registration=FLAGS.registration)
   try:
     summary = pipeline.preprocess_cohort(
         FLAGS.bids, FLAGS.out, params, num_workers=FLAGS.num_workers,

@@ -24,8 +24,8 @@ The model, per subject (every number is a `CohortParams` field):
    per-lesion intensity that overlaps GM (`lesion_intensity`); normal bright
    periventricular caps and rims (`cap_intensity`), partial volume (the
    intensity image is smoothed by `partial_volume_sigma_vox`), a smooth
-   multiplicative bias field (`bias_strength`) and Rician noise
-   (`noise_level`). Because of the caps, bright cortex and the bias, a single
+   multiplicative bias field (`bias_strength`; raw scans carry a stronger
+   one, see `acquisition`) and Rician noise (`noise_level`). Because of the caps, bright cortex and the bias, a single
    intensity threshold cannot segment the lesions well.
 5. Hand function: bad (1) with probability
    sigmoid(label_slope * (log(motor_ml + 0.01) - log(label_threshold_ml))),
@@ -35,11 +35,17 @@ The model, per subject (every number is a `CohortParams` field):
    that draw fixes the Bayes limit of any classifier that knows motor_ml;
    generator.json records it for the cohort.
 
-Output is a BIDS dataset (see README); every file is byte-deterministic in the
-seed, and the dataset appears atomically (built in a temporary folder).
+Output is a BIDS dataset (see README) in one of two spaces: "raw" scans as a
+scanner would write them, each subject with its own pose, voxel grid, skull,
+bias field and noise, plus the ground truth that preprocessing is scored
+against (`acquisition`), or "template" scans on the template grid, ready for
+training. Every file is byte-deterministic in the seed, a subject's
+anatomy, lesions and label are the same in both spaces, and the dataset
+appears atomically (built in a temporary folder).
 
 Usage:
   python -m preprocessing.synthetic --out=DIR --num_subjects=40 --seed=0
+      [--resolution_mm=2] [--space=raw|template] [--modalities=FLAIR,T1w]
 """
 
 import concurrent.futures
@@ -56,17 +62,31 @@ from absl import app
 from absl import flags
 import numpy as np
 from scipy import ndimage
+import SimpleITK as sitk
 import tqdm
 
+from preprocessing import acquisition
 from preprocessing import nifti_io
+from preprocessing import random_fields
 from preprocessing.atomic import atomic_directory, atomic_write_text
 from preprocessing.errors import InputError
+from preprocessing.registration import TEMPLATE_SPACE
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 # A point inside the lateral ventricles (MNI mm), see the module docstring.
 VENTRICLE_SEED_MM = (0.0, -15.0, 14.0)
 MOTOR_ROI_CENTRES_MM = ((24.0, -22.0, 24.0), (-24.0, -22.0, 24.0))
 MOTOR_ROI_RADII_MM = (10.0, 16.0, 12.0)
+# What the generator writes: scans as the scanner wrote them ("raw", see
+# `acquisition`) or on the template grid, and which contrasts. Modalities
+# draw their noise in this order.
+SPACES = ("raw", "template")
+MODALITIES = ("FLAIR", "T1w")
+# T1w-like intensities: white matter brightest, CSF dark, PVL lesions dark
+# (gliosis and cavitation lengthen T1). Constants, not CohortParams fields,
+# which key the cached cohorts.
+T1W_INTENSITY = {"csf": 0.15, "gm": 0.55, "wm": 0.8}
+T1W_LESION_INTENSITY = (0.25, 0.45)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +99,8 @@ class CohortParams:
     ventricle_growth_mm: maximum enlargement of the ventricles.
     band_mm: (min, max) distance of lesion seeds from the ventricle wall.
     mean_lesions: (low, high) of the per-subject mean lesion count (Poisson).
-    lesion_free_fraction: share of subjects with no lesion at all.
+    lesion_free_fraction: share of lesion-free subjects (controls); 0 for a
+      PVL cohort, whose inclusion criterion is a visible lesion.
     lesion_radius_mm: (small, medium, large) typical radii of the three
       size classes, drawn with probabilities `size_class_probs`.
     size_class_probs: probabilities of small, medium, large lesions.
@@ -90,7 +111,9 @@ class CohortParams:
     gm_intensity, wm_intensity, csf_intensity: tissue FLAIR intensities.
     cap_intensity: (low, high) extra intensity of the periventricular caps.
     partial_volume_sigma_vox: Gaussian smoothing of the intensity image.
-    bias_strength: standard deviation of the log bias field.
+    bias_strength: standard deviation of the log bias field of
+      template-space scans (registered, not bias-corrected; the raw scans'
+      field is stronger, see `acquisition`).
     noise_level: (low, high) Rician noise sigma relative to WM intensity.
     label_threshold_ml: motor lesion volume at which bad hand function has
       probability 0.5.
@@ -102,7 +125,7 @@ class CohortParams:
   ventricle_growth_mm: float = 4.0
   band_mm: tuple[float, float] = (1.0, 9.0)
   mean_lesions: tuple[float, float] = (2.0, 14.0)
-  lesion_free_fraction: float = 0.03
+  lesion_free_fraction: float = 0.0
   lesion_radius_mm: tuple[float, float, float] = (1.8, 3.2, 5.5)
   size_class_probs: tuple[float, float, float] = (0.35, 0.4, 0.25)
   motor_involvement: float = 0.5
@@ -156,14 +179,6 @@ def load_template(resolution_mm: int) -> Template:
                   ventricles=components == label, mm=mm)
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...],
-                  coarse: int) -> np.ndarray:
-  """Smooth noise in about [-1, 1]: a coarse random grid, cubic-upsampled."""
-  grid = rng.uniform(-1, 1, (coarse,) * 3)
-  return ndimage.zoom(grid, [s / coarse for s in shape], order=3,
-                      mode="nearest")[:shape[0], :shape[1], :shape[2]]
-
-
 def _warp(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
   return ndimage.map_coordinates(volume.astype(np.float32), coords, order=1,
                                  mode="nearest")
@@ -199,17 +214,21 @@ def _motor_roi(template: Template) -> np.ndarray:
   return roi & template.brain
 
 
-def generate_subject(params: CohortParams, seed: np.random.SeedSequence
-                     ) -> dict[str, np.ndarray | float | int]:
-  """Generates one subject's FLAIR, lesion mask, brain mask and lesion loads.
+def generate_subject(params: CohortParams, seed: np.random.SeedSequence,
+                     modalities: tuple[str, ...] = ("FLAIR",)
+                     ) -> dict[str, object]:
+  """Generates one subject's images, lesion mask, brain mask and lesion loads.
 
   Args:
     params: the cohort's parameters.
     seed: this subject's seed sequence.
+    modalities: the clean images wanted besides FLAIR (see `MODALITIES`).
 
   Returns:
-    dict with flair (float32), lesion (uint8), brain (uint8), lesion_ml,
-    motor_ml, num_lesions and label_draw (uniform in [0, 1)).
+    dict with clean (modality -> template-space image before bias field and
+    noise, FLAIR always), flair (the template-space FLAIR scan: clean, bias,
+    noise; float32), lesion (uint8), brain (uint8), lesion_ml, motor_ml,
+    num_lesions and label_draw (uniform in [0, 1)).
   """
   rng = np.random.default_rng(seed)
   template = load_template(params.resolution_mm)
@@ -217,10 +236,14 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence
   vox_mm = float(params.resolution_mm)
   voxel_ml = vox_mm ** 3 / 1000
 
-  # 1. Smooth deformation of the template anatomy.
-  displacement = np.stack([_smooth_noise(rng, shape, 5) for _ in range(3)])
-  coords = (np.indices(shape, dtype=np.float32)
-            + displacement * params.deform_mm / vox_mm)
+  # 1. Smooth deformation of the template anatomy, less its affine part:
+  # that belongs to the head's pose (raw space, `acquisition`), and without
+  # it the template-space subject is aligned to the template as an affine
+  # registration would align it, so raw scans have one true affine answer.
+  displacement = np.stack([random_fields.smooth_noise(rng, shape, 5)
+                           for _ in range(3)]) * (params.deform_mm / vox_mm)
+  coords = np.indices(shape, dtype=np.float32) + _non_affine_part(
+      displacement, template.brain)
   gm = _warp(template.gm, coords)
   wm = _warp(template.wm, coords)
   brain = _warp(template.brain, coords) > 0.5
@@ -229,7 +252,7 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence
   # 2. Ventriculomegaly with irregular walls; the grown part becomes CSF.
   outside_mm = ndimage.distance_transform_edt(~ventricles, sampling=vox_mm)
   growth = params.ventricle_growth_mm * rng.uniform(0.2, 1.0) * (
-      0.6 + 0.4 * _smooth_noise(rng, shape, 8))
+      0.6 + 0.4 * random_fields.smooth_noise(rng, shape, 8))
   ventricles = (ventricles | (outside_mm < growth)) & brain
   gm = np.where(ventricles, 0.0, gm)
   wm = np.where(ventricles, 0.0, wm)
@@ -253,15 +276,18 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence
   image = (1 - lesion_fraction) * (tissue + cap) + lesion_fraction * intensity
   image = ndimage.gaussian_filter(image * brain,
                                   params.partial_volume_sigma_vox)
-  bias = np.exp(params.bias_strength * _smooth_noise(rng, shape, 4) * 2)
-  sigma = rng.uniform(*params.noise_level) * params.wm_intensity
-  noisy = np.sqrt((image * bias + rng.normal(0, sigma, shape)) ** 2
-                  + rng.normal(0, sigma, shape) ** 2)
+  clean = {"FLAIR": image}
+  if "T1w" in modalities:
+    clean["T1w"] = _t1w_image(params, csf, gm, wm, lesion_fraction,
+                              intensity, brain)
+  # Drawn in both spaces: the label draw below must not depend on the space.
+  noisy = _template_scan(rng, image, params, params.wm_intensity)
 
   lesion &= brain
   motor = _motor_roi(template)
   _, num_lesions = ndimage.label(lesion, np.ones((3, 3, 3)))
   return {
+      "clean": clean,
       "flair": noisy.astype(np.float32),
       "lesion": lesion.astype(np.uint8),
       "brain": brain.astype(np.uint8),
@@ -300,6 +326,10 @@ def _place_lesions(rng, params, template, wm, brain, ventricles, wall_mm):
     centre = np.array(np.unravel_index(rng.choice(candidates, p=weights),
                                        shape))
     size_class = rng.choice(3, p=params.size_class_probs)
+    if not lesion.any():
+      # The subject's first lesion is medium or large: PVL is diagnosed on a
+      # visible lesion, and at 2 mm a small one is a voxel or two.
+      size_class = max(size_class, 1)
     radius = params.lesion_radius_mm[size_class] * rng.uniform(0.7, 1.3)
     # Large lesions are confluent: several blobs along a short random walk.
     pieces = 1 if size_class < 2 else rng.integers(2, 5)
@@ -323,15 +353,84 @@ def label_probability(motor_ml: np.ndarray, params: CohortParams
   return 1.0 / (1.0 + np.exp(-logit))
 
 
+def _t1w_image(params: CohortParams, csf: np.ndarray, gm: np.ndarray,
+               wm: np.ndarray, lesion_fraction: np.ndarray,
+               lesion_value: np.ndarray, brain: np.ndarray) -> np.ndarray:
+  """The clean T1w-like image: white matter brightest, lesions dark.
+
+  A lesion brighter on FLAIR (more gliosis and cavitation) is darker on T1w:
+  its FLAIR intensity maps linearly, reversed, onto T1W_LESION_INTENSITY.
+  """
+  tissue = (csf * T1W_INTENSITY["csf"] + gm * T1W_INTENSITY["gm"]
+            + wm * T1W_INTENSITY["wm"])
+  lesion = np.interp(lesion_value, params.lesion_intensity,
+                     T1W_LESION_INTENSITY[::-1])
+  # The lesion fraction reaches a little past the lesion's voxels, which
+  # alone carry a lesion value; there it blends with the tissue itself.
+  lesion = np.where(lesion_value > 0, lesion, tissue)
+  image = (1 - lesion_fraction) * tissue + lesion_fraction * lesion
+  return ndimage.gaussian_filter(image * brain,
+                                 params.partial_volume_sigma_vox)
+
+
+def _non_affine_part(displacement: np.ndarray, mask: np.ndarray
+                     ) -> np.ndarray:
+  """A (3, X, Y, Z) displacement less its least-squares affine fit in `mask`.
+
+  On the generator's 3 mm deformations the affine part moves brain points
+  by about 1 mm on average.
+  """
+  points = np.c_[np.argwhere(mask), np.ones(int(mask.sum()))]
+  fit, *_ = np.linalg.lstsq(points, displacement[:, mask].T, rcond=None)
+  grid = np.indices(mask.shape, dtype=np.float32)
+  affine = (np.tensordot(fit[:3].T, grid, axes=1)
+            + fit[3][:, None, None, None])
+  return (displacement - affine).astype(np.float32)
+
+
+def _template_scan(rng: np.random.Generator, image: np.ndarray,
+                   params: CohortParams, white_matter: float) -> np.ndarray:
+  """`image` with a bias field and Rician noise drawn on its own grid."""
+  bias = acquisition.bias_field(
+      random_fields.smooth_noise(rng, image.shape, 4), params.bias_strength)
+  sigma = rng.uniform(*params.noise_level) * white_matter
+  return acquisition.rician(rng, image * bias, sigma)
+
+
+def _white_matter(modality: str, params: CohortParams) -> float:
+  return {"FLAIR": params.wm_intensity, "T1w": T1W_INTENSITY["wm"]}[modality]
+
+
+def _acquisition_rng(seed: np.random.SeedSequence) -> np.random.Generator:
+  """The subject's scanner stream, apart from its anatomy stream.
+
+  The first child of the subject's seed (built, not spawned, so that every
+  call gives the same one): anatomy, lesions and the label draw stay the
+  same whatever the space and modalities.
+  """
+  return np.random.default_rng(np.random.SeedSequence(
+      seed.entropy, spawn_key=(*seed.spawn_key, 0)))
+
+
 def _subject_id(index: int, num_subjects: int) -> str:
   return f"sub-{index + 1:0{max(3, len(str(num_subjects)))}d}"
 
 
-def _write_subject(root: Path, subject: str, data: dict, affine: np.ndarray
-                   ) -> None:
+def _write_template_subject(root: Path, subject: str, data: dict,
+                            params: CohortParams,
+                            seed: np.random.SeedSequence,
+                            modalities: tuple[str, ...]) -> None:
+  """Writes a subject's template-space scans and masks."""
+  affine = load_template(params.resolution_mm).affine
+  scanner = _acquisition_rng(seed)
   anat = Path(subject, "anat")
-  nifti_io.save_nifti(data["flair"], affine,
-                      root / anat / f"{subject}_FLAIR.nii.gz", np.float32)
+  for modality in modalities:
+    image = (data["flair"] if modality == "FLAIR" else _template_scan(
+        scanner, data["clean"][modality], params,
+        _white_matter(modality, params)))
+    nifti_io.save_nifti(image, affine,
+                        root / anat / f"{subject}_{modality}.nii.gz",
+                        np.float32)
   nifti_io.save_nifti(data["lesion"], affine,
                       root / "derivatives" / "lesions" / anat /
                       f"{subject}_label-lesion_mask.nii.gz", np.uint8)
@@ -340,14 +439,57 @@ def _write_subject(root: Path, subject: str, data: dict, affine: np.ndarray
                       f"{subject}_desc-brain_mask.nii.gz", np.uint8)
 
 
-def _generate_and_write(args) -> dict[str, float | int]:
-  """Worker: generates and writes one subject, returns its lesion loads."""
-  root, subject, params, seed = args
-  data = generate_subject(params, seed)
-  _write_subject(root, subject, data,
-                 load_template(params.resolution_mm).affine)
-  return {k: data[k] for k in ("lesion_ml", "motor_ml", "num_lesions",
-                                "label_draw")}
+def _write_raw_subject(root: Path, subject: str, data: dict,
+                       params: CohortParams, seed: np.random.SeedSequence,
+                       modalities: tuple[str, ...],
+                       acquisition_params: acquisition.AcquisitionParams
+                       ) -> dict[str, object]:
+  """Writes a subject's native scans and ground truth; returns its record."""
+  affine = load_template(params.resolution_mm).affine
+  scan = acquisition.acquire(
+      _acquisition_rng(seed),
+      acquisition.TemplateSubject(
+          images={m: data["clean"][m] for m in modalities},
+          white_matter={m: _white_matter(m, params) for m in modalities},
+          brain=data["brain"] > 0, lesion=data["lesion"] > 0, affine=affine),
+      params.noise_level, acquisition_params)
+  anat = Path(subject, "anat")
+  truth = root / "derivatives" / "synthetic" / anat
+  for modality, image in scan.images.items():
+    nifti_io.save_nifti(image, scan.affine,
+                        root / anat / f"{subject}_{modality}.nii.gz",
+                        np.float32)
+  nifti_io.save_nifti(scan.lesion, scan.affine,
+                      root / "derivatives" / "lesions" / anat /
+                      f"{subject}_label-lesion_mask.nii.gz", np.uint8)
+  nifti_io.save_nifti(scan.brain, scan.affine,
+                      truth / f"{subject}_desc-brain_mask.nii.gz", np.uint8)
+  nifti_io.save_nifti(scan.bias, scan.affine,
+                      truth / f"{subject}_desc-biasfield.nii.gz", np.float32)
+  nifti_io.save_nifti(data["lesion"], affine, truth /
+                      f"{subject}_space-{TEMPLATE_SPACE}_label-lesion_mask"
+                      ".nii.gz", np.uint8)
+  sitk.WriteTransform(scan.to_native, str(
+      truth / f"{subject}_from-{TEMPLATE_SPACE}_to-native_xfm.tfm"))
+  return scan.record
+
+
+def _generate_and_write(args) -> dict[str, object]:
+  """Worker: generates and writes one subject.
+
+  Returns:
+    Its lesion loads and label draw, and in raw space its acquisition.
+  """
+  root, subject, params, seed, space, modalities, acquisition_params = args
+  data = generate_subject(params, seed, modalities)
+  result = {k: data[k] for k in ("lesion_ml", "motor_ml", "num_lesions",
+                                 "label_draw")}
+  if space == "template":
+    _write_template_subject(root, subject, data, params, seed, modalities)
+  else:
+    result["acquisition"] = _write_raw_subject(
+        root, subject, data, params, seed, modalities, acquisition_params)
+  return result
 
 
 def _description(name: str, dataset_type: str) -> str:
@@ -358,7 +500,8 @@ def _description(name: str, dataset_type: str) -> str:
 
 
 def validate_arguments(num_subjects: int, seed: int, num_workers: int,
-                       params: CohortParams) -> None:
+                       params: CohortParams, space: str = "raw",
+                       modalities: tuple[str, ...] = ("FLAIR",)) -> None:
   """Raises InputError naming the bad argument."""
   if seed < 0:
     raise InputError(f"--seed: must be >= 0 (got {seed})")
@@ -369,11 +512,22 @@ def validate_arguments(num_subjects: int, seed: int, num_workers: int,
   if params.resolution_mm not in (1, 2):
     raise InputError("--resolution_mm: the template ships at 1 or 2 mm "
                      f"(got {params.resolution_mm})")
+  if space not in SPACES:
+    raise InputError(f"--space: must be one of {', '.join(SPACES)} "
+                     f"(got {space!r})")
+  unknown = [m for m in modalities if m not in MODALITIES]
+  if unknown or not modalities or len(set(modalities)) < len(modalities):
+    raise InputError(f"--modalities: distinct names among "
+                     f"{', '.join(MODALITIES)} (got {','.join(modalities)!r})")
 
 
-def generate_cohort(out_dir: str | os.PathLike, num_subjects: int, seed: int,
-                    params: CohortParams = CohortParams(),
-                    num_workers: int = 1, progress: bool = True) -> Path:
+def generate_cohort(
+    out_dir: str | os.PathLike, num_subjects: int, seed: int,
+    params: CohortParams = CohortParams(), num_workers: int = 1,
+    progress: bool = True, space: str = "raw",
+    modalities: tuple[str, ...] = ("FLAIR",),
+    acquisition_params: acquisition.AcquisitionParams = (
+        acquisition.AcquisitionParams())) -> Path:
   """Generates a synthetic PVL cohort as a BIDS dataset.
 
   Args:
@@ -383,6 +537,10 @@ def generate_cohort(out_dir: str | os.PathLike, num_subjects: int, seed: int,
     params: generator parameters.
     num_workers: worker processes.
     progress: show a progress bar.
+    space: "raw" for native scans with ground truth (`acquisition`),
+      "template" for scans on the template grid.
+    modalities: scans to write, among `MODALITIES` (in any order).
+    acquisition_params: the ranges of the raw scans' acquisitions.
 
   Returns:
     The dataset directory.
@@ -390,14 +548,18 @@ def generate_cohort(out_dir: str | os.PathLike, num_subjects: int, seed: int,
   Raises:
     InputError: bad arguments, or `out_dir` already exists.
   """
-  validate_arguments(num_subjects, seed, num_workers, params)
+  validate_arguments(num_subjects, seed, num_workers, params, space,
+                     modalities)
+  # One order, so that the noise draws do not depend on the caller's.
+  modalities = tuple(m for m in MODALITIES if m in modalities)
   out_dir = Path(out_dir)
   if out_dir.exists():
     raise InputError(f"{out_dir}: already exists; choose a new --out")
   seeds = np.random.SeedSequence(seed).spawn(num_subjects)
   subjects = [_subject_id(i, num_subjects) for i in range(num_subjects)]
   with atomic_directory(out_dir) as root:
-    jobs = [(root, s, params, sd) for s, sd in zip(subjects, seeds)]
+    jobs = [(root, s, params, sd, space, modalities, acquisition_params)
+            for s, sd in zip(subjects, seeds)]
     with contextlib.ExitStack() as stack:
       if num_workers > 1:
         # "spawn": the caller may have started JAX, which does not survive
@@ -437,6 +599,15 @@ def generate_cohort(out_dir: str | os.PathLike, num_subjects: int, seed: int,
             "bayes_accuracy": float(np.maximum(p_bad, 1 - p_bad).mean()),
             "fraction_bad": float(labels.mean()),
         }, indent=2) + "\n")
+    if space == "raw":
+      atomic_write_text(
+          root / "derivatives" / "synthetic" / "acquisition.json",
+          json.dumps({
+              "modalities": modalities,
+              "params": dataclasses.asdict(acquisition_params),
+              "subjects": {s: l["acquisition"]
+                           for s, l in zip(subjects, loads)},
+          }, indent=2) + "\n")
   return out_dir
 
 
@@ -448,7 +619,8 @@ def main(argv: list[str]) -> None:
   try:
     generate_cohort(FLAGS.out, FLAGS.num_subjects, FLAGS.seed,
                     CohortParams(resolution_mm=FLAGS.resolution_mm),
-                    num_workers=FLAGS.num_workers)
+                    num_workers=FLAGS.num_workers, space=FLAGS.space,
+                    modalities=tuple(FLAGS.modalities))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -460,6 +632,11 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_subjects", 40, "Number of subjects.")
   flags.DEFINE_integer("seed", 0, "Cohort seed.")
   flags.DEFINE_integer("resolution_mm", 2, "Template grid: 1 or 2 mm.")
+  flags.DEFINE_string("space", "raw", "raw: native scans (pose, own voxel "
+                      "grid, skull, bias, noise) with ground truth for "
+                      "preprocessing.run; template: scans on the template "
+                      "grid, ready for training.")
+  flags.DEFINE_list("modalities", ["FLAIR"], "Scans to write: FLAIR, T1w.")
   flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
                        "Worker processes.")
   app.run(main)

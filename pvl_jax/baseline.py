@@ -4,21 +4,30 @@ The poster's baseline: logistic regression on the segmentation results "in
 matrix form". Here two feature sets are computed from binary lesion masks that
 all lie in one common grid (template space, MNI152 RAS millimetres):
 
-  * "matrix": the mask block-averaged by `downsample` along each axis (the
-    fraction of lesion voxels per block; the grid is zero-padded to a multiple
-    of the factor, outside the grid being no lesion) and flattened. At 2 mm,
-    factor 4 turns the 99x117x95 template into 25x30x24 = 18000 features.
-  * "lesion_load": total lesion volume and the volume in each of the nine
-    `REGIONS` (eight octants and a posterior periventricular box), in ml.
+  * "matrix": the mask block-averaged (the fraction of lesion voxels per
+    block, `block_features.BlockAverage`) and flattened, keeping the blocks
+    lesioned in enough training subjects (`block_features.MinLesionFrequency`).
+    A decision "lesion volume in some region >= v" is linear in these
+    features, but with a few dozen subjects and thousands of blocks the
+    block size and the frequency threshold matter as much as C, so the inner
+    CV chooses all three.
+  * "lesion_load": the lesion volume (mm^3) of the whole mask and of each
+    anatomical region of `lesion_regions` (periventricular parts and
+    corticospinal tract), log-transformed, log(1 + volume), as lesion loads
+    conventionally are, or not: the inner CV chooses. A threshold on one
+    region's volume is linear either way, but a sum of regions (or one
+    region minus what a box holds beyond the tract) is linear only in
+    volumes, while log loads temper subjects with huge lesions.
 
 Masks are either the reference (manual) masks of the cohort or a U-Net's
 predicted masks. Predictions must be cross-fitted: each subject's mask comes
 from the training run whose test fold held it, so no network saw the subject.
 
-Model: StandardScaler + L2 LogisticRegression, C chosen per outer fold by an
-inner stratified grid search (nested cross-validation); outer stratified
-subject-level k-fold with a fixed seed. Each outer test fold is scored with
-`classification_metrics` at threshold 0.5 on `predict_proba`.
+Model: the features, StandardScaler and L2 LogisticRegression, the
+hyper-parameters chosen per outer fold by an inner repeated stratified grid
+search (nested cross-validation); outer stratified subject-level k-fold with a
+fixed seed. Each outer test fold is scored with `classification_metrics` at
+threshold 0.5 on `predict_proba`.
 """
 
 import dataclasses
@@ -30,6 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import sparse
 import threadpoolctl
 from sklearn import model_selection
 from sklearn import pipeline
@@ -39,37 +49,35 @@ from sklearn.linear_model import LogisticRegression
 from preprocessing import bids
 from preprocessing import nifti_io
 from preprocessing.errors import InputError
+from pvl_jax import block_features
+from pvl_jax import lesion_regions
 from pvl_jax.evaluation.classification import classification_metrics
 
 FEATURE_SETS = ("matrix", "lesion_load")
-# Regularisation strengths searched by the inner CV: 18000 standardised
-# matrix features need C around 1e-4..1e-2, ten lesion loads around 0.1..10.
-C_GRID = tuple(10.0**e for e in range(-5, 2))
-INNER_FOLDS = 3
-# Log loss rather than accuracy picks C: on inner folds of a few subjects
-# accuracy ties between most C values, a proper scoring rule rarely does.
+# Regularisation strengths searched by the inner CV: tens to thousands of
+# standardised blocks need C around 1e-2..1, a dozen lesion loads 0.1..10.
+C_GRID = tuple(10.0**e for e in range(-4, 3))
+# Block edges in voxels (at 2 mm: 4 to 12 mm), searched by the inner CV.
+BLOCK_FACTORS = (2, 3, 4, 6)
+# Shares of training subjects a block must be lesioned in (0: at least one).
+MIN_LESION_FRACTIONS = (0.0, 0.05, 0.1, 0.2)
+# Repeated inner folds: with a few dozen subjects one split's choice of
+# hyper-parameters is mostly noise.
+INNER_FOLDS = 5
+INNER_REPEATS = 2
+# Log loss rather than accuracy picks the hyper-parameters: on inner folds of
+# a few subjects accuracy ties between most candidates, a proper scoring rule
+# rarely does.
 INNER_SCORING = "neg_log_loss"
 MAX_ITER = 5000
 PRED_SUFFIX = "_pred.nii.gz"  # `pvl_jax.evaluate.save_predictions` naming
-
-# Octants split at the centre of the MNI152 lateral ventricles (measured on
-# the template nilearn ships: the CSF-like component inside the brain mask),
-# so each octant holds the periventricular white matter of one part of the
-# ventricles (frontal horn, body/trigone, temporal/occipital horn).
-OCTANT_CENTER_MM = (0.0, -15.0, 14.0)
-# Posterior periventricular white matter around the trigones and posterior
-# bodies, next to the corticospinal tract, where PVL burden relates to motor
-# outcome: an MNI box (x_min, x_max), (y_min, y_max), (z_min, z_max) in mm.
-PERIVENTRICULAR_POSTERIOR_MM = ((-35.0, 35.0), (-50.0, -10.0), (5.0, 40.0))
-
-
-def _octant_names() -> tuple[str, ...]:
-  return tuple(f"{lr}_{ap}_{si}" for lr, ap, si in itertools.product(
-      ("left", "right"), ("posterior", "anterior"), ("inferior", "superior")))
-
-
-REGIONS = _octant_names() + ("periventricular_posterior",)
-LESION_LOAD_NAMES = ("total",) + REGIONS
+LESION_LOAD_NAMES = ("total",) + lesion_regions.REGIONS
+# Lesion-load transforms the inner CV chooses from (None: volumes as such).
+VOLUME_TRANSFORMS = (np.log1p, None)
+# Grid keys of the searches -> their names in the result rows.
+PARAM_NAMES = {"logreg__C": "C", "block__factor": "downsample",
+               "frequency__min_fraction": "min_lesion_fraction",
+               "volumes__func": "volume_transform"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,95 +89,91 @@ class Grid:
 
 
 @dataclasses.dataclass(frozen=True)
+class Search:
+  """A model and the hyper-parameter grid its inner CV chooses from."""
+  model: pipeline.Pipeline
+  grid: dict[str, list[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
 class CVResult:
   """Nested cross-validation of one feature set.
 
   Attributes:
-    folds: per outer fold: fold, n_train, n_test, C (chosen by the inner
-      search), inner_scores (mean inner score per entry of C_GRID), and the
-      `classification_metrics` of its test subjects.
+    folds: per outer fold: fold, n_train, n_test, the chosen hyper-parameters
+      (`PARAM_NAMES`), n_features (what the logistic regression saw),
+      inner_scores (mean inner score per candidate, in `candidates` order),
+      and the `classification_metrics` of its test subjects.
+    candidates: the hyper-parameter combinations of the inner search.
     prob: out-of-fold probability of bad hand function, one per subject.
     fold_of: the outer fold that tested each subject.
   """
   folds: list[dict[str, Any]]
+  candidates: list[dict[str, Any]]
   prob: np.ndarray
   fold_of: np.ndarray
 
 
-def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
-  """Averages non-overlapping factor^ndim blocks, zero-padding the far ends.
-
-  Args:
-    volume: an array of any dimensionality.
-    factor: block edge in voxels along every axis.
-
-  Returns:
-    An array of shape ceil(shape / factor).
-  """
-  if factor < 1:
-    raise ValueError(f"block factor must be at least 1, got {factor}")
-  volume = np.asarray(volume, dtype=np.float32)
-  padded = np.pad(volume, [(0, -n % factor) for n in volume.shape])
-  # (a*f, b*f, ...) -> (a, f, b, f, ...), then average the f axes.
-  blocks = padded.reshape([d for n in padded.shape for d in (n // factor,
-                                                             factor)])
-  return blocks.mean(axis=tuple(range(1, blocks.ndim, 2)))
+def _logistic_regression() -> list[tuple[str, Any]]:
+  return [("scale", sk_preprocessing.StandardScaler()),
+          ("logreg", LogisticRegression(max_iter=MAX_ITER))]
 
 
-def region_masks(shape: tuple[int, ...],
-                 affine: np.ndarray) -> dict[str, np.ndarray]:
-  """The `REGIONS` of a grid, from its voxel centres' world coordinates.
+def matrix_search(shape: tuple[int, ...],
+                  factors: Sequence[int] = BLOCK_FACTORS) -> Search:
+  """Matrix-form model of flat masks in a grid of `shape`."""
+  model = pipeline.Pipeline([
+      ("block", block_features.BlockAverage(shape)),
+      ("frequency", block_features.MinLesionFrequency()),
+      *_logistic_regression()])
+  return Search(model, {"block__factor": list(factors),
+                        "frequency__min_fraction": list(MIN_LESION_FRACTIONS),
+                        "logreg__C": list(C_GRID)})
 
-  Args:
-    shape: the 3D grid shape.
-    affine: its voxel-to-world (RAS mm, MNI for template space) affine.
 
-  Returns:
-    Region name -> flat bool array over the grid's voxels (C order).
-  """
-  voxels = np.indices(shape).reshape(3, -1)
-  world = affine[:3, :3] @ voxels + affine[:3, 3:]
-  above = world > np.asarray(OCTANT_CENTER_MM)[:, None]
-  regions = {}
-  for name, sides in zip(_octant_names(),
-                         itertools.product((False, True), repeat=3)):
-    regions[name] = np.all(above == np.asarray(sides)[:, None], axis=0)
-  box = np.asarray(PERIVENTRICULAR_POSTERIOR_MM)
-  regions["periventricular_posterior"] = np.all(
-      (world >= box[:, :1]) & (world <= box[:, 1:]), axis=0)
-  return regions
+def lesion_load_search() -> Search:
+  """Lesion-load model of regional volumes in mm^3 (see `FeatureExtractor`)."""
+  model = pipeline.Pipeline([
+      ("volumes", sk_preprocessing.FunctionTransformer()),
+      *_logistic_regression()])
+  return Search(model, {"volumes__func": list(VOLUME_TRANSFORMS),
+                        "logreg__C": list(C_GRID)})
 
 
 class FeatureExtractor:
-  """Computes both feature sets of masks that share one grid."""
+  """Computes both feature sets' inputs of masks that share one grid."""
 
-  def __init__(self, grid: Grid, downsample: int):
-    self.downsample = downsample
-    self._regions = region_masks(grid.shape, grid.affine)
-    self._voxel_ml = abs(np.linalg.det(grid.affine[:3, :3])) / 1000.0
+  def __init__(self, grid: Grid):
+    regions = lesion_regions.region_masks(grid.shape, grid.affine)
+    # (voxels, regions) indicator matrix: one product gives every volume.
+    self._regions = sparse.csc_matrix(np.stack(
+        [np.ones(int(np.prod(grid.shape)), bool)]
+        + [regions[name] for name in lesion_regions.REGIONS], axis=1))
+    self._voxel_mm3 = abs(np.linalg.det(grid.affine[:3, :3]))
 
-  def __call__(self, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Feature set name -> 1D float feature vector of one bool mask."""
-    flat = mask.reshape(-1)
-    volumes = [np.count_nonzero(flat)] + [
-        np.count_nonzero(flat & self._regions[name]) for name in REGIONS]
-    return {
-        "matrix": block_mean(mask, self.downsample).reshape(-1),
-        "lesion_load": np.asarray(volumes, np.float64) * self._voxel_ml,
-    }
+  def __call__(self, mask: np.ndarray) -> dict[str, Any]:
+    """Feature set name -> features of one bool mask.
+
+    Returns:
+      matrix: the flat mask as a sparse (1, voxels) row; lesion_load: the
+      volume in mm^3 per `LESION_LOAD_NAMES`.
+    """
+    flat = sparse.csr_matrix(mask.reshape(1, -1), dtype=np.float32)
+    volumes = (flat @ self._regions).toarray()[0] * self._voxel_mm3
+    return {"matrix": flat, "lesion_load": volumes}
 
 
-def load_features(paths: Sequence[Path], grid: Grid | None,
-                  downsample: int) -> tuple[dict[str, np.ndarray], Grid]:
+def load_features(paths: Sequence[Path], grid: Grid | None
+                  ) -> tuple[dict[str, Any], Grid]:
   """Reads masks one at a time (a cohort of them need not fit in memory).
 
   Args:
     paths: binary mask files, one per subject.
     grid: the grid they must lie in; None: that of the first mask.
-    downsample: the matrix features' block factor.
 
   Returns:
-    (feature set name -> (subjects, features) array, the grid).
+    (feature set name -> (subjects, features) array, sparse for "matrix"
+    (flat masks), the grid).
 
   Raises:
     InputError: a mask is unreadable, not binary or in another grid.
@@ -177,13 +181,14 @@ def load_features(paths: Sequence[Path], grid: Grid | None,
   if grid is None:
     data, affine = nifti_io.load_volume(paths[0], kind="mask")
     grid = Grid(data.shape, affine, Path(paths[0]))
-  extract = FeatureExtractor(grid, downsample)
+  extract = FeatureExtractor(grid)
   rows = [extract(nifti_io.load_mask(path, reference_shape=grid.shape,
                                      reference_affine=grid.affine,
                                      reference_path=grid.path))
           for path in paths]
-  return {name: np.stack([row[name] for row in rows])
-          for name in FEATURE_SETS}, grid
+  return {"matrix": sparse.vstack([row["matrix"] for row in rows],
+                                  format="csr"),
+          "lesion_load": np.stack([row["lesion_load"] for row in rows])}, grid
 
 
 def collect_predictions(run_dirs: Sequence[str | os.PathLike],
@@ -251,7 +256,8 @@ def check_class_sizes(labels: np.ndarray, folds: int, source: Path) -> None:
       raise InputError(
           f"{source}: hand_function={label} has {count} subject(s), fewer "
           f"than the {needed} that {folds}-fold cross-validation (with "
-          f"{INNER_FOLDS}-fold inner selection of C) needs per class")
+          f"{INNER_FOLDS}-fold inner selection of hyper-parameters) needs "
+          "per class")
 
 
 def _finite(value: float) -> float | None:
@@ -259,51 +265,65 @@ def _finite(value: float) -> float | None:
   return float(value) if math.isfinite(value) else None
 
 
-def make_model(seed: int) -> model_selection.GridSearchCV:
-  """Scaler + logistic regression, C chosen by an inner stratified CV."""
-  model = pipeline.Pipeline([
-      ("scale", sk_preprocessing.StandardScaler()),
-      ("logreg", LogisticRegression(max_iter=MAX_ITER)),
-  ])
-  inner = model_selection.StratifiedKFold(INNER_FOLDS, shuffle=True,
-                                          random_state=seed)
-  return model_selection.GridSearchCV(
-      model, {"logreg__C": list(C_GRID)}, scoring=INNER_SCORING, cv=inner)
+def _json_value(value: Any) -> Any:
+  """A hyper-parameter as JSON holds it: numbers, or a function's name."""
+  if isinstance(value, np.generic):
+    return value.item()
+  return value.__name__ if callable(value) else value
 
 
-def cross_validate(features: np.ndarray, labels: np.ndarray, folds: int,
-                   seed: int) -> CVResult:
+def _named(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Grid keys -> `PARAM_NAMES`, values -> `_json_value`."""
+  return {PARAM_NAMES[key]: _json_value(value)
+          for key, value in params.items()}
+
+
+def cross_validate(features: Any, labels: np.ndarray, search: Search,
+                   folds: int, seed: int,
+                   inner_repeats: int = INNER_REPEATS) -> CVResult:
   """Nested stratified cross-validation of one feature matrix.
 
   Args:
-    features: (subjects, features).
+    features: (subjects, features), dense or sparse, as `search` takes them.
     labels: hand function, 0 or 1, one per subject.
+    search: the model and the grid the inner CV chooses from.
     folds: outer folds.
     seed: shuffles the outer and inner folds.
+    inner_repeats: repeats of the inner `INNER_FOLDS`-fold CV.
 
   Returns:
     The per-fold metrics and out-of-fold probabilities.
   """
   outer = model_selection.StratifiedKFold(folds, shuffle=True,
                                           random_state=seed)
+  inner = model_selection.RepeatedStratifiedKFold(
+      n_splits=INNER_FOLDS, n_repeats=inner_repeats, random_state=seed)
   prob = np.zeros(len(labels))
   fold_of = np.zeros(len(labels), int)
   results = []
-  for fold, (train, test) in enumerate(outer.split(features, labels)):
+  candidates = []
+  for fold, (train, test) in enumerate(outer.split(labels, labels)):
+    grid_search = model_selection.GridSearchCV(
+        search.model, search.grid, scoring=INNER_SCORING, cv=inner,
+        error_score="raise")
     # The fits are small: BLAS threads synchronise more than they compute
     # (one thread fitted 6x faster on a busy 2-core machine).
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-      search = make_model(seed).fit(features[train], labels[train])
-    prob[test] = search.predict_proba(features[test])[:, 1]
+      grid_search.fit(features[train], labels[train])
+    prob[test] = grid_search.predict_proba(features[test])[:, 1]
     fold_of[test] = fold
     results.append({
         "fold": fold, "n_train": int(train.size), "n_test": int(test.size),
-        "C": float(search.best_params_["logreg__C"]),
+        **_named(grid_search.best_params_),
+        "n_features": int(
+            grid_search.best_estimator_["logreg"].n_features_in_),
         "inner_scores": [_finite(score) for score
-                         in search.cv_results_["mean_test_score"]],
+                         in grid_search.cv_results_["mean_test_score"]],
         **classification_metrics(labels[test], prob[test], threshold=0.5),
     })
-  return CVResult(results, prob, fold_of)
+    candidates = [_named(params) for params
+                  in grid_search.cv_results_["params"]]
+  return CVResult(results, candidates, prob, fold_of)
 
 
 def _summary(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -313,14 +333,15 @@ def _summary(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def result_row(name: str, feature_set: str, masks: str, result: CVResult,
-               subject_ids: Sequence[str], labels: np.ndarray,
-               n_features: int) -> dict[str, Any]:
+               subject_ids: Sequence[str],
+               labels: np.ndarray) -> dict[str, Any]:
   """One row of the output JSON (the keys launch/report.py reads)."""
   row: dict[str, Any] = {"name": name, "features": feature_set,
-                         "masks": masks, "n_features": n_features}
+                         "masks": masks}
   for metric in ("accuracy", "f1", "auc"):
     row[f"{metric}_mean"], row[f"{metric}_std"] = _summary(
         [f[metric] for f in result.folds])
+  row["candidates"] = result.candidates
   row["folds"] = [{k: _finite(v) if isinstance(v, float) else v
                    for k, v in f.items()} for f in result.folds]
   pooled = classification_metrics(labels, result.prob, threshold=0.5)
@@ -339,7 +360,8 @@ _ROW_NAMES = {"matrix": "LR matrix", "lesion_load": "LR lesion load"}
 
 def run(cohort_dir: str | os.PathLike,
         prediction_dirs: Sequence[str | os.PathLike] = (), folds: int = 5,
-        downsample: int = 4, seed: int = 0) -> list[dict[str, Any]]:
+        downsample: Sequence[int] = BLOCK_FACTORS, seed: int = 0,
+        inner_repeats: int = INNER_REPEATS) -> list[dict[str, Any]]:
   """Both feature sets on reference masks, and on predicted ones if given.
 
   Args:
@@ -348,8 +370,10 @@ def run(cohort_dir: str | os.PathLike,
     prediction_dirs: training runs whose predictions/ together hold one
       cross-fitted predicted mask per subject, in the same grid; empty: skip.
     folds: outer stratified folds.
-    downsample: block factor of the matrix features.
+    downsample: the block factors of the matrix features that the inner CV
+      chooses from.
     seed: fold shuffling seed.
+    inner_repeats: repeats of the inner `INNER_FOLDS`-fold CV.
 
   Returns:
     The result rows (see `result_row`), reference masks first.
@@ -359,8 +383,12 @@ def run(cohort_dir: str | os.PathLike,
   """
   if folds < 2:
     raise InputError(f"--folds: must be at least 2, got {folds}")
-  if downsample < 1:
-    raise InputError(f"--downsample: must be at least 1, got {downsample}")
+  if not downsample or min(downsample) < 1:
+    raise InputError("--downsample: block factors must be at least 1, got "
+                     f"{list(downsample)}")
+  if inner_repeats < 1:
+    raise InputError(f"--inner_repeats: must be at least 1, got "
+                     f"{inner_repeats}")
   subjects = bids.load_cohort(cohort_dir, modalities=())
   subject_ids = [s.participant_id for s in subjects]
   labels = np.array([s.hand_function for s in subjects])
@@ -374,16 +402,20 @@ def run(cohort_dir: str | os.PathLike,
   grid = None
   for masks, paths in sources.items():
     logging.info("reading %d %s masks", len(paths), masks)
-    features[masks], grid = load_features(paths, grid, downsample)
+    features[masks], grid = load_features(paths, grid)
+  searches = {"matrix": matrix_search(grid.shape, sorted(set(downsample))),
+              "lesion_load": lesion_load_search()}
   rows = []
   for masks, feature_sets in features.items():
     for feature_set in FEATURE_SETS:
       logging.info("nested %d-fold CV: %s on %s masks", folds, feature_set,
                    masks)
-      result = cross_validate(feature_sets[feature_set], labels, folds, seed)
+      result = cross_validate(feature_sets[feature_set], labels,
+                              searches[feature_set], folds, seed,
+                              inner_repeats)
       rows.append(result_row(
           f"{_ROW_NAMES[feature_set]} ({masks} masks)", feature_set, masks,
-          result, subject_ids, labels, feature_sets[feature_set].shape[1]))
+          result, subject_ids, labels))
   return rows
 
 
@@ -391,6 +423,13 @@ def _cell(mean: float | None, std: float | None) -> str:
   if mean is None:
     return "n/a"
   return f"{mean:.3f}" + ("" if std is None else f" ± {std:.3f}")
+
+
+def _feature_counts(row: Mapping[str, Any]) -> str:
+  """Features the folds' models saw: one number, or the range across folds."""
+  counts = [fold["n_features"] for fold in row["folds"]]
+  low, high = min(counts), max(counts)
+  return str(low) if low == high else f"{low}-{high}"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -401,5 +440,5 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     cells = [_cell(row[f"{m}_mean"], row[f"{m}_std"])
              for m in ("accuracy", "f1", "auc")]
     lines.append(f"| {row['name']} | {row['n_subjects']} | "
-                 f"{row['n_features']} | {' | '.join(cells)} |")
+                 f"{_feature_counts(row)} | {' | '.join(cells)} |")
   return "\n".join(lines)

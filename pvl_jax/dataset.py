@@ -71,8 +71,11 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
     if not out.exists():
       logging.info("Generating the synthetic cohort (%d subjects) in %s",
                    spec.num_subjects, out)
+      # Template space: ready for training as it is (raw scans would need
+      # the preprocessing pipeline first).
       synthetic.generate_cohort(out, spec.num_subjects, spec.seed, params,
-                                num_workers=max(os.cpu_count() or 1, 1))
+                                num_workers=max(os.cpu_count() or 1, 1),
+                                space="template")
   return out
 
 

@@ -2,11 +2,12 @@
 
 Usage:
   python -m pvl_jax.run_baseline --cohort=DIR --out=FILE.json \
-      [--predictions=RUN_DIR1,RUN_DIR2,...] [--folds=5] [--downsample=4] \
-      [--seed=0]
+      [--predictions=RUN_DIR1,RUN_DIR2,...] [--folds=5] \
+      [--downsample=2,3,4,6] [--seed=0] [--inner_repeats=2]
 
 Nested cross-validated logistic regression on the "matrix" (block-averaged
-mask) and "lesion_load" (regional volumes) features of the cohort's reference
+mask; the inner CV chooses the block factor among --downsample) and
+"lesion_load" (log regional volumes) features of the cohort's reference
 masks and, with --predictions, of the cross-fitted predicted masks of the
 given training runs (one per test fold; see `pvl_jax.baseline`). Writes
 {"rows": [...]} to --out (the format launch/report.py reads as --baseline)
@@ -34,9 +35,21 @@ flags.DEFINE_list("predictions", [], "Training run workdirs whose "
                   "subject once (one run per test fold).")
 flags.DEFINE_string("out", None, "Output JSON file.", required=True)
 flags.DEFINE_integer("folds", 5, "Outer stratified cross-validation folds.")
-flags.DEFINE_integer("downsample", 4, "Block-averaging factor of the matrix "
-                     "features.")
+flags.DEFINE_list("downsample", [str(f) for f in baseline.BLOCK_FACTORS],
+                  "Block-averaging factors of the matrix features, in voxels; "
+                  "the inner cross-validation chooses one per outer fold.")
 flags.DEFINE_integer("seed", 0, "Seed of the fold assignment.")
+flags.DEFINE_integer("inner_repeats", baseline.INNER_REPEATS,
+                     "Repeats of the inner cross-validation: more make the "
+                     "choice of hyper-parameters less noisy, at proportional "
+                     "cost.")
+
+
+def _factors(values: list[str]) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise InputError(f"--downsample: expected integers, got {values}") from None
 
 
 def main(argv):
@@ -44,14 +57,19 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   py_logging.getLogger().setLevel(py_logging.INFO)
   try:
+    downsample = _factors(FLAGS.downsample)
     rows = baseline.run(FLAGS.cohort, FLAGS.predictions, folds=FLAGS.folds,
-                        downsample=FLAGS.downsample, seed=FLAGS.seed)
+                        downsample=downsample, seed=FLAGS.seed,
+                        inner_repeats=FLAGS.inner_repeats)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   result = {"cohort": FLAGS.cohort, "predictions": FLAGS.predictions,
-            "folds": FLAGS.folds, "downsample": FLAGS.downsample,
-            "seed": FLAGS.seed, "c_grid": list(baseline.C_GRID), "rows": rows}
+            "folds": FLAGS.folds, "downsample": downsample,
+            "seed": FLAGS.seed, "c_grid": list(baseline.C_GRID),
+            "min_lesion_fractions": list(baseline.MIN_LESION_FRACTIONS),
+            "inner_folds": baseline.INNER_FOLDS,
+            "inner_repeats": FLAGS.inner_repeats, "rows": rows}
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2,
                                           allow_nan=False) + "\n")
   print(baseline.markdown_table(rows))

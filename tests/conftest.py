@@ -84,3 +84,18 @@ def tiny_run(tiny_cohort, tmp_path_factory):
   cache = tmp_path_factory.mktemp("cache")
   results = train.train_and_evaluate(tiny_config(tiny_cohort, cache), workdir)
   return workdir, cache, results
+
+
+# Seed of `raw_cohort`: sub-001 has thick slices (1.8 x 1.8 x 6 mm) and 9.7 ml
+# of lesions, sub-002 2.4 mm voxels and 1.4 ml.
+RAW_COHORT_SEED = 1
+
+
+@pytest.fixture(scope="session")
+def raw_cohort(tmp_path_factory):
+  """Two raw-space synthetic subjects at 2 mm, FLAIR and T1w (read-only)."""
+  from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.generate_cohort(
+      tmp_path_factory.mktemp("raw") / "cohort", 2, seed=RAW_COHORT_SEED,
+      num_workers=2, progress=False, space="raw",
+      modalities=("FLAIR", "T1w"))

@@ -1,36 +1,51 @@
 """Tests of the logistic-regression hand-function baseline."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from scipy import sparse
+from sklearn import model_selection
 
 from preprocessing import nifti_io
 from preprocessing.errors import InputError
 from pvl_jax import baseline
+from pvl_jax import block_features
+from pvl_jax import lesion_regions
 
 SHAPE = (12, 12, 12)
 VOXEL_MM = 8.0
-# The grid's centre plane between voxels 5 and 6 lies on the octant centre, so
-# voxel octants (index < 6 or >= 6 per axis) are the lesion-load octants.
+# Voxel centres x -44..44, y -60..28, z -12..76 mm (MNI).
 AFFINE = np.diag([VOXEL_MM] * 3 + [1.0])
-AFFINE[:3, 3] = np.asarray(baseline.OCTANT_CENTER_MM) - VOXEL_MM * 5.5
-# The motor spot that decides hand function: one 4^3 block (so one matrix
-# feature at downsample 4) inside the left-posterior-superior octant.
-SPOT = (slice(0, 4), slice(0, 4), slice(8, 12))
-OCTANT = (slice(0, 6), slice(0, 6), slice(6, 12))
+AFFINE[:3, 3] = (-44.0, -60.0, -12.0)
+# The motor spot that decides hand function: voxels x -28..-20, y -28..-12,
+# z 12..36 mm, inside the left corticospinal tract region.
+SPOT = (slice(2, 4), slice(4, 7), slice(3, 7))
+# Distractor lesions lie in the front of the grid, y >= 4 mm.
+FRONT = (slice(None), slice(8, 12), slice(None))
 NUM_SUBJECTS = 40
 LABEL_NOISE = 0.05
 NUM_DISTRACTORS = 2  # at most, per subject
+# The searches of the learning tests: a coarser grid than the CLI's and one
+# inner repeat keep them fast.
+TEST_GRID = {"block__factor": [2, 4], "frequency__min_fraction": [0.0, 0.2],
+             "logreg__C": [1e-2, 1.0, 1e2]}
+# The 2 mm MNI152 grid of the nilearn template.
+MNI_2MM_SHAPE = (99, 117, 95)
+MNI_2MM_AFFINE = np.array([[2.0, 0, 0, -98], [0, 2, 0, -134], [0, 0, 2, -72],
+                           [0, 0, 0, 1]])
 
 
-def _cube(rng: np.random.Generator, low: tuple[int, ...],
-          high: tuple[int, ...]) -> np.ndarray:
-  """A 2^3 lesion whose corner lies in [low, high - 2]."""
+def _cube(rng: np.random.Generator, region: tuple[slice, ...]) -> np.ndarray:
+  """A 2^3 lesion lying inside `region` (slices of SHAPE)."""
+  low = [r.start or 0 for r in region]
+  high = [r.stop or n for r, n in zip(region, SHAPE)]
   start = rng.integers(low, np.asarray(high) - 1)
   mask = np.zeros(SHAPE, bool)
   mask[tuple(slice(s, s + 2) for s in start)] = True
@@ -40,24 +55,18 @@ def _cube(rng: np.random.Generator, low: tuple[int, ...],
 def synthetic_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Masks and labels: bad hand function = a lesion in SPOT, 5% flipped.
 
-  Every subject has 0 to NUM_DISTRACTORS lesions outside the octant holding
-  SPOT, half of them also one inside SPOT.
+  Every subject has 0 to NUM_DISTRACTORS lesions in FRONT, half of them
+  also one inside SPOT.
   """
   rng = np.random.default_rng(seed)
-  octant = np.zeros(SHAPE, bool)
-  octant[OCTANT] = True
   present = np.arange(NUM_SUBJECTS) % 2 == 1
   masks = []
   for has_spot in present:
     mask = np.zeros(SHAPE, bool)
     for _ in range(rng.integers(NUM_DISTRACTORS + 1)):
-      lesion = _cube(rng, (0, 0, 0), SHAPE)
-      while (lesion & octant).any():
-        lesion = _cube(rng, (0, 0, 0), SHAPE)
-      mask |= lesion
+      mask |= _cube(rng, FRONT)
     if has_spot:
-      mask |= _cube(rng, tuple(s.start for s in SPOT),
-                    tuple(s.stop for s in SPOT))
+      mask |= _cube(rng, SPOT)
     masks.append(mask)
   labels = present.astype(int)
   flipped = rng.choice(NUM_SUBJECTS, int(LABEL_NOISE * NUM_SUBJECTS),
@@ -66,13 +75,23 @@ def synthetic_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return np.stack(masks), labels
 
 
-def features_of(masks: np.ndarray, downsample: int = 4
-                ) -> dict[str, np.ndarray]:
+def features_of(masks: np.ndarray) -> dict[str, Any]:
+  """Both feature sets' inputs, as `baseline.load_features` returns them."""
   extract = baseline.FeatureExtractor(
-      baseline.Grid(SHAPE, AFFINE, Path("grid.nii.gz")), downsample)
+      baseline.Grid(SHAPE, AFFINE, Path("grid.nii.gz")))
   rows = [extract(mask) for mask in masks]
-  return {name: np.stack([row[name] for row in rows])
-          for name in baseline.FEATURE_SETS}
+  return {"matrix": sparse.vstack([row["matrix"] for row in rows],
+                                  format="csr"),
+          "lesion_load": np.stack([row["lesion_load"] for row in rows])}
+
+
+SEARCHES = {
+    "matrix": dataclasses.replace(baseline.matrix_search(SHAPE),
+                                  grid=TEST_GRID),
+    "lesion_load": dataclasses.replace(
+        baseline.lesion_load_search(),
+        grid={"volumes__func": [np.log1p, None],
+              "logreg__C": TEST_GRID["logreg__C"]})}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +105,9 @@ def cv_results(problem):
   """Nested 5-fold CV of both feature sets, on true and shuffled labels."""
   features, labels = problem
   shuffled = np.random.default_rng(1).permutation(labels)
-  return {(name, kind): baseline.cross_validate(features[name], y, 5, 0)
+  return {(name, kind): baseline.cross_validate(features[name], y,
+                                                SEARCHES[name], 5, 0,
+                                                inner_repeats=1)
           for name in baseline.FEATURE_SETS
           for kind, y in (("true", labels), ("shuffled", shuffled))}
 
@@ -122,6 +143,13 @@ def write_predictions(cohort: Path, root: Path,
   return run_dirs
 
 
+@pytest.fixture
+def small_grids(monkeypatch):
+  """One C and one frequency threshold: `baseline.run` tests stay fast."""
+  monkeypatch.setattr(baseline, "C_GRID", (1.0,))
+  monkeypatch.setattr(baseline, "MIN_LESION_FRACTIONS", (0.0,))
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
   masks, labels = synthetic_problem()
@@ -129,40 +157,96 @@ def cohort(tmp_path_factory):
                       labels)
 
 
-def test_block_mean_hand_computed():
+def test_block_average_hand_computed():
   volume = np.zeros((3, 2, 2))
   volume[0, 0, 0] = volume[1, 1, 1] = volume[2, 0, 1] = 1
+
+  def average(factor):
+    model = block_features.BlockAverage(volume.shape, factor)
+    return model.fit_transform(volume.reshape(1, -1)).toarray()[0]
+
   # x is padded to 4: block x 0-1 holds 2 of 8 voxels, block x 2-3 holds 1
   # (the padding counts as background).
-  np.testing.assert_allclose(baseline.block_mean(volume, 2),
-                             [[[0.25]], [[0.125]]])
-  np.testing.assert_array_equal(baseline.block_mean(volume, 1), volume)
-  assert baseline.block_mean(np.zeros((99, 117, 95)), 4).shape == (25, 30, 24)
+  np.testing.assert_allclose(average(2), [0.25, 0.125])
+  np.testing.assert_array_equal(average(1), volume.reshape(-1))
+  assert block_features.pooling_matrix(MNI_2MM_SHAPE, 4).shape == (
+      np.prod(MNI_2MM_SHAPE), 25 * 30 * 24)
 
 
-def test_regions_octants_partition_grid_and_follow_world_axes():
-  regions = baseline.region_masks(SHAPE, AFFINE)
-  octants = np.stack([regions[name] for name in baseline.REGIONS[:8]])
-  np.testing.assert_array_equal(octants.sum(0), 1)
-  expected = np.zeros(SHAPE, bool)
-  expected[OCTANT] = True
-  np.testing.assert_array_equal(regions["left_posterior_superior"],
-                                expected.reshape(-1))
-  # The box x -35..35, y -50..-10, z 5..40 mm holds the voxel centres (8 mm
-  # steps from (-44, -59, -30)) x -28..28, y -43..-11, z 10..34.
-  assert regions["periventricular_posterior"].sum() == 8 * 5 * 4
+def test_min_lesion_frequency_keeps_blocks_of_enough_subjects():
+  # Block 0 is lesioned in 1 of 4 subjects, block 1 in none, block 2 in 2,
+  # block 3 in all 4.
+  blocks = np.array([[0.5, 0, 0.1, 1], [0, 0, 0.2, 1], [0, 0, 0, 0.3],
+                     [0, 0, 0, 0.4]])
+
+  def kept(fraction):
+    return block_features.MinLesionFrequency(fraction).fit(blocks).kept_
+
+  np.testing.assert_array_equal(kept(0.0), [0, 2, 3])
+  np.testing.assert_array_equal(kept(0.5), [2, 3])
+  np.testing.assert_array_equal(kept(0.75), [3])
+  filtered = block_features.MinLesionFrequency(0.5).fit(blocks)
+  np.testing.assert_array_equal(filtered.transform(sparse.csr_matrix(blocks)),
+                                blocks[:, [2, 3]])
+  # No block in 5 of 4 subjects: one constant column, not an empty matrix.
+  np.testing.assert_array_equal(
+      block_features.MinLesionFrequency(1.25).fit_transform(blocks),
+      np.zeros((4, 1)))
 
 
-def test_lesion_load_in_ml():
+def test_regions_at_known_mni_points():
+  regions = lesion_regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
+  assert set(regions) == set(lesion_regions.REGIONS)
+
+  def regions_at(x, y, z):
+    index = np.ravel_multi_index(
+        ((x + 98) // 2, (y + 134) // 2, (z + 72) // 2), MNI_2MM_SHAPE)
+    return {name for name, mask in regions.items() if mask[index]}
+
+  # Corona radiata beside the left ventricular body: tract and body.
+  assert regions_at(-24, -20, 24) == {"left_cst", "cst", "left_body"}
+  # Right posterior limb of the internal capsule.
+  assert regions_at(20, -14, 4) == {"right_cst", "cst", "right_body"}
+  assert regions_at(-20, 20, 10) == {"left_frontal"}
+  assert regions_at(30, -38, 20) == {"right_trigone"}
+  assert regions_at(-26, -60, 10) == {"left_occipital"}
+  assert regions_at(0, -20, 20) == set()  # midline
+  assert regions_at(-24, -20, 60) == set()  # above the ventricles
+
+
+def test_regions_partition_periventricular_white_matter():
+  regions = lesion_regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
+  parts = np.stack([regions[f"{side}_{part}"] for side in lesion_regions.SIDES
+                    for part in lesion_regions.PERIVENTRICULAR_Y_MM])
+  assert parts.sum(0).max() == 1
+  # 20 x values (|x| 2..40, even) per side, y -84..44 (65), z -10..44 (28).
+  assert parts.sum() == 2 * 20 * 65 * 28
+  # Corona radiata 10 x 15 x 16 voxels, internal capsule 9 x 10 x 7 below.
+  assert regions["left_cst"].sum() == regions["right_cst"].sum() == 3030
+  np.testing.assert_array_equal(regions["cst"],
+                                regions["left_cst"] | regions["right_cst"])
+
+
+def test_lesion_load_in_mm3():
   mask = np.zeros(SHAPE, bool)
-  mask[OCTANT][:2, :2, :2] = True  # 8 voxels of 0.512 ml
-  mask[11, 11, 0] = True  # right anterior inferior
+  mask[2:4, 4:6, 3:5] = True  # 8 voxels of 512 mm^3 in the left tract
+  mask[10, 10, 2] = True  # x 36, y 20, z 4 mm: right frontal
   load = dict(zip(baseline.LESION_LOAD_NAMES,
                   features_of(mask[None])["lesion_load"][0]))
-  assert load["total"] == pytest.approx(9 * 0.512)
-  assert load["left_posterior_superior"] == pytest.approx(8 * 0.512)
-  assert load["right_anterior_inferior"] == pytest.approx(0.512)
-  assert load["left_anterior_superior"] == 0
+  assert load["total"] == pytest.approx(9 * 512)
+  assert load["left_cst"] == pytest.approx(8 * 512)
+  assert load["cst"] == pytest.approx(8 * 512)
+  assert load["right_frontal"] == pytest.approx(512)
+  assert load["right_cst"] == load["left_frontal"] == 0
+
+
+def test_lesion_load_search_chooses_log_or_plain_volumes():
+  search = baseline.lesion_load_search()
+  assert search.grid["volumes__func"] == [np.log1p, None]
+  volumes = np.array([[0.0, 512.0], [4096.0, 1.0]])
+  for func, expected in ((np.log1p, np.log1p(volumes)), (None, volumes)):
+    transform = search.model.set_params(volumes__func=func)["volumes"]
+    np.testing.assert_allclose(transform.fit_transform(volumes), expected)
 
 
 @pytest.mark.parametrize("feature_set", baseline.FEATURE_SETS)
@@ -175,19 +259,41 @@ def test_learns_the_motor_spot(cv_results, feature_set):
 
 @pytest.mark.parametrize("feature_set", baseline.FEATURE_SETS)
 def test_shuffled_labels_score_chance(cv_results, feature_set):
-  # Leakage (scaling or C chosen on test subjects) would lift this.
+  # Leakage (scaling, block selection or hyper-parameters fitted on test
+  # subjects) would lift this.
   assert _mean(cv_results[feature_set, "shuffled"], "accuracy") < 0.75
 
 
-def test_nested_cv_picks_c_by_inner_score(cv_results):
+def test_nested_cv_picks_hyper_parameters_by_inner_score(cv_results):
   chosen = set()
-  for result in cv_results.values():
+  for (name, _), result in cv_results.items():
+    grid = model_selection.ParameterGrid(SEARCHES[name].grid)
+    assert len(result.candidates) == len(grid)
     for fold in result.folds:
-      assert len(fold["inner_scores"]) == len(baseline.C_GRID)
-      assert fold["C"] == baseline.C_GRID[int(np.argmax(fold["inner_scores"]))]
+      assert len(fold["inner_scores"]) == len(grid)
+      best = result.candidates[int(np.argmax(fold["inner_scores"]))]
+      assert {k: fold[k] for k in best} == best
       assert fold["n_train"] + fold["n_test"] == NUM_SUBJECTS
-      chosen.add(fold["C"])
-  assert len(chosen) > 1  # the search does choose, not always one value
+      chosen.add(tuple(best.items()))
+  # The search does choose, not always one candidate.
+  assert len(chosen) > 2
+
+
+def test_matrix_search_chooses_block_factor_and_frequency():
+  candidates = model_selection.ParameterGrid(
+      baseline.matrix_search(SHAPE, (2, 3)).grid)
+  assert {c["block__factor"] for c in candidates} == {2, 3}
+  assert {c["frequency__min_fraction"] for c in candidates} == set(
+      baseline.MIN_LESION_FRACTIONS)
+  assert {c["logreg__C"] for c in candidates} == set(baseline.C_GRID)
+
+
+def test_matrix_features_of_the_chosen_blocks(cv_results):
+  for fold in cv_results["matrix", "true"].folds:
+    blocks = -(-SHAPE[0] // fold["downsample"]) ** 3
+    assert 1 <= fold["n_features"] <= blocks
+  assert {f["n_features"] for f in cv_results["lesion_load", "true"].folds} == {
+      len(baseline.LESION_LOAD_NAMES)}
 
 
 def test_out_of_fold_predictions_cover_every_subject_once(cv_results):
@@ -215,21 +321,24 @@ def test_collect_predictions(cohort, tmp_path):
 
 
 def test_min_class_size():
-  assert baseline.min_class_size(5) == 5
-  assert baseline.min_class_size(2) == 6  # the training half needs 3
+  assert baseline.min_class_size(5, inner_folds=3) == 5
+  assert baseline.min_class_size(2, inner_folds=3) == 6  # 3 in the train half
+  # 7 - ceil(7 / 5) = 5 subjects left for the 5 inner folds.
+  assert baseline.min_class_size(5, inner_folds=5) == 7
 
 
-def test_run_reference_and_predicted_masks(cohort, tmp_path):
+def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
   runs = write_predictions(cohort, tmp_path,
                            {"fold0": list(range(1, 21)),
                             "fold1": list(range(21, 41))})
-  rows = baseline.run(cohort, runs, folds=2, downsample=4)
+  rows = baseline.run(cohort, runs, folds=2, downsample=[4], inner_repeats=1)
   assert [(r["name"], r["masks"]) for r in rows] == [
       ("LR matrix (reference masks)", "reference"),
       ("LR lesion load (reference masks)", "reference"),
       ("LR matrix (predicted masks)", "predicted"),
       ("LR lesion load (predicted masks)", "predicted")]
-  assert [r["n_features"] for r in rows] == [27, 10, 27, 10]
+  assert {f["downsample"] for r in rows[::2] for f in r["folds"]} == {4}
+  assert {f["n_features"] for f in rows[1]["folds"]} == {12}
   # The "predictions" are copies of the reference masks: same results.
   assert rows[2]["folds"] == rows[0]["folds"]
   assert rows[3]["out_of_fold"] == rows[1]["out_of_fold"]
@@ -237,14 +346,24 @@ def test_run_reference_and_predicted_masks(cohort, tmp_path):
   json.dumps(rows, allow_nan=False)
 
 
-def test_run_rejects_prediction_in_another_grid(cohort, tmp_path):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"downsample": [4, 0]}, "--downsample: block factors must be at least 1"),
+    ({"downsample": []}, "--downsample: block factors must be at least 1"),
+    ({"inner_repeats": 0}, "--inner_repeats: must be at least 1")])
+def test_run_rejects_bad_search_arguments(cohort, kwargs, message):
+  with pytest.raises(InputError, match=message):
+    baseline.run(cohort, folds=2, **kwargs)
+
+
+def test_run_rejects_prediction_in_another_grid(cohort, tmp_path,
+                                               small_grids):
   runs = write_predictions(cohort, tmp_path, {"all": list(range(1, 41))})
   shifted = AFFINE.copy()
   shifted[0, 3] += 2.0
   path = runs[0] / "predictions" / "sub-007_pred.nii.gz"
   nifti_io.save_nifti(np.zeros(SHAPE, np.uint8), shifted, path, np.uint8)
   with pytest.raises(InputError, match=f"{path}: affine differs"):
-    baseline.run(cohort, runs, folds=2)
+    baseline.run(cohort, runs, folds=2, downsample=[4], inner_repeats=1)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -255,9 +374,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_writes_rows_and_table(cohort, tmp_path):
   out = tmp_path / "baseline.json"
-  proc = _cli(f"--cohort={cohort}", f"--out={out}", "--folds=2")
+  # The CLI's own C and frequency grids, one inner repeat.
+  proc = _cli(f"--cohort={cohort}", f"--out={out}", "--folds=2",
+              "--downsample=4,3", "--inner_repeats=1")
   assert proc.returncode == 0, proc.stderr
-  rows = json.loads(out.read_text())["rows"]
+  result = json.loads(out.read_text())
+  assert result["downsample"] == [4, 3]
+  rows = result["rows"]
+  assert {f["downsample"] for f in rows[0]["folds"]} <= {3, 4}
   assert [r["name"] for r in rows] == ["LR matrix (reference masks)",
                                        "LR lesion load (reference masks)"]
   for row in rows:
@@ -266,7 +390,15 @@ def test_cli_writes_rows_and_table(cohort, tmp_path):
                 "n_subjects"):
       assert key in row
     assert len(row["folds"]) == 2
-  assert "| LR lesion load (reference masks) | 40 | 10 |" in proc.stdout
+  assert "| LR lesion load (reference masks) | 40 | 12 |" in proc.stdout
+
+
+def test_cli_non_integer_block_factor_exits_2(cohort, tmp_path):
+  out = tmp_path / "baseline.json"
+  proc = _cli(f"--cohort={cohort}", f"--out={out}", "--downsample=4,four")
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error: --downsample: expected integers")
+  assert not out.exists()
 
 
 def test_cli_class_smaller_than_folds_exits_2(tiny_cohort, tmp_path):
@@ -276,5 +408,5 @@ def test_cli_class_smaller_than_folds_exits_2(tiny_cohort, tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.startswith(
       f"error: {tiny_cohort / 'participants.tsv'}: hand_function=0 has 3 "
-      "subject(s), fewer than the 5")
+      f"subject(s), fewer than the {baseline.min_class_size(5)}")
   assert not out.exists()

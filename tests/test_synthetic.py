@@ -1,27 +1,37 @@
-"""The synthetic PVL cohort: layout, anatomy, lesions, labels, determinism."""
+"""The synthetic PVL cohort: layout, anatomy, lesions, labels, determinism.
+
+Template space (`cohort`, generated here) and raw space (`raw_cohort`, from
+conftest.py: the same seed, so the same subjects).
+"""
 
 import hashlib
 import json
 import subprocess
 import sys
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+import SimpleITK as sitk
 
 from preprocessing import bids
 from preprocessing import nifti_io
+from preprocessing import registration
 from preprocessing import synthetic
 from preprocessing.errors import InputError
 
 NUM_SUBJECTS = 3
+SEED = 1  # conftest.RAW_COHORT_SEED: raw_cohort holds the same subjects
+SPACE = registration.TEMPLATE_SPACE
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
   out = tmp_path_factory.mktemp("synthetic") / "cohort"
-  return synthetic.generate_cohort(out, NUM_SUBJECTS, seed=5, num_workers=2,
-                                   progress=False)
+  return synthetic.generate_cohort(out, NUM_SUBJECTS, seed=SEED,
+                                   num_workers=2, progress=False,
+                                   space="template")
 
 
 def _digests(root):
@@ -59,19 +69,35 @@ def test_lesions_are_periventricular_and_bright(cohort):
       continue
     flair, _ = nifti_io.load_volume(subject.image_paths["FLAIR"])
     assert not (lesion & ~brain).any()
-    # Within ~12 mm of the (template) ventricles: growth + band + deformation.
+    # Seeds lie within ~16 mm of the (template) ventricles (growth 4 + band
+    # 9 + deformation 3); a large confluent lesion reaches up to ~10 mm
+    # further into the white matter.
     distance = ndimage.distance_transform_edt(~template.ventricles,
                                               sampling=2.0)
-    assert np.percentile(distance[lesion], 95) < 16
+    assert np.median(distance[lesion]) < 12
+    assert np.percentile(distance[lesion], 95) < 26
     wm = (template.wm > 0.9) & ~lesion & brain
     assert flair[lesion].mean() > flair[wm].mean() + 0.1
+
+
+def test_every_subject_has_a_visible_lesion():
+  # A PVL cohort: each subject's first lesion is of the medium or large class
+  # (radius >= 0.7 * 3.2 mm, so well over 8 voxels of 2 mm unless the
+  # ventricles or the brain edge cut it), whatever the seed.
+  params = synthetic.CohortParams()
+  for seed in np.random.SeedSequence(7).spawn(4):
+    lesion = synthetic.generate_subject(params, seed)["lesion"]
+    labels, count = ndimage.label(lesion, np.ones((3, 3, 3)))
+    assert count >= 1
+    assert np.bincount(labels.ravel())[1:].max() >= 8
 
 
 def test_same_seed_same_bytes_and_labels_whatever_the_cohort_size(
     cohort, tmp_path):
   # Subjects 1-2 of a 2-subject cohort are those of the 3-subject cohort.
-  smaller = synthetic.generate_cohort(tmp_path / "two", 2, seed=5,
-                                      num_workers=1, progress=False)
+  smaller = synthetic.generate_cohort(tmp_path / "two", 2, seed=SEED,
+                                      num_workers=1, progress=False,
+                                      space="template")
   full, small = _digests(cohort), _digests(smaller)
   for name, digest in small.items():
     if name.startswith(("sub-", "derivatives/lesions/sub-")):
@@ -81,8 +107,8 @@ def test_same_seed_same_bytes_and_labels_whatever_the_cohort_size(
 
 
 def test_other_seed_differs(cohort, tmp_path):
-  other = synthetic.generate_cohort(tmp_path / "other", 1, seed=6,
-                                    progress=False)
+  other = synthetic.generate_cohort(tmp_path / "other", 1, seed=SEED + 1,
+                                    progress=False, space="template")
   name = "sub-001/anat/sub-001_FLAIR.nii.gz"
   assert _digests(other)[name] != _digests(cohort)[name]
 
@@ -116,15 +142,200 @@ def test_bad_arguments(tmp_path, cohort):
     synthetic.generate_cohort(tmp_path / "x", 1, seed=-1)
   with pytest.raises(InputError, match="--num_workers"):
     synthetic.generate_cohort(tmp_path / "x", 1, seed=0, num_workers=0)
+  with pytest.raises(InputError, match="--space"):
+    synthetic.generate_cohort(tmp_path / "x", 1, seed=0, space="native")
+  for modalities in ((), ("FLAIR", "FLAIR"), ("FLAIR", "T2w")):
+    with pytest.raises(InputError, match="--modalities"):
+      synthetic.generate_cohort(tmp_path / "x", 1, seed=0,
+                                modalities=modalities)
   assert not (tmp_path / "x").exists()
 
 
-def test_cli_rejects_zero_subjects(tmp_path):
+@pytest.mark.parametrize("flag, message", [
+    ("--num_subjects=0", "error: --num_subjects: must be >= 1"),
+    ("--space=native", "error: --space: must be one of raw, template"),
+    ("--modalities=FLAIR,DWI", "error: --modalities: distinct names among"),
+])
+def test_cli_rejects_bad_arguments(flag, message, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "preprocessing.synthetic",
-       f"--out={tmp_path / 'c'}", "--num_subjects=0"],
+       f"--out={tmp_path / 'c'}", flag],
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert "error: --num_subjects: must be >= 1" in result.stderr
+  assert message in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "c").exists()
+
+
+def _dice(a, b):
+  return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def _raw_subject(raw_cohort, pid):
+  """(FLAIR, T1w, affine, truth folder, acquisition record) of a subject."""
+  flair, affine = nifti_io.load_volume(raw_cohort / pid / "anat" /
+                                       f"{pid}_FLAIR.nii.gz")
+  t1w, t1w_affine = nifti_io.load_volume(raw_cohort / pid / "anat" /
+                                         f"{pid}_T1w.nii.gz")
+  assert t1w.shape == flair.shape
+  np.testing.assert_array_equal(t1w_affine, affine)
+  record = json.loads((raw_cohort / "derivatives" / "synthetic" /
+                       "acquisition.json").read_text())["subjects"][pid]
+  return (flair, t1w, affine,
+          raw_cohort / "derivatives" / "synthetic" / pid / "anat", record)
+
+
+def _truth_transform(truth, pid):
+  return sitk.ReadTransform(str(truth / f"{pid}_from-{SPACE}_to-native"
+                                "_xfm.tfm"))
+
+
+def _true_and_shifted(truth, pid):
+  """The subject's true transform, and the same moved 10 mm up."""
+  pose = _truth_transform(truth, pid)
+  shifted = sitk.Euler3DTransform(pose)
+  shifted.SetTranslation(np.add(pose.GetTranslation(), (0, 0, 10)).tolist())
+  return {"true": pose, "shifted": shifted}
+
+
+def test_raw_cohort_loads_with_native_ground_truth(raw_cohort):
+  subjects = bids.load_cohort(raw_cohort, modalities=("FLAIR", "T1w"))
+  assert [s.participant_id for s in subjects] == ["sub-001", "sub-002"]
+  template = synthetic.load_template(2)
+  for subject in subjects:
+    pid = subject.participant_id
+    flair, _, affine, truth, record = _raw_subject(raw_cohort, pid)
+    # The scanner's grid: its own voxel size and a non-RAS voxel order.
+    assert flair.shape == tuple(record["shape"])
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0),
+                               record["spacing_mm"], rtol=1e-5)
+    assert "".join(nib.aff2axcodes(affine)) == record["orientation"] != "RAS"
+    for path in (subject.lesion_mask_path, subject.brain_mask_path):
+      nifti_io.load_mask(path, reference_shape=flair.shape,
+                         reference_affine=affine)
+    bias, bias_affine = nifti_io.load_volume(
+        truth / f"{pid}_desc-biasfield.nii.gz")
+    assert bias.shape == flair.shape
+    np.testing.assert_allclose(bias_affine, affine, atol=1e-5)
+    lesion, lesion_affine = nifti_io.load_volume(
+        truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz")
+    assert lesion.shape == template.brain.shape
+    np.testing.assert_allclose(lesion_affine, template.affine)
+    # The pose: within the drawn ranges, as recorded.
+    pose = sitk.Euler3DTransform(_truth_transform(truth, pid))
+    rotation = np.rad2deg(pose.GetParameters()[:3])
+    np.testing.assert_allclose(rotation, record["rotation_deg"], atol=1e-6)
+    assert np.abs(rotation).max() <= 15
+    assert np.abs(pose.GetTranslation()).max() <= 20
+
+
+def test_cohort_mixes_voxel_sizes(raw_cohort):
+  spacings = [np.linalg.norm(nifti_io.load_volume(
+      raw_cohort / pid / "anat" / f"{pid}_FLAIR.nii.gz")[1][:3, :3], axis=0)
+              for pid in ("sub-001", "sub-002")]
+  anisotropy = [s.max() / s.min() for s in spacings]
+  # Thick slices (3 x the in-plane size), and a grid of about 2 mm.
+  assert anisotropy[0] == pytest.approx(6 / 1.8)
+  assert anisotropy[1] < 1.5
+  # Neither grid is the 2 mm template's.
+  assert not any(np.allclose(s, 2.0) for s in spacings)
+
+
+def test_raw_and_template_cohorts_hold_the_same_subjects(raw_cohort, cohort):
+  def info(root):
+    return json.loads((root / "derivatives" / "synthetic" /
+                       "generator.json").read_text())
+  assert info(raw_cohort)["seed"] == info(cohort)["seed"]
+  raw_rows = (raw_cohort / "participants.tsv").read_text().splitlines()
+  assert raw_rows == (cohort / "participants.tsv").read_text().splitlines()[:3]
+  for pid in ("sub-001", "sub-002"):
+    truth = (raw_cohort / "derivatives" / "synthetic" / pid / "anat" /
+             f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz")
+    template = (cohort / "derivatives" / "lesions" / pid / "anat" /
+                f"{pid}_label-lesion_mask.nii.gz")
+    assert truth.read_bytes() == template.read_bytes()
+
+
+def test_transform_carries_template_brain_into_native_brain(raw_cohort):
+  template = registration.load_template(2)
+  for pid in ("sub-001", "sub-002"):
+    flair, _, affine, truth, _ = _raw_subject(raw_cohort, pid)
+    native = registration.image_from_array(flair, affine)
+    brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
+    pose = _truth_transform(truth, pid)
+    dice = {name: _dice(sitk.GetArrayFromImage(registration.resample_mask(
+        template.brain_mask, native, transform.GetInverse())).T > 0, brain)
+            for name, transform in _true_and_shifted(truth, pid).items()}
+    # The subject's brain is the template's, smoothly deformed (3 mm).
+    assert dice["true"] > 0.95, dice
+    assert dice["shifted"] < dice["true"] - 0.05, dice
+
+
+def test_native_lesion_mask_is_the_template_mask_carried(raw_cohort):
+  for pid in ("sub-001", "sub-002"):
+    flair, _, affine, truth, _ = _raw_subject(raw_cohort, pid)
+    native = registration.image_from_array(flair, affine)
+    lesion = nifti_io.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
+                                "anat" / f"{pid}_label-lesion_mask.nii.gz")
+    template_lesion = registration.image_from_array(*nifti_io.load_volume(
+        truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz"))
+    dice = {name: _dice(sitk.GetArrayFromImage(registration.resample_mask(
+        template_lesion, native, transform.GetInverse())).T > 0, lesion)
+            for name, transform in _true_and_shifted(truth, pid).items()}
+    assert lesion.sum() > 50
+    # Not exactly 1: thick slices average the lesion over their thickness.
+    assert dice["true"] > 0.9, dice
+    assert dice["shifted"] < 0.7, dice
+
+
+def test_bias_field_is_smooth_and_applied(raw_cohort):
+  for pid in ("sub-001", "sub-002"):
+    flair, _, _, truth, record = _raw_subject(raw_cohort, pid)
+    brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
+    bias, _ = nifti_io.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
+    inside = bias[brain]
+    assert 0.4 < inside.min() and inside.max() < 2.5
+    assert inside.max() / inside.min() > 1.5
+    assert 0.8 < np.exp(np.log(inside).mean()) < 1.25
+    # Smooth: at most a few percent per mm along any axis.
+    for axis, spacing in enumerate(record["spacing_mm"]):
+      assert np.abs(np.diff(np.log(bias), axis=axis)).max() / spacing < 0.04
+    # Applied to the scan: the brain is brighter where the field is high.
+    high = brain & (bias >= np.percentile(inside, 90))
+    low = brain & (bias <= np.percentile(inside, 10))
+    brightness = np.median(flair[high]) / np.median(flair[low])
+    assert brightness == pytest.approx(
+        np.median(bias[high]) / np.median(bias[low]), rel=0.15)
+
+
+def test_raw_contrasts_and_head_shell(raw_cohort):
+  for pid in ("sub-001", "sub-002"):
+    flair, t1w, _, truth, _ = _raw_subject(raw_cohort, pid)
+    brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
+    bias, _ = nifti_io.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
+    lesion = nifti_io.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
+                                "anat" / f"{pid}_label-lesion_mask.nii.gz")
+    flair, t1w = flair / bias, t1w / bias
+    # Lesions bright on FLAIR, dark on T1w.
+    assert flair[lesion].mean() > 1.15 * np.median(flair[brain])
+    assert t1w[lesion].mean() < 0.9 * np.median(t1w[brain])
+    # Scalp fat brighter than any brain tissue, so skull stripping matters.
+    for image in (flair, t1w):
+      assert np.percentile(image[~brain], 99.5) > 1.4 * np.median(image[brain])
+
+
+def test_raw_same_seed_same_bytes_through_the_cli(raw_cohort, tmp_path):
+  # Raw space is the CLI's default; modalities in any order.
+  out = tmp_path / "one"
+  subprocess.run(
+      [sys.executable, "-m", "preprocessing.synthetic", f"--out={out}",
+       "--num_subjects=1", f"--seed={SEED}", "--modalities=T1w,FLAIR",
+       "--num_workers=1"], capture_output=True, text=True, timeout=300,
+      check=True)
+  one, both = _digests(out), _digests(raw_cohort)
+  subject_files = [name for name in one if "sub-001" in name]
+  assert len(subject_files) == 7  # 2 scans, 3 native truths, xfm, lesion
+  for name in subject_files:
+    assert one[name] == both[name], name
+  rows = (raw_cohort / "participants.tsv").read_text().splitlines()
+  assert (out / "participants.tsv").read_text().splitlines() == rows[:2]
