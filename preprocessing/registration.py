@@ -224,11 +224,11 @@ def register_to_template(image: sitk.Image, template: Template,
                          kind: str = "rigid") -> Registration:
   """Registers a native scan (with skull) to the template T1.
 
-  The scan's gross bias is divided out first (N4 inside an Otsu head mask);
-  then a rigid stage on the scan block-averaged to `_RIGID_SCAN_MM` (centres
-  of mass aligned first) and a final stage on the full scan maximise Mattes
-  mutual information sampled inside the template's brain mask dilated by
-  `_FIXED_MASK_MARGIN_MM`.
+  The scan's gross bias is divided out first (N4 inside a head mask); then a
+  rigid stage on the scan block-averaged to `_RIGID_SCAN_MM`, from the best
+  of a few starting poses (`_start_pose`), and a final stage on the full
+  scan maximise Mattes mutual information sampled inside the template's
+  brain mask dilated by `_FIXED_MASK_MARGIN_MM`.
 
   Args:
     image: the native scan, float32.
@@ -302,9 +302,8 @@ def _head_mask(image: sitk.Image) -> sitk.Image:
   """The head: Otsu's foreground, closed, holes filled.
 
   Otsu's threshold alone leaves out bone, CSF and, under a strong bias
-  field, the dark side of the head; N4 estimated inside such a mask left a
-  synthetic subject 9 mm off, 1 mm once the mask was closed and filled.
-  The mask is made at about `_HEAD_MASK_MM` (N4 estimates the field at 8 mm
+  field, the dark side of the head, whose field N4 then does not see. The
+  mask is made at about `_HEAD_MASK_MM` (N4 estimates the field at 8 mm
   anyway), where closing and filling cost 30 times less.
   """
   coarse = sitk.BinShrink(image, [max(1, int(round(_HEAD_MASK_MM / s)))
