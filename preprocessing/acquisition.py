@@ -1,4 +1,4 @@
-"""Simulated MR acquisition: a subject's clean template-space brain -> raw scans.
+"""Simulated MR acquisition: a clean template-space brain -> raw scans.
 
 The synthetic generator (`preprocessing.synthetic`) builds each subject's
 brain on the MNI152 template grid, clean: partial volume, but no bias field

@@ -25,8 +25,9 @@ The model, per subject (every number is a `CohortParams` field):
    periventricular caps and rims (`cap_intensity`), partial volume (the
    intensity image is smoothed by `partial_volume_sigma_vox`), a smooth
    multiplicative bias field (`bias_strength`; raw scans carry a stronger
-   one, see `acquisition`) and Rician noise (`noise_level`). Because of the caps, bright cortex and the bias, a single
-   intensity threshold cannot segment the lesions well.
+   one, see `acquisition`) and Rician noise (`noise_level`). Because of the
+   caps, bright cortex and the bias, a single intensity threshold cannot
+   segment the lesions well.
 5. Hand function: bad (1) with probability
    sigmoid(label_slope * (log(motor_ml + 0.01) - log(label_threshold_ml))),
    where motor_ml is the lesion volume inside the motor ROI: two ellipsoids of
