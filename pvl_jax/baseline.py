@@ -182,13 +182,18 @@ def load_features(paths: Sequence[Path], grid: Grid | None
     data, affine = nifti_io.load_volume(paths[0], kind="mask")
     grid = Grid(data.shape, affine, Path(paths[0]))
   extract = FeatureExtractor(grid)
-  rows = [extract(nifti_io.load_mask(path, reference_shape=grid.shape,
-                                     reference_affine=grid.affine,
-                                     reference_path=grid.path))
-          for path in paths]
+  return stack_features([
+      extract(nifti_io.load_mask(path, reference_shape=grid.shape,
+                                 reference_affine=grid.affine,
+                                 reference_path=grid.path))
+      for path in paths]), grid
+
+
+def stack_features(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """`FeatureExtractor` outputs -> feature set name -> (subjects, features)."""
   return {"matrix": sparse.vstack([row["matrix"] for row in rows],
                                   format="csr"),
-          "lesion_load": np.stack([row["lesion_load"] for row in rows])}, grid
+          "lesion_load": np.stack([row["lesion_load"] for row in rows])}
 
 
 def collect_predictions(run_dirs: Sequence[str | os.PathLike],

@@ -79,10 +79,7 @@ def features_of(masks: np.ndarray) -> dict[str, Any]:
   """Both feature sets' inputs, as `baseline.load_features` returns them."""
   extract = baseline.FeatureExtractor(
       baseline.Grid(SHAPE, AFFINE, Path("grid.nii.gz")))
-  rows = [extract(mask) for mask in masks]
-  return {"matrix": sparse.vstack([row["matrix"] for row in rows],
-                                  format="csr"),
-          "lesion_load": np.stack([row["lesion_load"] for row in rows])}
+  return baseline.stack_features([extract(mask) for mask in masks])
 
 
 SEARCHES = {
