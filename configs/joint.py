@@ -112,13 +112,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.kernel_sizes = ((3, 3, 3),) * 3
     config.model.compute_dtype = "float32"
     config.optimizer.learning_rate = 3e-3
-    config.optimizer.warmup_steps = 20
-    config.num_steps = 400
-    config.log_every = 25
-    config.eval_every = 100
+    config.optimizer.warmup_steps = 50
+    config.num_steps = 1200
+    config.log_every = 100
+    config.eval_every = 200
     config.eval_patches = 8
-    config.checkpoint_every = 100
-    config.inference.overlap = 0.25
+    config.checkpoint_every = 200
     config.inference.batch_size = 4
   return config
 
