@@ -1,0 +1,221 @@
+"""pvl_jax's training step and whole-brain inference vs the PyTorch anchor.
+
+Usage (from the repository root, on the device machine):
+  python -m benchmarks.train_step [--anchor=../shared/anchors/torch_unet3d.py]
+      [--patch=128] [--batch=2] [--steps=20]
+
+Each framework runs in its own process (no allocator or compiler state is
+shared): pvl_jax's jitted joint training step (nnU-Net's 6-stage
+32-64-128-256-320-320 3D U-Net, one input channel, deep supervision, the
+hand-function head, bfloat16 compute), the anchor eager and with
+torch.compile, and pvl_jax's sliding-window prediction of a whole 1 mm brain
+(the MNI template's brain bounding box plus the pipeline's crop margin;
+0.5 overlap, Gaussian weights, patch-sized windows) without and with 8-way
+mirroring. Prints one markdown table: ms per step (median after warm-up),
+voxels/s, achieved TFLOP/s from the analytic convolution FLOP count, peak
+device memory and the ratio to torch.compile.
+
+`--patch=32 --features=8,16,32` runs the same at CPU size (no anchor). The
+torch rows' "compile s" is the anchor's warm-up (its first three steps).
+"""
+
+from collections.abc import Sequence
+import json
+import math
+from pathlib import Path
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+from configs import joint
+from pvl_jax import inference
+from pvl_jax import train
+from pvl_jax.models import flops
+from pvl_jax.models import unet
+
+_WORKER = flags.DEFINE_enum("worker", None, ["jax", "inference"],
+                            "Internal: run one measurement and print JSON.")
+_ANCHOR = flags.DEFINE_string(
+    "anchor", str(Path(__file__).resolve().parents[2] / "shared" / "anchors"
+                  / "torch_unet3d.py"),
+    "The PyTorch anchor script; skipped when missing or torch is absent.")
+_PATCH = flags.DEFINE_integer("patch", 128, "Cubic patch edge (voxels).")
+_BATCH = flags.DEFINE_integer("batch", 2, "Global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
+_FEATURES = flags.DEFINE_list("features", ["32", "64", "128", "256", "320",
+                                           "320"], "Feature maps per stage.")
+_DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
+# The 1 mm MNI152 brain mask's bounding box (146 x 182 x 156 voxels) plus
+# the 2-voxel crop margin of preprocessing.tfds_builder on each side,
+# clipped to the template grid (197 x 233 x 189).
+_BRAIN_SHAPE = flags.DEFINE_list("brain_shape", ["149", "185", "157"],
+                                 "Spatial shape of the predicted volume.")
+
+
+def topology() -> dict[str, tuple]:
+  """features / strides / kernel_sizes of the benchmarked U-Net."""
+  features = tuple(int(f) for f in _FEATURES.value)
+  strides = ((1, 1, 1),) + ((2, 2, 2),) * (len(features) - 1)
+  return {"features": features, "strides": strides,
+          "kernel_sizes": ((3, 3, 3),) * len(features)}
+
+
+def _model_and_config() -> tuple[unet.UNet, ml_collections.ConfigDict]:
+  """The benchmarked model and its config (the full joint recipe, resized)."""
+  config = joint.get_config()
+  config.data.patch_size = (_PATCH.value,) * 3
+  config.batch_size = _BATCH.value
+  config.model.update(topology())
+  config.model.compute_dtype = _DTYPE.value
+  return unet.unet_from_config(config.model), config
+
+
+def _peak_gib() -> float | None:
+  stats = jax.devices()[0].memory_stats()
+  return stats["peak_bytes_in_use"] / 2**30 if stats else None
+
+
+def jax_train_step() -> dict[str, float | None]:
+  """Times pvl_jax's jitted joint training step on random data."""
+  model, config = _model_and_config()
+  rng = np.random.default_rng(0)
+  shape = (_BATCH.value, *config.data.patch_size)
+  batch = {"image": rng.normal(size=(*shape, 1)).astype(np.float32),
+           "label": (rng.random(shape) > 0.97).astype(np.int32),
+           "hand_function": (np.arange(_BATCH.value) % 2).astype(np.int32)}
+  parallel = train.DataParallel()
+  state = train.create_train_state(config, model, jax.random.key(0), 1)
+  step = parallel.jit(train.make_train_step(model, config.r,
+                                            config.batch_dice))
+  global_batch = parallel.global_batch(batch)
+  start = time.perf_counter()
+  compiled = step.lower(state, global_batch).compile()
+  compile_s = time.perf_counter() - start
+  for _ in range(3):
+    state, metrics = compiled(state, global_batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    start = time.perf_counter()
+    state, metrics = compiled(state, global_batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return {"impl": "pvl_jax", "step_ms_median": 1000 * float(np.median(times)),
+          "compile_s": compile_s, "peak_gib": _peak_gib()}
+
+
+def jax_inference() -> list[dict[str, float | None]]:
+  """Times sliding-window prediction of one brain, without/with mirroring."""
+  model, config = _model_and_config()
+  window = config.data.patch_size
+  variables = jax.jit(model.init)(
+      jax.random.key(0), np.zeros((1, *window, 1), np.float32))
+  brain = np.random.default_rng(0).normal(
+      size=(*(int(s) for s in _BRAIN_SHAPE.value), 1)).astype(np.float32)
+  rows = []
+  for name, axes in (("inference, no mirroring", ()),
+                     ("inference, 8-way mirroring", (0, 1, 2))):
+    window_fn = inference.make_window_fn(model.apply, variables, axes)
+
+    def predict(window_fn=window_fn):
+      return inference.sliding_window_predict(
+          window_fn, [brain], window, config.inference.overlap,
+          config.inference.batch_size)
+    predict()  # compile
+    times = []
+    for _ in range(5):
+      start = time.perf_counter()
+      predict()
+      times.append(time.perf_counter() - start)
+    rows.append({"impl": name, "brain_s_median": float(np.median(times)),
+                 "peak_gib": _peak_gib()})
+  return rows
+
+
+def _run_json(argv: Sequence[str]) -> list[dict] | str:
+  """Runs a measuring process; its JSON lines, or why it failed."""
+  done = subprocess.run(argv, capture_output=True, text=True, check=False)
+  rows = [json.loads(line) for line in done.stdout.splitlines()
+          if line.startswith("{")]
+  if done.returncode or not rows:
+    return f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
+  return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+  return "n/a" if value is None else format(value, spec)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  if _WORKER.value == "jax":
+    print(json.dumps(jax_train_step()))
+    return
+  if _WORKER.value == "inference":
+    for row in jax_inference():
+      print(json.dumps(row))
+    return
+  passthrough = [f"--patch={_PATCH.value}", f"--batch={_BATCH.value}",
+                 f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}",
+                 f"--features={','.join(_FEATURES.value)}",
+                 f"--brain_shape={','.join(_BRAIN_SHAPE.value)}"]
+  me = [sys.executable, "-m", "benchmarks.train_step"]
+  # The parent process never touches a device: each measurement owns its
+  # process's allocator and compilation caches.
+  results = {"pvl_jax": _run_json([*me, "--worker=jax", *passthrough])}
+  anchor = Path(_ANCHOR.value)
+  anchor_size = (_PATCH.value == 128 and _BATCH.value == 2
+                 and _FEATURES.value == _FEATURES.default)
+  for name, extra in (("torch eager", []), ("torch.compile", ["compile"])):
+    if not anchor.exists():
+      results[name] = f"skipped: no anchor at {anchor}"
+    elif not anchor_size:
+      results[name] = "skipped: the anchor is fixed at 128^3, batch 2"
+    else:
+      results[name] = _run_json([sys.executable, str(anchor), *extra])
+  inference_rows = _run_json([*me, "--worker=inference", *passthrough])
+
+  step_flops = flops.TRAIN_STEP_FORWARDS * _BATCH.value * (
+      flops.unet_forward_flops((_PATCH.value,) * 3, 1, **topology()))
+  voxels = _BATCH.value * _PATCH.value ** 3
+  compiled = results["torch.compile"]
+  compiled_ms = compiled[0]["step_ms_median"] if isinstance(
+      compiled, list) else None
+  print(f"train step: patch {_PATCH.value}^3, batch {_BATCH.value}, "
+        f"features {'-'.join(_FEATURES.value)}, {_DTYPE.value}; "
+        f"{step_flops / 1e12:.2f} TFLOP per step (convolutions)")
+  print("| implementation | ms/step | Mvoxels/s | TFLOP/s | peak GiB | "
+        "compile s | vs torch.compile |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for name, rows in results.items():
+    if isinstance(rows, str):
+      print(f"| {name} | {rows} | | | | | |")
+      continue
+    row = rows[0]
+    ms = row["step_ms_median"]
+    ratio = f"{compiled_ms / ms:.2f}x" if compiled_ms else "n/a"
+    print(f"| {name} | {ms:.1f} | {voxels / ms / 1e3:.1f} | "
+          f"{step_flops / ms / 1e9:.2f} | {_fmt(row.get('peak_gib'), '.2f')} "
+          f"| {_fmt(row.get('compile_s', row.get('warmup_s')), '.1f')} "
+          f"| {ratio} |")
+  brain = [int(s) for s in _BRAIN_SHAPE.value]
+  print(f"\nwhole-brain inference: {'x'.join(map(str, brain))} voxels "
+        f"({math.prod(brain) / 1e6:.1f} M), {_PATCH.value}^3 windows")
+  print("| run | s per brain | peak GiB |")
+  print("| --- | --- | --- |")
+  if isinstance(inference_rows, str):
+    print(f"| pvl_jax | {inference_rows} | |")
+  else:
+    for row in inference_rows:
+      print(f"| {row['impl']} | {row['brain_s_median']:.3f} | "
+            f"{_fmt(row['peak_gib'], '.2f')} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
