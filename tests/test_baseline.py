@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -82,12 +83,17 @@ def features_of(masks: np.ndarray) -> dict[str, Any]:
   return baseline.stack_features([extract(mask) for mask in masks])
 
 
+# Lesion-load subset chosen by the inner CV -> columns the model sees.
+LOADS_SEEN = {"total_and_tract": 2,
+              "all_regions": len(baseline.LESION_LOAD_NAMES)}
+
 SEARCHES = {
     "matrix": dataclasses.replace(baseline.matrix_search(SHAPE),
                                   grid=TEST_GRID),
     "lesion_load": dataclasses.replace(
         baseline.lesion_load_search(),
-        grid={"volumes__func": [np.log1p, None],
+        grid={"loads__func": list(baseline.LESION_LOAD_SUBSETS),
+              "volumes__func": [np.log1p, None],
               "logreg__C": TEST_GRID["logreg__C"]})}
 
 
@@ -237,6 +243,22 @@ def test_lesion_load_in_mm3():
   assert load["right_cst"] == load["left_frontal"] == 0
 
 
+def test_lesion_load_search_chooses_all_loads_or_total_and_tract():
+  search = baseline.lesion_load_search()
+  assert search.grid["loads__func"] == [baseline.total_and_tract,
+                                        baseline.all_regions]
+  volumes = np.arange(2 * len(baseline.LESION_LOAD_NAMES),
+                      dtype=float).reshape(2, -1)
+  total = volumes[:, baseline.LESION_LOAD_NAMES.index("total")]
+  tract = volumes[:, baseline.LESION_LOAD_NAMES.index("cst")]
+  transform = search.model.set_params(
+      loads__func=baseline.total_and_tract)["loads"]
+  np.testing.assert_array_equal(transform.fit_transform(volumes),
+                                np.stack([total, tract], axis=1))
+  transform = search.model.set_params(loads__func=baseline.all_regions)["loads"]
+  np.testing.assert_array_equal(transform.fit_transform(volumes), volumes)
+
+
 def test_lesion_load_search_chooses_log_or_plain_volumes():
   search = baseline.lesion_load_search()
   assert search.grid["volumes__func"] == [np.log1p, None]
@@ -289,8 +311,8 @@ def test_matrix_features_of_the_chosen_blocks(cv_results):
   for fold in cv_results["matrix", "true"].folds:
     blocks = -(-SHAPE[0] // fold["downsample"]) ** 3
     assert 1 <= fold["n_features"] <= blocks
-  assert {f["n_features"] for f in cv_results["lesion_load", "true"].folds} == {
-      len(baseline.LESION_LOAD_NAMES)}
+  for fold in cv_results["lesion_load", "true"].folds:
+    assert fold["n_features"] == LOADS_SEEN[fold["lesion_loads"]]
 
 
 def test_out_of_fold_predictions_cover_every_subject_once(cv_results):
@@ -335,7 +357,8 @@ def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
       ("LR matrix (predicted masks)", "predicted"),
       ("LR lesion load (predicted masks)", "predicted")]
   assert {f["downsample"] for r in rows[::2] for f in r["folds"]} == {4}
-  assert {f["n_features"] for f in rows[1]["folds"]} == {12}
+  for fold in rows[1]["folds"]:
+    assert fold["n_features"] == LOADS_SEEN[fold["lesion_loads"]]
   # The "predictions" are copies of the reference masks: same results.
   assert rows[2]["folds"] == rows[0]["folds"]
   assert rows[3]["out_of_fold"] == rows[1]["out_of_fold"]
@@ -387,7 +410,8 @@ def test_cli_writes_rows_and_table(cohort, tmp_path):
                 "n_subjects"):
       assert key in row
     assert len(row["folds"]) == 2
-  assert "| LR lesion load (reference masks) | 40 | 12 |" in proc.stdout
+  load_row = r"\| LR lesion load \(reference masks\) \| 40 \| (2|12|2-12) \|"
+  assert re.search(load_row, proc.stdout)
 
 
 def test_cli_non_integer_block_factor_exits_2(cohort, tmp_path):
