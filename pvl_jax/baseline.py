@@ -29,12 +29,13 @@ from the training run whose test fold held it, so no network saw the subject.
 
 Model: the features, StandardScaler and L2 LogisticRegression, the
 hyper-parameters chosen per outer fold by an inner repeated stratified grid
-search (nested cross-validation); outer stratified subject-level k-fold with a
+search (nested cross-validation) with the one-standard-error rule; outer stratified subject-level k-fold with a
 fixed seed. Each outer test fold is scored with `classification_metrics` at
 threshold 0.5 on `predict_proba`.
 """
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -91,7 +92,7 @@ def all_regions(volumes: np.ndarray) -> np.ndarray:
   return volumes
 
 
-# Lesion-load subsets the inner CV chooses from.
+# Lesion-load subsets the inner CV chooses from, simplest first.
 LESION_LOAD_SUBSETS = (total_and_tract, all_regions)
 # Grid keys of the searches -> their names in the result rows.
 PARAM_NAMES = {"logreg__C": "C", "block__factor": "downsample",
@@ -110,9 +111,49 @@ class Grid:
 
 @dataclasses.dataclass(frozen=True)
 class Search:
-  """A model and the hyper-parameter grid its inner CV chooses from."""
+  """A model, the grid its inner CV chooses from and what "simpler" means.
+
+  Attributes:
+    model: the pipeline.
+    grid: hyper-parameter name -> candidate values.
+    simplicity: grid keys, most important first; for each, candidates earlier
+      in its grid list are simpler (`one_standard_error_choice`).
+  """
   model: pipeline.Pipeline
   grid: dict[str, list[Any]]
+  simplicity: tuple[str, ...] = ("logreg__C",)
+
+
+def one_standard_error_choice(cv_results: Mapping[str, Any],
+                              search: Search) -> int:
+  """The simplest candidate within one standard error of the best score.
+
+  Breiman's one-standard-error rule: the inner CV's best mean score is
+  optimistic (it is the maximum over many noisy estimates; with a few dozen
+  subjects a dozen correlated lesion loads at weak regularisation won the
+  inner CV and then scored 0.25 on an outer fold), so any candidate within
+  one standard error of it, the error of the best candidate's mean over its
+  inner folds, counts as tied, and the simplest of those is chosen.
+
+  Args:
+    cv_results: `GridSearchCV.cv_results_`.
+    search: the search whose grid and simplicity order the candidates.
+
+  Returns:
+    Index of the chosen candidate in `cv_results`.
+  """
+  scores = np.asarray(cv_results["mean_test_score"])
+  best = int(np.nanargmax(scores))
+  splits = sum(key.startswith("split") and key.endswith("_test_score")
+               for key in cv_results)
+  margin = cv_results["std_test_score"][best] / math.sqrt(splits)
+  tied = np.flatnonzero(scores >= scores[best] - margin)
+
+  def complexity(index: int) -> tuple[int, ...]:
+    params = cv_results["params"][index]
+    return tuple(search.grid[key].index(params[key])
+                 for key in search.simplicity)
+  return int(min(tied, key=complexity))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +164,7 @@ class CVResult:
     folds: per outer fold: fold, n_train, n_test, the chosen hyper-parameters
       (`PARAM_NAMES`), n_features (what the logistic regression saw),
       inner_scores (mean inner score per candidate, in `candidates` order),
+      inner_score_stds (their standard deviations over the inner folds),
       and the `classification_metrics` of its test subjects.
     candidates: the hyper-parameter combinations of the inner search.
     prob: out-of-fold probability of bad hand function, one per subject.
@@ -148,7 +190,7 @@ def matrix_search(shape: tuple[int, ...],
       *_logistic_regression()])
   return Search(model, {"block__factor": list(factors),
                         "frequency__min_fraction": list(MIN_LESION_FRACTIONS),
-                        "logreg__C": list(C_GRID)})
+                        "logreg__C": list(C_GRID)})  # C ascending: simpler
 
 
 def lesion_load_search() -> Search:
@@ -159,7 +201,8 @@ def lesion_load_search() -> Search:
       *_logistic_regression()])
   return Search(model, {"loads__func": list(LESION_LOAD_SUBSETS),
                         "volumes__func": list(VOLUME_TRANSFORMS),
-                        "logreg__C": list(C_GRID)})
+                        "logreg__C": list(C_GRID)},
+                simplicity=("loads__func", "logreg__C"))
 
 
 class FeatureExtractor:
@@ -332,7 +375,8 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
   for fold, (train, test) in enumerate(outer.split(labels, labels)):
     grid_search = model_selection.GridSearchCV(
         search.model, search.grid, scoring=INNER_SCORING, cv=inner,
-        error_score="raise")
+        error_score="raise",
+        refit=functools.partial(one_standard_error_choice, search=search))
     # The fits are small: BLAS threads synchronise more than they compute
     # (one thread fitted 6x faster on a busy 2-core machine).
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
@@ -346,6 +390,8 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
             grid_search.best_estimator_["logreg"].n_features_in_),
         "inner_scores": [_finite(score) for score
                          in grid_search.cv_results_["mean_test_score"]],
+        "inner_score_stds": [_finite(std) for std
+                             in grid_search.cv_results_["std_test_score"]],
         **classification_metrics(labels[test], prob[test], threshold=0.5),
     })
     candidates = [_named(params) for params

@@ -83,6 +83,8 @@ def features_of(masks: np.ndarray) -> dict[str, Any]:
   return baseline.stack_features([extract(mask) for mask in masks])
 
 
+INNER_REPEATS = 1  # of the module's cross-validations
+
 # Lesion-load subset chosen by the inner CV -> columns the model sees.
 LOADS_SEEN = {"total_and_tract": 2,
               "all_regions": len(baseline.LESION_LOAD_NAMES)}
@@ -110,7 +112,7 @@ def cv_results(problem):
   shuffled = np.random.default_rng(1).permutation(labels)
   return {(name, kind): baseline.cross_validate(features[name], y,
                                                 SEARCHES[name], 5, 0,
-                                                inner_repeats=1)
+                                                inner_repeats=INNER_REPEATS)
           for name in baseline.FEATURE_SETS
           for kind, y in (("true", labels), ("shuffled", shuffled))}
 
@@ -243,6 +245,33 @@ def test_lesion_load_in_mm3():
   assert load["right_cst"] == load["left_frontal"] == 0
 
 
+def test_one_standard_error_rule_prefers_the_simplest_near_tie():
+  search = baseline.lesion_load_search()
+  candidates = list(model_selection.ParameterGrid(search.grid))
+  scores = np.full(len(candidates), -0.7)
+  std = np.full(len(candidates), 0.1)
+
+  def index(loads, c, volumes=np.log1p):
+    return candidates.index({"loads__func": loads, "logreg__C": c,
+                             "volumes__func": volumes})
+  best = index(baseline.all_regions, 10.0)
+  scores[best] = -0.30  # margin: 0.1 / sqrt(4 splits) = 0.05
+  scores[index(baseline.total_and_tract, 100.0)] = -0.34
+  scores[index(baseline.total_and_tract, 1.0)] = -0.36  # outside the margin
+  scores[index(baseline.all_regions, 0.1)] = -0.31
+  cv_results = {"params": candidates, "mean_test_score": scores,
+                "std_test_score": std,
+                **{f"split{i}_test_score": scores for i in range(4)}}
+  # Fewer loads beats a smaller C: simplicity is ordered by loads first.
+  assert (baseline.one_standard_error_choice(cv_results, search)
+          == index(baseline.total_and_tract, 100.0))
+  scores[index(baseline.total_and_tract, 100.0)] = -0.36
+  assert (baseline.one_standard_error_choice(cv_results, search)
+          == index(baseline.all_regions, 0.1))
+  std[best] = 0.0  # no noise: the best candidate itself
+  assert baseline.one_standard_error_choice(cv_results, search) == best
+
+
 def test_lesion_load_search_chooses_all_loads_or_total_and_tract():
   search = baseline.lesion_load_search()
   assert search.grid["loads__func"] == [baseline.total_and_tract,
@@ -283,17 +312,33 @@ def test_shuffled_labels_score_chance(cv_results, feature_set):
   assert _mean(cv_results[feature_set, "shuffled"], "accuracy") < 0.75
 
 
+def _grid_position(feature_set: str, key: str, candidate: dict) -> int:
+  """Where a candidate's value of grid `key` stands in the grid's list."""
+  named = baseline.PARAM_NAMES[key]
+  values = [baseline._json_value(v) for v in SEARCHES[feature_set].grid[key]]
+  return values.index(candidate[named])
+
+
 def test_nested_cv_picks_hyper_parameters_by_inner_score(cv_results):
   chosen = set()
   for (name, _), result in cv_results.items():
     grid = model_selection.ParameterGrid(SEARCHES[name].grid)
     assert len(result.candidates) == len(grid)
+    simplicity = SEARCHES[name].simplicity
     for fold in result.folds:
-      assert len(fold["inner_scores"]) == len(grid)
-      best = result.candidates[int(np.argmax(fold["inner_scores"]))]
-      assert {k: fold[k] for k in best} == best
+      scores = np.asarray(fold["inner_scores"])
+      assert len(scores) == len(fold["inner_score_stds"]) == len(grid)
+      best = int(np.argmax(scores))
+      margin = fold["inner_score_stds"][best] / np.sqrt(
+          baseline.INNER_FOLDS * INNER_REPEATS)
+      tied = [result.candidates[i] for i in range(len(grid))
+              if scores[i] >= scores[best] - margin]
+      # The simplest tied candidate: first in grid order, key by key.
+      expected = min(tied, key=lambda c: tuple(
+          _grid_position(name, key, c) for key in simplicity))
+      assert {k: fold[k] for k in expected} == expected
       assert fold["n_train"] + fold["n_test"] == NUM_SUBJECTS
-      chosen.add(tuple(best.items()))
+      chosen.add(tuple(expected.items()))
   # The search does choose, not always one candidate.
   assert len(chosen) > 2
 
