@@ -52,7 +52,7 @@ _FEATURES = flags.DEFINE_list("features", ["32", "64", "128", "256", "320",
                                            "320"], "Feature maps per stage.")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "Compute dtype.")
 # The 1 mm MNI152 brain mask's bounding box (146 x 182 x 156 voxels) plus
-# the 2-voxel crop margin of preprocessing.tfds_builder on each side,
+# the 2-voxel normalize.BRAIN_CROP_MARGIN on each side,
 # clipped to the template grid (197 x 233 x 189).
 _BRAIN_SHAPE = flags.DEFINE_list("brain_shape", ["149", "185", "157"],
                                  "Spatial shape of the predicted volume.")

@@ -2,6 +2,11 @@
 
 import numpy as np
 
+# Voxels kept around the brain's bounding box when cropping. The pipeline and
+# the TFDS builder both crop with it, so the builder's crop of a pipeline
+# output keeps the pipeline's.
+BRAIN_CROP_MARGIN = 2
+
 
 def zscore_in_mask(image: np.ndarray, mask: np.ndarray,
                    stats_percentiles: tuple[float, float] = (0.5, 99.5)

@@ -94,9 +94,6 @@ DESCRIPTION_FILE = "dataset_description.json"
 _FINE_SCAN_MM = 1.5
 # White matter, for the bias-correction QC: template WM probability >= this.
 _WM_PROBABILITY = 0.9
-# Voxels kept around the brain's bounding box; the TFDS builder crops with
-# the same margin, so its crop keeps this one.
-_CROP_MARGIN = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,7 +500,8 @@ def _brain_grid(native_mask: sitk.Image, to_native: sitk.Transform,
   full = registration.template_grid(spacing)
   brain = sitk.GetArrayFromImage(
       registration.resample_mask(native_mask, full, to_native)).T > 0
-  start, stop = normalize.bounding_box(brain, margin=_CROP_MARGIN)
+  start, stop = normalize.bounding_box(
+      brain, margin=normalize.BRAIN_CROP_MARGIN)
   grid = sitk.RegionOfInterest(full, [b - a for a, b in zip(start, stop)],
                                list(start))
   crop = tuple(slice(a, b) for a, b in zip(start, stop))

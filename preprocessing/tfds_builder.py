@@ -27,8 +27,6 @@ from preprocessing import nifti_io
 from preprocessing import normalize
 from preprocessing.errors import InputError
 
-# Voxels kept around the brain's bounding box when cropping.
-CROP_MARGIN = 2
 # Seed of the permutation that assigns subjects to folds; fixed so that the
 # split of a cohort never changes between builds.
 FOLD_SEED = 20261124
@@ -128,7 +126,8 @@ def encode_subject(subject: bids.Subject, modalities: tuple[str, ...],
   else:
     # Skull-stripped inputs: the brain is everything above background.
     brain = reference > 0
-  start, stop = normalize.bounding_box(brain, margin=CROP_MARGIN)
+  start, stop = normalize.bounding_box(
+      brain, margin=normalize.BRAIN_CROP_MARGIN)
   crop = tuple(slice(a, b) for a, b in zip(start, stop))
   image = np.stack([normalize.zscore_in_mask(c, brain)[crop]
                     for c in channels], axis=-1)
