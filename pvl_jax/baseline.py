@@ -21,7 +21,7 @@ all lie in one common grid (template space, MNI152 RAS millimetres):
     also chooses between all twelve loads and the two that motor-outcome
     studies use, the total and the corticospinal-tract load: on a
     60-subject cohort the twelve correlated loads overfit (one outer fold
-    fell to 0.25 accuracy) where the two reached 0.90.
+    fell to 0.25 accuracy).
 
 Masks are either the reference (manual) masks of the cohort or a U-Net's
 predicted masks. Predictions must be cross-fitted: each subject's mask comes
@@ -29,9 +29,9 @@ from the training run whose test fold held it, so no network saw the subject.
 
 Model: the features, StandardScaler and L2 LogisticRegression, the
 hyper-parameters chosen per outer fold by an inner repeated stratified grid
-search (nested cross-validation) with the one-standard-error rule; outer stratified subject-level k-fold with a
-fixed seed. Each outer test fold is scored with `classification_metrics` at
-threshold 0.5 on `predict_proba`.
+search (nested cross-validation) with the one-standard-error rule; outer
+stratified subject-level k-fold with a fixed seed. Each outer test fold is
+scored with `classification_metrics` at threshold 0.5 on `predict_proba`.
 """
 
 import dataclasses
@@ -371,7 +371,6 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
   prob = np.zeros(len(labels))
   fold_of = np.zeros(len(labels), int)
   results = []
-  candidates = []
   for fold, (train, test) in enumerate(outer.split(labels, labels)):
     grid_search = model_selection.GridSearchCV(
         search.model, search.grid, scoring=INNER_SCORING, cv=inner,
@@ -394,8 +393,9 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
                              in grid_search.cv_results_["std_test_score"]],
         **classification_metrics(labels[test], prob[test], threshold=0.5),
     })
-    candidates = [_named(params) for params
-                  in grid_search.cv_results_["params"]]
+  # GridSearchCV scores its candidates in ParameterGrid order.
+  candidates = [_named(params)
+                for params in model_selection.ParameterGrid(search.grid)]
   return CVResult(results, candidates, prob, fold_of)
 
 

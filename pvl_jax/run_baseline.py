@@ -7,7 +7,8 @@ Usage:
 
 Nested cross-validated logistic regression on the "matrix" (block-averaged
 mask; the inner CV chooses the block factor among --downsample) and
-"lesion_load" (log regional volumes) features of the cohort's reference
+"lesion_load" (total and regional volumes; the inner CV chooses all of them
+or total + corticospinal tract, log or plain) features of the cohort's reference
 masks and, with --predictions, of the cross-fitted predicted masks of the
 given training runs (one per test fold; see `pvl_jax.baseline`). Writes
 {"rows": [...]} to --out (the format launch/report.py reads as --baseline)
