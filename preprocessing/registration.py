@@ -248,9 +248,7 @@ def register_to_template(image: sitk.Image, template: Template,
   # with a +-40% field, 2 of 10 test subjects ended 8 mm off, all 10 within
   # 1 mm once the head's gross bias was removed first.
   image = bias_field.correct(image, _head_mask(image)).corrected
-  coarse = sitk.BinShrink(
-      image,
-      [max(1, int(round(_RIGID_SCAN_MM / s))) for s in image.GetSpacing()])
+  coarse = sitk.BinShrink(image, _shrink_factors(image, _RIGID_SCAN_MM))
   fixed_mask = sitk.BinaryDilate(
       template.brain_mask,
       [int(round(_FIXED_MASK_MARGIN_MM / template.resolution_mm))] * 3)
@@ -278,13 +276,13 @@ def _start_pose(template: Template, fixed_mask: sitk.Image,
   size_mm, sigma_mm = _RIGID_LEVELS[0]
 
   def reduce(image):
-    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma_mm), [
-        max(1, int(round(size_mm / s))) for s in image.GetSpacing()])
+    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma_mm),
+                       _shrink_factors(image, size_mm))
 
   method = sitk.ImageRegistrationMethod()
   method.SetMetricAsMattesMutualInformation(_HISTOGRAM_BINS)
-  method.SetMetricFixedMask(sitk.Shrink(fixed_mask, [
-      max(1, int(round(size_mm / s))) for s in fixed_mask.GetSpacing()]))
+  method.SetMetricFixedMask(sitk.Shrink(fixed_mask,
+                                        _shrink_factors(fixed_mask, size_mm)))
   method.SetInterpolator(sitk.sitkLinear)
   fixed, moving = reduce(template.t1), reduce(moving)
   candidates = []
@@ -306,13 +304,17 @@ def _head_mask(image: sitk.Image) -> sitk.Image:
   mask is made at about `_HEAD_MASK_MM` (N4 estimates the field at 8 mm
   anyway), where closing and filling cost 30 times less.
   """
-  coarse = sitk.BinShrink(image, [max(1, int(round(_HEAD_MASK_MM / s)))
-                                  for s in image.GetSpacing()])
+  coarse = sitk.BinShrink(image, _shrink_factors(image, _HEAD_MASK_MM))
   foreground = sitk.OtsuThreshold(coarse, 0, 1)
   head = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(foreground,
                                                              [1, 1, 1]))
   return sitk.Resample(head, image, sitk.Transform(),
                        sitk.sitkNearestNeighbor)
+
+
+def _shrink_factors(image: sitk.Image, voxel_mm: float) -> list[int]:
+  """Per-axis integer factors that shrink `image` to about `voxel_mm`."""
+  return [max(1, int(round(voxel_mm / s))) for s in image.GetSpacing()]
 
 
 def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
