@@ -16,9 +16,11 @@ Per subject, from the subject's own random stream (the ranges are
    the head, so that skull stripping is needed.
 2. Pose: a rigid transform, rotating by up to `rotation_deg` about each axis
    (about the brain's centre) and shifting by up to `translation_mm`.
-3. Native grid: a voxel size drawn from `spacings_mm` (values for the 1 mm
-   template, scaled with the template's resolution so that a 2 mm cohort
-   stays as coarse relative to its anatomy), voxel axes stored in one of
+3. Native grid: a voxel size drawn from `spacings_mm` (by default values
+   for the 1 mm template, scaled with the template's resolution so that a
+   2 mm cohort stays as coarse relative to its anatomy; with
+   `scale_spacings=False` the scanner's own voxel sizes in mm, whatever the
+   template's resolution), voxel axes stored in one of
    `orientations` (never RAS) and tilted by up to `oblique_deg`; the grid
    covers the head plus `margin_mm` of air.
 4. Sampling: linear interpolation, averaged over the voxel's extent along
@@ -61,8 +63,12 @@ class AcquisitionParams:
     rotation_deg: maximum head rotation about each axis (uniform).
     translation_mm: maximum head shift along each axis (uniform).
     spacings_mm: the voxel sizes (mm) scans are acquired at, for the 1 mm
-      template (scaled by the template's voxel size); the third axis is the
-      slice axis.
+      template; the third axis is the slice axis.
+    scale_spacings: multiply `spacings_mm` by the template's voxel size
+      (a 2 mm cohort gets 1.8 x 1.8 x 6 mm slices, as coarse relative to
+      its anatomy as 0.9 x 0.9 x 3 mm are at 1 mm, and stays cheap); False
+      acquires every cohort at the scanner sizes in `spacings_mm`, which
+      upsamples a 2 mm anatomy.
     spacing_probs: how often each of `spacings_mm` is drawn.
     orientations: nibabel axis codes the voxel axes are stored in.
     oblique_deg: maximum tilt of the grid about each axis (uniform).
@@ -78,6 +84,7 @@ class AcquisitionParams:
   spacings_mm: tuple[tuple[float, float, float], ...] = (
       (1.2, 1.2, 1.2), (1.0, 1.0, 1.2), (0.9, 0.9, 3.0))
   spacing_probs: tuple[float, ...] = (0.35, 0.35, 0.3)
+  scale_spacings: bool = True
   orientations: tuple[str, ...] = ("LIA", "LPS", "PIL", "RPI")
   oblique_deg: float = 8.0
   csf_mm: tuple[float, float] = (1.0, 3.0)
@@ -168,7 +175,8 @@ def acquire(rng: np.random.Generator, subject: TemplateSubject,
   pose.SetRotation(*np.deg2rad(rotation).tolist())
   pose.SetTranslation(translation.tolist())
   spacing_class = rng.choice(len(params.spacings_mm), p=params.spacing_probs)
-  spacing = np.asarray(params.spacings_mm[spacing_class]) * voxel_mm
+  spacing = np.asarray(params.spacings_mm[spacing_class]) * (
+      voxel_mm if params.scale_spacings else 1.0)
   orientation = params.orientations[rng.integers(len(params.orientations))]
   tilt = rng.uniform(-params.oblique_deg, params.oblique_deg, 3)
   grid = _native_grid(template, in_head, pose, spacing, orientation, tilt,

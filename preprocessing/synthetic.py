@@ -47,6 +47,7 @@ appears atomically (built in a temporary folder).
 Usage:
   python -m preprocessing.synthetic --out=DIR --num_subjects=40 --seed=0
       [--resolution_mm=2] [--space=raw|template] [--modalities=FLAIR,T1w]
+      [--noscale_spacings]
 """
 
 import concurrent.futures
@@ -621,7 +622,9 @@ def main(argv: list[str]) -> None:
     generate_cohort(FLAGS.out, FLAGS.num_subjects, FLAGS.seed,
                     CohortParams(resolution_mm=FLAGS.resolution_mm),
                     num_workers=FLAGS.num_workers, space=FLAGS.space,
-                    modalities=tuple(FLAGS.modalities))
+                    modalities=tuple(FLAGS.modalities),
+                    acquisition_params=acquisition.AcquisitionParams(
+                        scale_spacings=FLAGS.scale_spacings))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -638,6 +641,11 @@ if __name__ == "__main__":
                       "preprocessing.run; template: scans on the template "
                       "grid, ready for training.")
   flags.DEFINE_list("modalities", ["FLAIR"], "Scans to write: FLAIR, T1w.")
+  flags.DEFINE_bool("scale_spacings", True, "Raw space: scale the scanner's "
+                    "voxel sizes with --resolution_mm (a 2 mm cohort gets "
+                    "1.8 x 1.8 x 6 mm slices); --noscale_spacings acquires "
+                    "at 0.9 x 0.9 x 3, 1 x 1 x 1.2 and 1.2 mm whatever the "
+                    "resolution.")
   flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
                        "Worker processes.")
   app.run(main)
