@@ -1,7 +1,8 @@
 r"""Scores each preprocessing step against a synthetic cohort's ground truth.
 
 Usage:
-  python -m preprocessing.benchmark --bids=RAW_DIR --prep=PREP_DIR
+  python -m preprocessing.benchmark --bids=RAW_DIR --prep=PREP_DIR \
+      [--run=RUN_DIR]
 
 RAW_DIR is a raw-space synthetic cohort (`python -m preprocessing.synthetic
 --space=raw`) and PREP_DIR its `preprocessing.run` output. The generator
@@ -30,6 +31,12 @@ Per subject it prints:
   seconds     the pipeline's processing time of the subject (one worker);
 then the means, the means per voxel size of the scans (thick slices lose
 small lesions), and the targets.
+
+With --run, a `pvl_jax.main` run trained on PREP_DIR, it also scores the
+run's test predictions (`RUN_DIR/predictions/`) against the generator's
+template-space lesion masks, beside the Dice the run reported against its
+references, the preprocessed masks: the end-to-end figure that the masks'
+trip through the scan's grid does not flatter or penalise.
 """
 
 import json
@@ -52,6 +59,8 @@ flags.DEFINE_string("bids", None, "Raw synthetic cohort (with ground truth).",
 flags.DEFINE_string("prep", None, "Its preprocessing.run output.",
                     required=True)
 flags.DEFINE_string("modality", "FLAIR", "The reference modality.")
+flags.DEFINE_string("run", None, "Optional pvl_jax.main workdir trained on "
+                    "--prep: score its test predictions against the truth.")
 
 SPACE = registration.TEMPLATE_SPACE
 # (column, target, whether larger is better): registration within 1 mm,
@@ -110,6 +119,51 @@ def score_subject(raw_dir: Path, prep_dir: Path, pid: str,
       "lesion_ceil": _lesion_ceiling(lesion, affine, true_xfm, true_lesion),
       "seconds": float(record["qc"]["seconds_total"]),
   }
+
+
+def score_predictions(raw_dir: Path, run_dir: Path) -> dict[str, float]:
+  """Dice of a run's saved test predictions with the generator's masks.
+
+  Args:
+    raw_dir: the raw synthetic cohort (with ground truth).
+    run_dir: a `pvl_jax.main` workdir whose cohort was preprocessed from
+      `raw_dir`.
+
+  Returns:
+    subject -> Dice with its template-space lesion mask.
+
+  Raises:
+    app.UsageError: the run holds no predictions, or one names a subject
+      the cohort has no ground truth for.
+  """
+  paths = sorted((run_dir / "predictions").glob("*_pred.nii.gz"))
+  if not paths:
+    raise app.UsageError(f"{run_dir / 'predictions'}: no *_pred.nii.gz "
+                         "(not a finished pvl_jax.main run?)")
+  scores = {}
+  for path in paths:
+    pid = path.name.removesuffix("_pred.nii.gz")
+    truth = (raw_dir / "derivatives" / "synthetic" / pid / "anat" /
+             f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz")
+    if not truth.is_file():
+      raise app.UsageError(f"{path}: {raw_dir} has no ground truth for {pid}"
+                           f" ({truth} missing)")
+    scores[pid] = _lesion_dice(path, truth)
+  return scores
+
+
+def format_run_table(truth_dice: dict[str, float],
+                     reported_dice: dict[str, float]) -> str:
+  """Per test subject: Dice against the references and against the truth."""
+  width = max(len("subject"), len("mean"), *map(len, truth_dice))
+  lines = [f"{'subject':<{width}} {'dice_refs':>11} {'dice_truth':>11}"]
+  rows = [(pid, reported_dice.get(pid, float("nan")), truth_dice[pid])
+          for pid in truth_dice]
+  rows.append(("mean", float(np.mean([r[1] for r in rows])),
+               float(np.mean([r[2] for r in rows]))))
+  lines += [f"{pid:<{width}} {refs:11.4f} {truth:11.4f}"
+            for pid, refs, truth in rows]
+  return "\n".join(lines)
 
 
 def voxel_size(raw_dir: Path, pid: str, modality: str = "FLAIR") -> str:
@@ -212,6 +266,16 @@ def main(argv):
             for pid in sorted(subjects)}
   print(format_table(scores, {pid: voxel_size(raw_dir, pid, FLAGS.modality)
                               for pid in scores}))
+  if FLAGS.run:
+    run_dir = Path(FLAGS.run)
+    truth_dice = score_predictions(raw_dir, run_dir)
+    if not (run_dir / "results.json").is_file():
+      raise app.UsageError(f"{run_dir}: no results.json (unfinished run?)")
+    results = json.loads((run_dir / "results.json").read_text())
+    reported = {row["subject_id"]: row["dice"]
+                for row in results["test"]["per_subject"]}
+    print(f"\n{run_dir}: test predictions")
+    print(format_run_table(truth_dice, reported))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+from absl import app
 import nibabel as nib
 import numpy as np
 import pytest
@@ -162,6 +163,45 @@ def test_steps_score_against_ground_truth(prep, raw_cohort):
   table = benchmark.format_table(
       scores, {pid: benchmark.voxel_size(raw_cohort, pid) for pid in scores})
   assert "1.8x1.8x6.0 mm (n=1)" in table and "\nmean " in table
+
+
+def test_benchmark_scores_run_predictions_against_the_truth(prep, raw_cohort,
+                                                          tmp_path):
+  """A run's predictions (here the preprocessed masks) against the truth.
+
+  At 2 mm the output grid is the template's, cropped: the reference Dice
+  puts each mask into the template grid at its integer offset.
+  """
+  out, _, _ = prep
+  run = tmp_path / "run"
+  (run / "predictions").mkdir(parents=True)
+  expected = {}
+  for pid in ("sub-001", "sub-002"):
+    mask_path = (out / "derivatives" / "lesions" / pid / "anat" /
+                 f"{pid}_label-lesion_mask.nii.gz")
+    shutil.copy(mask_path, run / "predictions" / f"{pid}_pred.nii.gz")
+    mask, affine = nifti_io.load_volume(mask_path)
+    truth, truth_affine = nifti_io.load_volume(
+        raw_cohort / "derivatives" / "synthetic" / pid / "anat" /
+        f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz")
+    offset = np.linalg.solve(truth_affine, affine)[:3, 3]
+    np.testing.assert_allclose(offset, np.round(offset), atol=1e-4)
+    placed = np.zeros(truth.shape, bool)
+    region = tuple(slice(int(round(o)), int(round(o)) + n)
+                   for o, n in zip(offset, mask.shape))
+    placed[region] = mask > 0.5
+    expected[pid] = 2 * (placed & (truth > 0.5)).sum() / (
+        placed.sum() + (truth > 0.5).sum())
+  scores = benchmark.score_predictions(raw_cohort, run)
+  assert scores == pytest.approx(expected, abs=1e-9)
+  assert all(0.3 < dice < 1 for dice in scores.values()), scores
+  table = benchmark.format_run_table(scores, {"sub-001": 0.5})
+  assert table.splitlines()[1].split() == [
+      "sub-001", "0.5000", f"{scores['sub-001']:.4f}"]
+  assert "nan" in table.splitlines()[2]  # sub-002: the run did not report
+  # A folder without predictions is not a finished run.
+  with pytest.raises(app.UsageError, match="no \\*_pred.nii.gz"):
+    benchmark.score_predictions(raw_cohort, tmp_path)
 
 
 def test_transform_takes_masks_back_to_native(prep, raw_cohort):
