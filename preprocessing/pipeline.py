@@ -36,6 +36,9 @@ builder read as a cohort):
   sub-X/sub-X_desc-preprocessing.json           inputs hash + QC figures
   derivatives/lesions/sub-X/anat/sub-X_label-lesion_mask.nii.gz
   qc/sub-X.png, qc/steps.csv
+  qc/run.json                                   the last run that processed
+                                                subjects: their number, the
+                                                workers, its wall seconds
 
 "Native" is the first modality's scan space (the lesion mask's space). Each
 .tfm holds an ITK affine transform mapping TEMPLATE points to that scan's
@@ -87,6 +90,7 @@ GENERATED_BY = "pvl_jax preprocessing"
 # changes, so that existing outputs are recomputed.
 VERSION = "1.1.0"
 DESCRIPTION_FILE = "dataset_description.json"
+RUN_FILE = Path("qc") / "run.json"
 # A scan whose finest voxel size is below this (mm) is registered to the
 # 1 mm template, any other to the 2 mm one: on six 1 mm synthetic scans the
 # 1 mm template took the mean registration error from 0.72 to 0.64 mm, for
@@ -210,8 +214,16 @@ def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
        "status": f"failed: {message.splitlines()[0]}"}
       for pid, message in sorted(failed.items())]
   _write_if_changed(out_dir / "qc" / "steps.csv", qc.format_steps_csv(rows))
+  seconds = time.perf_counter() - start
+  if computed:
+    # Each subject's record holds one worker's seconds, which overlap; the
+    # run's wall time is what the subjects cost on this machine. A fully
+    # cached rerun writes nothing (training hashes the files' times).
+    atomic_write_text(out_dir / RUN_FILE, json.dumps(
+        {"subjects_computed": len(computed), "num_workers": num_workers,
+         "seconds": seconds}, indent=2) + "\n")
   return Summary(processed=processed, cached=cached, failed=failed,
-                 seconds=time.perf_counter() - start)
+                 seconds=seconds)
 
 
 def inputs_hash(bids_dir: Path, subject: bids.Subject, params: Params) -> str:

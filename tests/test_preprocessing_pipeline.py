@@ -160,9 +160,21 @@ def test_steps_score_against_ground_truth(prep, raw_cohort):
   # 2.4 mm voxels, and 6 mm slices, which blur the anatomy along one axis.
   assert scores["sub-002"]["reg_mm"] < 1.0, scores
   assert scores["sub-001"]["reg_mm"] < 2.5, scores
-  table = benchmark.format_table(
-      scores, {pid: benchmark.voxel_size(raw_cohort, pid) for pid in scores})
+  voxel_sizes = {pid: benchmark.voxel_size(raw_cohort, pid)
+                 for pid in scores}
+  table = benchmark.format_table(scores, voxel_sizes)
   assert "1.8x1.8x6.0 mm (n=1)" in table and "\nmean " in table
+  # The time target: the run's wall time per subject (two workers, two
+  # subjects, so about one subject's time), not the per-worker mean.
+  run = json.loads((out / pipeline.RUN_FILE).read_text())
+  assert run["subjects_computed"] == run["num_workers"] == 2
+  wall = benchmark.wall_seconds_per_subject(out)
+  assert wall == pytest.approx(run["seconds"] / 2)
+  slowest = max(score["seconds"] for score in scores.values())
+  assert slowest / 2 < wall < slowest + 30, (wall, scores)
+  lines = benchmark.format_table(scores, voxel_sizes, wall).splitlines()
+  assert f"  wall_s/subj  {wall:8.4f} <= 20" in "\n".join(lines)
+  assert not any(line.startswith("  seconds ") for line in lines)
 
 
 def test_benchmark_scores_run_predictions_against_the_truth(prep, raw_cohort,
