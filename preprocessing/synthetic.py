@@ -84,6 +84,10 @@ MOTOR_ROI_RADII_MM = (10.0, 16.0, 12.0)
 # draw their noise in this order.
 SPACES = ("raw", "template")
 MODALITIES = ("FLAIR", "T1w")
+# Larger deformations squeeze the anatomy too far: at 10 mm the smallest
+# Jacobian determinant in the brain was 0.32-0.40 over three seeds, at 20 mm
+# it was negative (the anatomy folds over itself).
+MAX_DEFORM_MM = 10.0
 # T1w-like intensities: white matter brightest, CSF dark, PVL lesions dark
 # (gliosis and cavitation lengthen T1). Constants, not CohortParams fields,
 # which key the cached cohorts.
@@ -97,7 +101,8 @@ class CohortParams:
 
   Attributes:
     resolution_mm: template grid, 1 (197x233x189) or 2 (99x117x95).
-    deform_mm: maximum amplitude of the smooth random displacement.
+    deform_mm: amplitude of the smooth random displacement (its largest
+      component over the volume is about twice this).
     ventricle_growth_mm: maximum enlargement of the ventricles.
     band_mm: (min, max) distance of lesion seeds from the ventricle wall.
     mean_lesions: (low, high) of the per-subject mean lesion count (Poisson).
@@ -514,6 +519,9 @@ def validate_arguments(num_subjects: int, seed: int, num_workers: int,
   if params.resolution_mm not in (1, 2):
     raise InputError("--resolution_mm: the template ships at 1 or 2 mm "
                      f"(got {params.resolution_mm})")
+  if not 0 <= params.deform_mm <= MAX_DEFORM_MM:
+    raise InputError(f"--deform_mm: must be in [0, {MAX_DEFORM_MM:g}] "
+                     f"(got {params.deform_mm:g})")
   if space not in SPACES:
     raise InputError(f"--space: must be one of {', '.join(SPACES)} "
                      f"(got {space!r})")
@@ -620,7 +628,8 @@ def main(argv: list[str]) -> None:
   del argv
   try:
     generate_cohort(FLAGS.out, FLAGS.num_subjects, FLAGS.seed,
-                    CohortParams(resolution_mm=FLAGS.resolution_mm),
+                    CohortParams(resolution_mm=FLAGS.resolution_mm,
+                                 deform_mm=FLAGS.deform_mm),
                     num_workers=FLAGS.num_workers, space=FLAGS.space,
                     modalities=tuple(FLAGS.modalities),
                     acquisition_params=acquisition.AcquisitionParams(
@@ -641,6 +650,11 @@ if __name__ == "__main__":
                       "preprocessing.run; template: scans on the template "
                       "grid, ready for training.")
   flags.DEFINE_list("modalities", ["FLAIR"], "Scans to write: FLAIR, T1w.")
+  flags.DEFINE_float("deform_mm", CohortParams.deform_mm,
+                     "Amplitude (mm) of each subject's smooth, non-affine "
+                     "deformation of the template anatomy; 0 gives every "
+                     "subject the template's shape, so that a rigid "
+                     "registration can recover the raw scans' pose exactly.")
   flags.DEFINE_bool("scale_spacings", True, "Raw space: scale the scanner's "
                     "voxel sizes with --resolution_mm (a 2 mm cohort gets "
                     "1.8 x 1.8 x 6 mm slices); --noscale_spacings acquires "

@@ -1,6 +1,7 @@
 """Shared test setup: absl flags parsed (grain worker processes need them)."""
 
 import sys
+import tempfile
 
 from absl import flags
 
@@ -15,6 +16,21 @@ import numpy as np
 import pytest
 
 from preprocessing import nifti_io
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scratch_inside_pytest_tmp(tmp_path_factory):
+  """Temporary files of the tests and their subprocesses under pytest's tmp.
+
+  TFDS leaves an empty `tmp*tfds` folder in the temporary directory each
+  time a builder is made before its dataset exists
+  (`DatasetInfo.initialize_from_bucket`); pytest prunes its own folders.
+  """
+  scratch = tmp_path_factory.mktemp("tempfile")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("TMPDIR", str(scratch))
+    patch.setattr(tempfile, "tempdir", str(scratch))
+    yield
 
 TINY_SHAPE = (28, 32, 24)
 TINY_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])

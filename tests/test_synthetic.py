@@ -122,6 +122,17 @@ def test_generator_json_records_label_model(cohort):
   assert set(labels.values()) <= {0, 1}
 
 
+def test_deformation_moves_the_brain_only_when_asked():
+  brain = synthetic.load_template(2).brain
+  seed = np.random.SeedSequence(SEED)
+  rigid = synthetic.generate_subject(synthetic.CohortParams(deform_mm=0.0),
+                                     seed)["brain"] > 0
+  np.testing.assert_array_equal(rigid, brain)
+  deformed = synthetic.generate_subject(synthetic.CohortParams(), seed)[
+      "brain"] > 0
+  assert 0.9 < _dice(deformed, brain) < 0.99
+
+
 def test_label_probability_is_monotone_and_centred():
   params = synthetic.CohortParams()
   p = synthetic.label_probability([0.0, params.label_threshold_ml - 0.01,
@@ -140,6 +151,11 @@ def test_bad_arguments(tmp_path, cohort):
     synthetic.generate_cohort(cohort, 1, seed=0)
   with pytest.raises(InputError, match="--seed"):
     synthetic.generate_cohort(tmp_path / "x", 1, seed=-1)
+  for deform_mm in (-1.0, 10.5):
+    with pytest.raises(InputError, match=r"--deform_mm: must be in \[0, 10\]"):
+      synthetic.generate_cohort(
+          tmp_path / "x", 1, seed=0,
+          params=synthetic.CohortParams(deform_mm=deform_mm))
   with pytest.raises(InputError, match="--num_workers"):
     synthetic.generate_cohort(tmp_path / "x", 1, seed=0, num_workers=0)
   with pytest.raises(InputError, match="--space"):
@@ -155,6 +171,7 @@ def test_bad_arguments(tmp_path, cohort):
     ("--num_subjects=0", "error: --num_subjects: must be >= 1"),
     ("--space=native", "error: --space: must be one of raw, template"),
     ("--modalities=FLAIR,DWI", "error: --modalities: distinct names among"),
+    ("--deform_mm=12", "error: --deform_mm: must be in [0, 10] (got 12)"),
 ])
 def test_cli_rejects_bad_arguments(flag, message, tmp_path):
   result = subprocess.run(
