@@ -84,6 +84,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+  """The rows as CSV (columns in order of first appearance)."""
   columns = list(dict.fromkeys(k for row in rows for k in row))
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -92,17 +93,29 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
   return buffer.getvalue()
 
 
-def parse_runs(spec: str) -> dict[str, Path]:
-  """Parses `name=dir,name2=dir2` (InputError on a malformed entry)."""
-  runs = {}
+def parse_named_runs(spec: str) -> list[tuple[str, Path]]:
+  """Parses `name=dir,name2=dir2` into (name, dir) pairs, in order.
+
+  Raises:
+    InputError: on a malformed entry or no entry at all.
+  """
+  pairs = []
   for item in filter(None, spec.split(",")):
     name, sep, directory = item.partition("=")
     if not sep or not name or not directory:
       raise InputError(f"--runs: '{item}' is not NAME=RUN_DIR")
-    runs[name] = Path(directory)
-  if not runs:
+    pairs.append((name, Path(directory)))
+  if not pairs:
     raise InputError("--runs: no runs given")
-  return runs
+  return pairs
+
+
+def write_table(out_dir: Path, stem: str, rows: list[dict[str, Any]],
+                markdown: str) -> None:
+  """Writes OUT_DIR/stem.md and stem.csv atomically; prints the markdown."""
+  atomic_write_text(out_dir / f"{stem}.md", markdown)
+  atomic_write_text(out_dir / f"{stem}.csv", to_csv(rows))
+  print(markdown)
 
 
 FLAGS = flags.FLAGS
@@ -111,15 +124,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   try:
-    rows = comparison_rows(parse_runs(FLAGS.runs))
+    rows = comparison_rows(dict(parse_named_runs(FLAGS.runs)))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  out = Path(FLAGS.out)
-  table = to_markdown(rows)
-  atomic_write_text(out / "comparison.md", table)
-  atomic_write_text(out / "comparison.csv", to_csv(rows))
-  print(table)
+  write_table(Path(FLAGS.out), "comparison", rows, to_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ data is harder and training on B is not what costs the Dice.
 Writes DIR/cross_evaluation.md and DIR/cross_evaluation.csv.
 """
 
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -23,8 +21,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from preprocessing.atomic import atomic_write_text
 from preprocessing.errors import InputError
+from pvl_jax import compare
 from pvl_jax import dataset
 from pvl_jax import evaluate
 from pvl_jax import trained_run
@@ -37,15 +35,10 @@ def parse_groups(spec: str) -> dict[str, list[Path]]:
     InputError: on a malformed entry, a run given twice or no run.
   """
   groups: dict[str, list[Path]] = {}
-  for item in filter(None, spec.split(",")):
-    name, sep, directory = item.partition("=")
-    if not sep or not name or not directory:
-      raise InputError(f"--runs: '{item}' is not NAME=RUN_DIR")
-    if any(Path(directory) in runs for runs in groups.values()):
+  for name, directory in compare.parse_named_runs(spec):
+    if any(directory in runs for runs in groups.values()):
       raise InputError(f"--runs: {directory} given twice")
-    groups.setdefault(name, []).append(Path(directory))
-  if not groups:
-    raise InputError("--runs: no runs given")
+    groups.setdefault(name, []).append(directory)
   return groups
 
 
@@ -111,15 +104,6 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict[str, str]]) -> str:
-  """The same table as CSV."""
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-  writer.writeheader()
-  writer.writerows(rows)
-  return buffer.getvalue()
-
-
 FLAGS = flags.FLAGS
 
 
@@ -131,11 +115,8 @@ def main(argv):
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  out = Path(FLAGS.out)
-  table = to_markdown(rows)
-  atomic_write_text(out / "cross_evaluation.md", table)
-  atomic_write_text(out / "cross_evaluation.csv", to_csv(rows))
-  print(table)
+  compare.write_table(Path(FLAGS.out), "cross_evaluation", rows,
+                      to_markdown(rows))
 
 
 if __name__ == "__main__":

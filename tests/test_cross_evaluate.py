@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from preprocessing.errors import InputError
+from pvl_jax import compare
 from pvl_jax import cross_evaluate
 
 
@@ -41,7 +42,7 @@ def test_table_holds_mean_and_sample_std_per_cell():
   lines = cross_evaluate.to_markdown(rows).splitlines()
   assert lines[0] == "| model \\ test data | template | raw |"
   assert lines[3] == "| raw | 0.600 ± 0.000 (1) | 0.750 ± 0.000 (1) |"
-  assert cross_evaluate.to_csv(rows).splitlines()[0] == "model,template,raw"
+  assert compare.to_csv(rows).splitlines()[0] == "model,template,raw"
 
 
 def _copy_run(run: Path, to: Path, **data_changes) -> Path:
