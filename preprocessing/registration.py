@@ -285,11 +285,8 @@ def _start_pose(template: Template, fixed_mask: sitk.Image,
     return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma_mm),
                        _shrink_factors(image, size_mm))
 
-  method = sitk.ImageRegistrationMethod()
-  method.SetMetricAsMattesMutualInformation(_HISTOGRAM_BINS)
-  method.SetMetricFixedMask(sitk.Shrink(fixed_mask,
-                                        _shrink_factors(fixed_mask, size_mm)))
-  method.SetInterpolator(sitk.sitkLinear)
+  method = _mutual_information_method(
+      sitk.Shrink(fixed_mask, _shrink_factors(fixed_mask, size_mm)))
   fixed, moving = reduce(template.t1), reduce(moving)
   candidates = []
   for angles in itertools.product(_START_ANGLES_DEG, repeat=3):
@@ -333,19 +330,26 @@ def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
   return affine
 
 
+def _mutual_information_method(fixed_mask: sitk.Image
+                               ) -> sitk.ImageRegistrationMethod:
+  """A registration method scoring Mattes MI inside `fixed_mask`."""
+  method = sitk.ImageRegistrationMethod()
+  method.SetMetricAsMattesMutualInformation(_HISTOGRAM_BINS)
+  method.SetMetricFixedMask(fixed_mask)
+  method.SetInterpolator(sitk.sitkLinear)
+  return method
+
+
 def _optimise(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
               initial: sitk.Transform,
               levels: tuple[tuple[float, float], ...], fixed_spacing_mm: float
               ) -> tuple[sitk.Transform, float]:
   """One multi-resolution Mattes-MI stage; returns (transform, metric)."""
-  method = sitk.ImageRegistrationMethod()
-  method.SetMetricAsMattesMutualInformation(_HISTOGRAM_BINS)
+  method = _mutual_information_method(fixed_mask)
   method.SetMetricSamplingStrategy(method.RANDOM)
   method.SetMetricSamplingPercentagePerLevel(
       [min(1.0, _SAMPLING_PERCENTAGE * (size / _SAMPLING_MM) ** 3)
        for size, _ in levels], _SAMPLING_SEED)
-  method.SetMetricFixedMask(fixed_mask)
-  method.SetInterpolator(sitk.sitkLinear)
   method.SetOptimizerAsRegularStepGradientDescent(
       learningRate=2.0, minStep=1e-3, numberOfIterations=_ITERATIONS,
       relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
@@ -391,12 +395,9 @@ def _pose_of_deformable_fit(template: Template, fixed_mask: sitk.Image,
   """
   fixed = template.t1
   bspline = sitk.BSplineTransformInitializer(fixed, [_DEFORMABLE_MESH] * 3)
-  method = sitk.ImageRegistrationMethod()
-  method.SetMetricAsMattesMutualInformation(_HISTOGRAM_BINS)
+  method = _mutual_information_method(fixed_mask)
   method.SetMetricSamplingStrategy(method.RANDOM)
   method.SetMetricSamplingPercentage(_DEFORMABLE_SAMPLING, _SAMPLING_SEED)
-  method.SetMetricFixedMask(fixed_mask)
-  method.SetInterpolator(sitk.sitkLinear)
   method.SetOptimizerAsLBFGSB(numberOfIterations=_DEFORMABLE_ITERATIONS)
   method.SetShrinkFactorsPerLevel(
       [max(1, int(round(_DEFORMABLE_MM / template.resolution_mm)))])
