@@ -69,11 +69,27 @@ def test_patch_larger_than_volume_names_subject():
         (32, 32, 32), {"sub-001": (40, 40, 40), "sub-002": (40, 30, 40)})
 
 
-def test_unet3d_is_joint_with_r_zero():
+@pytest.mark.parametrize("arg", [None, "demo"])
+def test_unet3d_is_joint_with_r_zero(arg):
   from configs import unet3d  # pylint: disable=g-import-not-at-top
-  config = unet3d.get_config("demo")
+  config = unet3d.get_config(arg)
   assert config.r == 0.0
-  assert config.model.features == joint.get_config("demo").model.features
+  config_validation.validate_config(config)
+
+
+def test_unet3d_demo_matches_unet2d_demo_feature_maps():
+  """The 2D-vs-3D comparison pair: same features, stages and steps."""
+  from configs import unet2d  # pylint: disable=g-import-not-at-top
+  from configs import unet3d  # pylint: disable=g-import-not-at-top
+  config3d, config2d = unet3d.get_config("demo"), unet2d.get_config("demo")
+  assert config3d.model.features == config2d.model.features == (16, 32, 64,
+                                                                  128)
+  assert config3d.model.strides == ((1, 1, 1),) + ((2, 2, 2),) * 3
+  assert config3d.model.kernel_sizes == ((3, 3, 3),) * 4
+  assert config3d.num_steps == config2d.num_steps
+  assert config3d.data.patch_size == (32, 32, 32)
+  # The non-demo configs are planned: nothing is fixed by hand.
+  assert unet3d.get_config().model.features == ()
 
 
 @pytest.mark.parametrize("arg", [None, "demo"])
