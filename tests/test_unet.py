@@ -44,6 +44,40 @@ def test_anisotropic_strides():
   assert seg[1].shape == (1, 8, 8, 8, 2)
 
 
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_cls_head_reads_pooled_bottleneck_and_soft_lesion_volume(
+    deep_supervision):
+  """The logit recomputed by hand from the bottleneck and the finest map."""
+  model = _model(3, deep_supervision=deep_supervision)
+  x = jax.random.normal(jax.random.key(3), (2, 16, 16, 16, 1))
+  variables = model.init(unet.init_key(0), x)
+  (seg, cls), state = model.apply(variables, x, capture_intermediates=True)
+  bottleneck = state["intermediates"]["Stage_2"]["__call__"][0]
+  pooled = np.asarray(bottleneck).mean(axis=(1, 2, 3))
+  finest = np.asarray(seg[0], np.float64)
+  lesion_prob = 1 / (1 + np.exp(finest[..., 0] - finest[..., 1]))
+  load = np.log1p(lesion_prob.sum(axis=(1, 2, 3)))
+  params = variables["params"]
+  h = np.concatenate([pooled, load[:, None]], axis=1)
+  h = h @ params["cls_hidden"]["kernel"] + params["cls_hidden"]["bias"]
+  h = np.where(h > 0, h, 0.01 * h)
+  expected = (h @ params["cls_out"]["kernel"] + params["cls_out"]["bias"])[:, 0]
+  np.testing.assert_allclose(cls, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cls_logit_follows_the_segmentation_output():
+  """More lesion probability, same bottleneck: the logit moves."""
+  model = _model(3)
+  x = jax.random.normal(jax.random.key(4), (1, 16, 16, 16, 1))
+  variables = model.init(unet.init_key(0), x)
+  _, cls = model.apply(variables, x)
+  shifted = jax.tree.map(lambda a: a, variables)
+  bias = shifted["params"]["seg_head_0"]["bias"]
+  shifted["params"]["seg_head_0"]["bias"] = bias.at[1].add(5.0)
+  _, cls_shifted = model.apply(shifted, x)
+  assert abs(float(cls_shifted[0] - cls[0])) > 1e-4
+
+
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
   model = _model(3, dtype=jnp.bfloat16)
   x = jnp.ones((1, 8, 8, 8, 1))

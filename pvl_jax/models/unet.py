@@ -12,9 +12,18 @@ blocks, strided-conv downsampling, and one segmentation head per decoder stage
 On the CPU backend 3D convolutions are computed as sums of 2D convolutions
 (`depth_sliced_conv`), ~5x faster there; the parameters are the same.
 
-The classification head global-average-pools the bottleneck features and maps
-them through a small MLP to one logit (bad hand function). With r = 0 in the
-loss it is simply not trained, so the same module serves plain segmentation.
+The classification head maps two summaries of the input through a small MLP to
+one logit (bad hand function): the global average of the bottleneck features
+and the log of the soft lesion volume (the summed foreground probability of the
+finest segmentation output). The second one is there because instance
+normalisation sets each channel's spatial mean to zero, so the pooled
+bottleneck carries lesion load only through the shape of its distribution:
+measured on a trained demo model, logistic regression on those pooled features
+reached a cross-validated AUC of 0.65-0.73, the untrained soft lesion volume
+alone 0.81, and a head on the pooled features alone did not lower its training
+loss from ln 2. Joint training lets the classification loss reach the
+segmentation through that volume; r sets how much. With r = 0 in the loss the
+head is simply not trained, so the same module serves plain segmentation.
 """
 
 from collections.abc import Sequence
@@ -155,7 +164,7 @@ class UNet(nn.Module):
                                      self.kernel_sizes):
       x = Stage(feats, kernel, stride, self.dtype, self.depth_sliced)(x)
       skips.append(x)
-    cls_logit = self._classify(x)
+    bottleneck = x
 
     outputs = []
     for level in reversed(range(len(self.features) - 1)):
@@ -170,14 +179,21 @@ class UNet(nn.Module):
                        dtype=self.dtype, name=f"seg_head_{level}",
                        conv_general_dilated=_conv_fn(self.depth_sliced))
         outputs.append(head(x).astype(jnp.float32))
-    return outputs[::-1], cls_logit
+    # outputs[-1] is the finest map (level 0), with or without supervision.
+    return outputs[::-1], self._classify(bottleneck, outputs[-1])
 
-  def _classify(self, bottleneck: jax.Array) -> jax.Array:
-    """Global average pool -> Dense -> LeakyReLU -> Dense(1)."""
-    pooled = bottleneck.astype(jnp.float32).mean(
-        axis=tuple(range(1, bottleneck.ndim - 1)))
-    h = nn.leaky_relu(nn.Dense(self.cls_hidden, name="cls_hidden")(pooled),
-                      negative_slope=0.01)
+  def _classify(self, bottleneck: jax.Array, seg_logits: jax.Array
+                ) -> jax.Array:
+    """[mean bottleneck, log(1 + soft lesion volume)] -> MLP -> one logit."""
+    spatial = tuple(range(1, bottleneck.ndim - 1))
+    pooled = bottleneck.astype(jnp.float32).mean(axis=spatial)
+    foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
+    # Voxels, as in the baseline's log lesion loads; log1p keeps it finite
+    # for a lesion-free patch.
+    lesion_load = jnp.log1p(foreground.sum(axis=spatial))[:, None]
+    h = nn.Dense(self.cls_hidden, name="cls_hidden")(
+        jnp.concatenate([pooled, lesion_load], axis=-1))
+    h = nn.leaky_relu(h, negative_slope=0.01)
     return nn.Dense(1, name="cls_out")(h)[:, 0]
 
 
