@@ -17,11 +17,11 @@ one logit (bad hand function): the global average of the bottleneck features
 and the log of the soft lesion volume (the summed foreground probability of the
 finest segmentation output). The second one is there because instance
 normalisation sets each channel's spatial mean to zero, so the pooled
-bottleneck carries lesion load only through the shape of its distribution:
-measured on a trained demo model, logistic regression on those pooled features
-reached a cross-validated AUC of 0.65-0.73, the untrained soft lesion volume
-alone 0.81, and a head on the pooled features alone did not lower its training
-loss from ln 2. Joint training lets the classification loss reach the
+bottleneck carries lesion load only through the shape of its distribution.
+Measured on a joint model trained on brain-sized patches (README): logistic
+regression on its pooled features reached a cross-validated AUC of 0.65-0.73,
+its soft lesion volume alone 0.81, and its head on the pooled features alone
+did not lower its training loss from ln 2. Joint training lets the classification loss reach the
 segmentation through that volume; r sets how much. With r = 0 in the loss the
 head is simply not trained, so the same module serves plain segmentation.
 """
