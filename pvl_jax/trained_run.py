@@ -111,6 +111,7 @@ def load(workdir: str | Path) -> TrainedRun:
   min_size = results.get("postprocessing", {}).get("min_component_voxels", 0)
   threshold = results.get("val", {}).get("cls_threshold")
   model = unet.unet_from_config(config.model)
+  _check_params_fit(model, config, params, workdir / "checkpoints")
   window_fn = inference.make_window_fn(
       model.apply, {"params": params},
       tuple(config.inference.get("mirror_axes", ())))
@@ -127,6 +128,29 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
   except (OSError, ValueError) as err:
     raise InputError(f"{path}: unreadable ({err})") from err
+
+
+def _check_params_fit(model: unet.UNet, config: ml_collections.ConfigDict,
+                      params: dict, checkpoints: Path) -> None:
+  """Raises InputError unless `params` are those of `config`'s model."""
+  window = np.zeros((1, *config.data.patch_size, len(config.data.modalities)),
+                    np.float32)
+  expected = jax.eval_shape(model.init, unet.init_key(0), window)["params"]
+
+  def shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+  stored, wanted = shapes(params), shapes(expected)
+  differ = sorted(k for k in stored.keys() | wanted.keys()
+                  if stored.get(k) != wanted.get(k))
+  if differ:
+    raise InputError(
+        f"{checkpoints}: the checkpoint's parameters do not fit the model "
+        f"that config.json describes ({len(differ)} differ, e.g. "
+        f"{differ[0]}: stored {stored.get(differ[0])}, expected "
+        f"{wanted.get(differ[0])}); was it written by another version of "
+        "pvl_jax or with another config?")
 
 
 def _restore_params(checkpoints: Path) -> tuple[int, dict]:

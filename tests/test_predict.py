@@ -198,9 +198,20 @@ def _workdir_without_checkpoint(run_dir: Path, workdir: Path) -> None:
   shutil.copy(run_dir / "config.json", workdir)
 
 
+def _workdir_of_another_model(run_dir: Path, workdir: Path) -> None:
+  """The run's checkpoint under a config whose head is twice as wide."""
+  shutil.copytree(run_dir, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["model"]["cls_hidden"] *= 2
+  (workdir / "config.json").write_text(json.dumps(config))
+
+
 BAD_WORKDIRS = {
     "no_checkpoint": (_workdir_without_checkpoint,
                       "checkpoints: no checkpoint"),
+    "other_model": (_workdir_of_another_model,
+                    "checkpoints: the checkpoint's parameters do not fit the "
+                    "model that config.json describes"),
     "no_config": (lambda run_dir, workdir: workdir.mkdir(),
                   "config.json: not found"),
     "missing": (lambda run_dir, workdir: None,
