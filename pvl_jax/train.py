@@ -38,6 +38,7 @@ from pvl_jax import preemption
 from pvl_jax import preflight
 from pvl_jax.models import unet
 from preprocessing.atomic import atomic_write_text
+from preprocessing.errors import InputError
 
 
 @flax.struct.dataclass
@@ -147,10 +148,25 @@ def _save(manager, step, state, data_iter) -> None:
 
 
 def _restore(manager, step, state, data_iter):
+  """The train state (and, in place, the data iterator) of checkpoint `step`.
+
+  Raises:
+    InputError: the checkpoint's arrays do not fit the configured model
+      (orbax's ValueError, e.g. a workdir written by another version).
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract),
-      data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+  except ValueError as err:
+    # Orbax's first sentence names the shapes; the rest suggests padding or
+    # truncating the stored arrays, which would be wrong here.
+    reason = str(err).split(". ")[0]
+    raise InputError(
+        f"{manager.directory / str(step)}: cannot resume from this checkpoint "
+        f"({reason}); it does not fit the configured model (another version "
+        "of pvl_jax or another config?); use a new --workdir") from err
   return restored["state"]
 
 

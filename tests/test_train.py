@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import joint
+from preprocessing.errors import InputError
 from pvl_jax import train
 
 
@@ -89,6 +90,22 @@ def test_resume_from_latest_checkpoint_is_exact(tiny_run, tiny_cohort,
   expected, got = _params(workdir, 4), _params(resumed, 4)
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_resume_into_another_model_is_refused_by_name(tiny_run, tiny_cohort,
+                                                      tmp_path):
+  """A workdir whose checkpoint another model wrote: InputError, no crash."""
+  workdir, cache, _ = tiny_run
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
+  config = tiny_config(tiny_cohort, cache)
+  config.model.cls_hidden *= 2
+  with pytest.raises(InputError, match=r"checkpoints/4: cannot resume from "
+                     r"this checkpoint \(.*shape.*\); it does not fit"):
+    train.train_and_evaluate(config, resumed)
+  # Nothing saved over the checkpoints it could not read.
+  assert (sorted(c.name for c in (resumed / "checkpoints").iterdir())
+          == sorted(c.name for c in (workdir / "checkpoints").iterdir()))
 
 
 def test_r_zero_has_no_classification_metrics(tiny_cohort, tmp_path):
