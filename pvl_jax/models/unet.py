@@ -21,9 +21,10 @@ bottleneck carries lesion load only through the shape of its distribution.
 Measured on a joint model trained on brain-sized patches (README): logistic
 regression on its pooled features reached a cross-validated AUC of 0.65-0.73,
 its soft lesion volume alone 0.81, and its head on the pooled features alone
-did not lower its training loss from ln 2. Joint training lets the classification loss reach the
-segmentation through that volume; r sets how much. With r = 0 in the loss the
-head is simply not trained, so the same module serves plain segmentation.
+did not lower its training loss from ln 2. Joint training lets the
+classification loss reach the segmentation through that volume; r sets how
+much. With r = 0 in the loss the head is simply not trained, so the same module
+serves plain segmentation.
 """
 
 from collections.abc import Sequence
