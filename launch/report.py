@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from launch import sweep
-from preprocessing.atomic import atomic_write_bytes, atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_bytes, atomic_write_text
+from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from absl import flags
 
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS
 

@@ -42,8 +42,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from launch import slurm
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS
 

@@ -51,11 +51,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import bids
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import pipeline
 from preprocessing import qc
 from preprocessing import registration
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import compare
 
 FLAGS = flags.FLAGS
@@ -90,17 +90,17 @@ def score_subject(raw_dir: Path, prep_dir: Path, pid: str,
       str(out / "xfm" / f"{pid}_from-native_to-{SPACE}_xfm.tfm"))
   template = registration.load_template(2)
   scan_path = raw_dir / pid / "anat" / f"{pid}_{modality}.nii.gz"
-  scan, affine = nifti_io.load_volume(scan_path)
-  true_brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz",
+  scan, affine = nifti.load_volume(scan_path)
+  true_brain = nifti.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz",
                                   reference_shape=scan.shape,
                                   reference_affine=affine)
-  brain = nifti_io.load_mask(out / "native" / f"{pid}_desc-brain_mask.nii.gz",
+  brain = nifti.load_mask(out / "native" / f"{pid}_desc-brain_mask.nii.gz",
                              reference_shape=scan.shape,
                              reference_affine=affine)
-  bias, _ = nifti_io.load_volume(
+  bias, _ = nifti.load_volume(
       out / "native" / f"{pid}_desc-biasfield.nii.gz")
-  true_bias, _ = nifti_io.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
-  lesion = nifti_io.load_mask(raw_dir / "derivatives" / "lesions" / pid /
+  true_bias, _ = nifti.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
+  lesion = nifti.load_mask(raw_dir / "derivatives" / "lesions" / pid /
                               "anat" / f"{pid}_label-lesion_mask.nii.gz",
                               threshold=0.5)
   native = registration.image_from_array(scan, affine)
@@ -172,7 +172,7 @@ def format_run_table(truth_dice: dict[str, float],
 
 def voxel_size(raw_dir: Path, pid: str, modality: str = "FLAIR") -> str:
   """A scan's voxel size, smallest first, e.g. "0.9x0.9x3.0" (mm)."""
-  _, affine = nifti_io.load_volume(raw_dir / pid / "anat" /
+  _, affine = nifti.load_volume(raw_dir / pid / "anat" /
                                    f"{pid}_{modality}.nii.gz")
   return "x".join(f"{s:.1f}" for s in
                   sorted(np.linalg.norm(affine[:3, :3], axis=0)))
@@ -265,7 +265,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _lesion_ceiling(lesion: np.ndarray, affine: np.ndarray,
                     true_xfm: sitk.Transform, true_path: Path) -> float:
   """Dice of the native lesion mask carried by the true transform."""
-  true, true_affine = nifti_io.load_volume(true_path, kind="lesion mask")
+  true, true_affine = nifti.load_volume(true_path, kind="lesion mask")
   carried = registration.resample_mask(
       registration.image_from_array(lesion.astype(np.uint8), affine),
       registration.image_from_array(true, true_affine), true_xfm)
@@ -279,8 +279,8 @@ def _lesion_dice(path: Path, true_path: Path) -> float:
   is carried onto the generator's template grid by nearest neighbour; where
   the grids coincide this only undoes the crop.
   """
-  data, affine = nifti_io.load_volume(path, kind="lesion mask")
-  true, true_affine = nifti_io.load_volume(true_path, kind="lesion mask")
+  data, affine = nifti.load_volume(path, kind="lesion mask")
+  true, true_affine = nifti.load_volume(true_path, kind="lesion mask")
   on_truth = sitk.Resample(
       registration.image_from_array(data, affine),
       registration.image_from_array(true, true_affine), sitk.Transform(),

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 PARTICIPANTS_FILE = "participants.tsv"
 ID_COLUMN = "participant_id"

@@ -1,7 +1,7 @@
 """Raw BIDS scans -> template-space training data (the library behind `run`).
 
 Per subject, in worker processes (one subject each, in parallel):
-  1. load and validate every scan and the lesion mask (`nifti_io`); the
+  1. load and validate every scan and the lesion mask (`preprocessing.io.nifti`); the
      lesion mask is binarised (`mask >= mask_threshold`, or it must already
      be 0/1);
   2. register each modality to the MNI152 2009c template, at 1 mm for
@@ -76,14 +76,14 @@ import tqdm
 
 from preprocessing import bias_field
 from preprocessing import bids
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import normalize
 from preprocessing import qc
 from preprocessing import registration
 from preprocessing import skull_strip
-from preprocessing.atomic import atomic_directory
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_directory
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 
 GENERATED_BY = "pvl_jax preprocessing"
 # Part of every subject's cache key: bump it when the pipeline's output
@@ -271,10 +271,10 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
   reference_path = subject.image_paths[reference]
   with _step(seconds, "load", reference_path):
     scans = {m: (subject.image_paths[m],
-                 *nifti_io.load_volume(subject.image_paths[m]))
+                 *nifti.load_volume(subject.image_paths[m]))
              for m in params.modalities}
     _, native, native_affine = scans[reference]
-    lesion = nifti_io.load_mask(
+    lesion = nifti.load_mask(
         subject.lesion_mask_path, reference_shape=native.shape,
         reference_affine=native_affine, reference_path=reference_path,
         threshold=params.mask_threshold)
@@ -314,25 +314,25 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
         f"{row['lesion_volume_template_ml']:.2f} ml")
     template_affine = registration.image_affine(result.grid)
     with atomic_directory(_lesion_dir(out_dir, pid)) as tmp:
-      nifti_io.save_nifti(lesion_t, template_affine,
+      nifti.save_nifti(lesion_t, template_affine,
                           tmp / "anat" / f"{pid}_label-lesion_mask.nii.gz",
                           np.uint8)
     with atomic_directory(out_dir / pid) as tmp:
       for modality, image in result.images.items():
-        nifti_io.save_nifti(image, template_affine,
+        nifti.save_nifti(image, template_affine,
                             tmp / "anat" / f"{pid}_{modality}.nii.gz",
                             np.float32)
         (tmp / "xfm").mkdir(exist_ok=True)
         sitk.WriteTransform(result.native[modality].fit.transform, str(
             tmp / "xfm" / _transform_name(pid, modality, reference)))
-      nifti_io.save_nifti(result.brain.astype(np.uint8), template_affine,
+      nifti.save_nifti(result.brain.astype(np.uint8), template_affine,
                           tmp / "anat" / f"{pid}_desc-brain_mask.nii.gz",
                           np.uint8)
-      nifti_io.save_nifti(brain.astype(np.uint8), native_affine,
+      nifti.save_nifti(brain.astype(np.uint8), native_affine,
                           tmp / "native" / f"{pid}_desc-brain_mask.nii.gz",
                           np.uint8)
       bias = sitk.GetArrayFromImage(reference_steps.correction.bias_field).T
-      nifti_io.save_nifti(np.where(brain, bias, 0), native_affine,
+      nifti.save_nifti(np.where(brain, bias, 0), native_affine,
                           tmp / "native" / f"{pid}_desc-biasfield.nii.gz",
                           np.float32)
       # The record, written last, cannot time its own writing.

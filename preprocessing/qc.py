@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 
-from preprocessing.atomic import atomic_write_bytes
+from preprocessing.io.atomic import atomic_write_bytes
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 STEPS = ("load", "register", "skull_strip", "bias_field", "resample",

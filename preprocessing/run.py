@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 
 from preprocessing import pipeline
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bids", None, "Raw BIDS cohort directory (participants.tsv,"

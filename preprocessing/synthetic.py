@@ -68,10 +68,10 @@ import SimpleITK as sitk
 import tqdm
 
 from preprocessing import acquisition
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import random_fields
-from preprocessing.atomic import atomic_directory, atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_directory, atomic_write_text
+from preprocessing.io.errors import InputError
 from preprocessing.registration import TEMPLATE_SPACE
 
 GENERATOR_VERSION = "4"
@@ -435,13 +435,13 @@ def _write_template_subject(root: Path, subject: str, data: dict,
     image = (data["flair"] if modality == "FLAIR" else _template_scan(
         scanner, data["clean"][modality], params,
         _white_matter(modality, params)))
-    nifti_io.save_nifti(image, affine,
+    nifti.save_nifti(image, affine,
                         root / anat / f"{subject}_{modality}.nii.gz",
                         np.float32)
-  nifti_io.save_nifti(data["lesion"], affine,
+  nifti.save_nifti(data["lesion"], affine,
                       root / "derivatives" / "lesions" / anat /
                       f"{subject}_label-lesion_mask.nii.gz", np.uint8)
-  nifti_io.save_nifti(data["brain"], affine,
+  nifti.save_nifti(data["brain"], affine,
                       root / "derivatives" / "synthetic" / anat /
                       f"{subject}_desc-brain_mask.nii.gz", np.uint8)
 
@@ -463,17 +463,17 @@ def _write_raw_subject(root: Path, subject: str, data: dict,
   anat = Path(subject, "anat")
   truth = root / "derivatives" / "synthetic" / anat
   for modality, image in scan.images.items():
-    nifti_io.save_nifti(image, scan.affine,
+    nifti.save_nifti(image, scan.affine,
                         root / anat / f"{subject}_{modality}.nii.gz",
                         np.float32)
-  nifti_io.save_nifti(scan.lesion, scan.affine,
+  nifti.save_nifti(scan.lesion, scan.affine,
                       root / "derivatives" / "lesions" / anat /
                       f"{subject}_label-lesion_mask.nii.gz", np.uint8)
-  nifti_io.save_nifti(scan.brain, scan.affine,
+  nifti.save_nifti(scan.brain, scan.affine,
                       truth / f"{subject}_desc-brain_mask.nii.gz", np.uint8)
-  nifti_io.save_nifti(scan.bias, scan.affine,
+  nifti.save_nifti(scan.bias, scan.affine,
                       truth / f"{subject}_desc-biasfield.nii.gz", np.float32)
-  nifti_io.save_nifti(data["lesion"], affine, truth /
+  nifti.save_nifti(data["lesion"], affine, truth /
                       f"{subject}_space-{TEMPLATE_SPACE}_label-lesion_mask"
                       ".nii.gz", np.uint8)
   sitk.WriteTransform(scan.to_native, str(

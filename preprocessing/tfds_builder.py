@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from preprocessing import bids
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import normalize
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 # Seed of the permutation that assigns subjects to folds; fixed so that the
 # split of a cohort never changes between builds.
@@ -107,20 +107,20 @@ def encode_subject(subject: bids.Subject, modalities: tuple[str, ...],
                    mask_threshold: float | None) -> dict[str, object]:
   """Loads, normalises and crops one subject into a TFDS example dict."""
   reference_path = subject.image_paths[modalities[0]]
-  reference, affine = nifti_io.load_volume(reference_path)
+  reference, affine = nifti.load_volume(reference_path)
   channels = [reference]
   for modality in modalities[1:]:
     path = subject.image_paths[modality]
-    image, other_affine = nifti_io.load_volume(path)
-    nifti_io.check_same_geometry(reference_path, reference.shape, affine,
+    image, other_affine = nifti.load_volume(path)
+    nifti.check_same_geometry(reference_path, reference.shape, affine,
                                  path, image.shape, other_affine)
     channels.append(image)
-  lesion = nifti_io.load_mask(
+  lesion = nifti.load_mask(
       subject.lesion_mask_path, reference_shape=reference.shape,
       reference_affine=affine, reference_path=reference_path,
       threshold=mask_threshold)
   if subject.brain_mask_path is not None:
-    brain = nifti_io.load_mask(
+    brain = nifti.load_mask(
         subject.brain_mask_path, reference_shape=reference.shape,
         reference_affine=affine, reference_path=reference_path)
   else:

@@ -52,8 +52,8 @@ from sklearn import preprocessing as sk_preprocessing
 from sklearn.linear_model import LogisticRegression
 
 from preprocessing import bids
-from preprocessing import nifti_io
-from preprocessing.errors import InputError
+from preprocessing.io import nifti
+from preprocessing.io.errors import InputError
 from pvl_jax import block_features
 from pvl_jax import lesion_regions
 from pvl_jax.evaluation.classification import classification_metrics
@@ -244,11 +244,11 @@ def load_features(paths: Sequence[Path], grid: Grid | None
     InputError: a mask is unreadable, not binary or in another grid.
   """
   if grid is None:
-    data, affine = nifti_io.load_volume(paths[0], kind="mask")
+    data, affine = nifti.load_volume(paths[0], kind="mask")
     grid = Grid(data.shape, affine, Path(paths[0]))
   extract = FeatureExtractor(grid)
   return stack_features([
-      extract(nifti_io.load_mask(path, reference_shape=grid.shape,
+      extract(nifti.load_mask(path, reference_shape=grid.shape,
                                  reference_affine=grid.affine,
                                  reference_path=grid.path))
       for path in paths]), grid

@@ -19,8 +19,8 @@ from typing import Any
 from absl import app
 from absl import flags
 
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 
 # (column title, results key, scale) for the headline columns.
 COLUMNS = (

@@ -3,7 +3,7 @@
 import jax
 import ml_collections
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import planning
 
 

@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import compare
 from pvl_jax import dataset
 from pvl_jax import evaluate

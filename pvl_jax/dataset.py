@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import ml_collections
 
 from preprocessing import tfds_builder
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 
 def cache_root(config: ml_collections.ConfigDict) -> Path:

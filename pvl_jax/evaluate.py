@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import normalize
 from pvl_jax import inference
 from pvl_jax import plotting
@@ -175,7 +175,7 @@ def save_predictions(source: Any, predictions: Mapping[str, np.ndarray],
     pred = predictions[subject]
     full[tuple(slice(a, a + n) for a, n in zip(start, pred.shape))] = pred
     affine = normalize.crop_affine(np.asarray(record["affine"]), tuple(-start))
-    nifti_io.save_nifti(full, affine, out_dir / f"{subject}_pred.nii.gz",
+    nifti.save_nifti(full, affine, out_dir / f"{subject}_pred.nii.gz",
                         np.uint8)
 
 

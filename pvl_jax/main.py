@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from pvl_jax import preemption
 from pvl_jax import train
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and "

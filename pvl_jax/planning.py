@@ -73,8 +73,8 @@ import ml_collections
 import numpy as np
 import scipy.ndimage
 
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 
 ANISOTROPY_THRESHOLD = 3.0
 MIN_FEATURE_MAP_SIZE = 4

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from preprocessing.atomic import atomic_write_bytes
+from preprocessing.io.atomic import atomic_write_bytes
 
 
 def _save(fig: plt.Figure, path: Path) -> None:

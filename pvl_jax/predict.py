@@ -52,10 +52,10 @@ import numpy as np
 import SimpleITK as sitk
 import tqdm
 
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import pipeline
 from preprocessing import registration
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import trained_run
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -143,7 +143,7 @@ def load_scan(run: trained_run.TrainedRun, path: Path
     InputError: naming the file: unreadable, not one volume per modality of
       the run, a single slice, empty or constant.
   """
-  data, affine = nifti_io.load_channels(
+  data, affine = nifti.load_channels(
       path, len(run.modalities), kind=f"{'/'.join(run.modalities)} image")
   for channel in range(data.shape[-1]):
     pipeline.check_scan(path, data[..., channel])
@@ -201,7 +201,7 @@ def write(prediction: Prediction, job: Job) -> None:
   written = []
   for data, path, dtype in outputs:
     try:
-      nifti_io.save_nifti(data, prediction.affine, path, dtype)
+      nifti.save_nifti(data, prediction.affine, path, dtype)
     except BaseException as err:
       for done in written:
         done.unlink(missing_ok=True)

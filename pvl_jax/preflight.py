@@ -25,7 +25,7 @@ import ml_collections
 
 from pvl_jax import dataset
 from pvl_jax.models import unet
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 # Logs, TensorBoard events, PNGs and test predictions of one run.
 MIN_FREE_BYTES = 64 * 2**20

@@ -23,8 +23,8 @@ import sys
 from absl import app
 from absl import flags
 
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 from pvl_jax import baseline
 
 FLAGS = flags.FLAGS

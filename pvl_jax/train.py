@@ -37,8 +37,8 @@ from pvl_jax import plotting
 from pvl_jax import preemption
 from pvl_jax import preflight
 from pvl_jax.models import unet
-from preprocessing.atomic import atomic_write_text
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 
 
 @flax.struct.dataclass

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import dataset
 from pvl_jax import evaluate
 from pvl_jax import inference

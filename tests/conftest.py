@@ -15,7 +15,7 @@ def pytest_configure(config):
 import numpy as np
 import pytest
 
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -58,13 +58,13 @@ def write_tiny_cohort(root, num_subjects: int = 10, seed: int = 0):
     lesion &= brain
     image = np.where(brain, 1.0 + 0.1 * rng.normal(size=TINY_SHAPE), 0.0)
     image = np.where(lesion, 2.0, image).astype(np.float32)
-    nifti_io.save_nifti(image, TINY_AFFINE,
+    nifti.save_nifti(image, TINY_AFFINE,
                         root / sid / "anat" / f"{sid}_FLAIR.nii.gz", np.float32)
-    nifti_io.save_nifti(
+    nifti.save_nifti(
         lesion.astype(np.uint8), TINY_AFFINE,
         root / "derivatives" / "lesions" / sid / "anat" /
         f"{sid}_label-lesion_mask.nii.gz", np.uint8)
-    nifti_io.save_nifti(
+    nifti.save_nifti(
         brain.astype(np.uint8), TINY_AFFINE,
         root / "derivatives" / "synthetic" / sid / "anat" /
         f"{sid}_desc-brain_mask.nii.gz", np.uint8)

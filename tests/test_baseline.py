@@ -14,8 +14,8 @@ import pytest
 from scipy import sparse
 from sklearn import model_selection
 
-from preprocessing import nifti_io
-from preprocessing.errors import InputError
+from preprocessing.io import nifti
+from preprocessing.io.errors import InputError
 from pvl_jax import baseline
 from pvl_jax import block_features
 from pvl_jax import lesion_regions
@@ -125,7 +125,7 @@ def write_cohort(root: Path, masks: np.ndarray, labels: np.ndarray) -> Path:
   rows = ["participant_id\thand_function"]
   for i, (mask, label) in enumerate(zip(masks, labels), start=1):
     sid = f"sub-{i:03d}"
-    nifti_io.save_nifti(
+    nifti.save_nifti(
         mask.astype(np.uint8), AFFINE, root / "derivatives" / "lesions" / sid
         / "anat" / f"{sid}_label-lesion_mask.nii.gz", np.uint8)
     rows.append(f"{sid}\t{label}")
@@ -426,7 +426,7 @@ def test_run_rejects_prediction_in_another_grid(cohort, tmp_path,
   shifted = AFFINE.copy()
   shifted[0, 3] += 2.0
   path = runs[0] / "predictions" / "sub-007_pred.nii.gz"
-  nifti_io.save_nifti(np.zeros(SHAPE, np.uint8), shifted, path, np.uint8)
+  nifti.save_nifti(np.zeros(SHAPE, np.uint8), shifted, path, np.uint8)
   with pytest.raises(InputError, match=f"{path}: affine differs"):
     baseline.run(cohort, runs, folds=2, downsample=[4], inner_repeats=1)
 

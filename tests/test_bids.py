@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from preprocessing import bids
-from preprocessing import nifti_io
-from preprocessing.errors import InputError
+from preprocessing.io import nifti
+from preprocessing.io.errors import InputError
 
 GOOD_TSV = ("participant_id\tage\thand_function\n"
             "sub-003\t7\t1\n"
@@ -16,7 +16,7 @@ GOOD_TSV = ("participant_id\tage\thand_function\n"
 
 
 def _write_volume(path: Path) -> None:
-  nifti_io.save_nifti(np.zeros((4, 4, 4)), np.eye(4), path, np.uint8)
+  nifti.save_nifti(np.zeros((4, 4, 4)), np.eye(4), path, np.uint8)
 
 
 def _make_cohort(root: Path, tsv: str = GOOD_TSV,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import compare
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from configs import common
 from configs import joint
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import config_validation
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import compare
 from pvl_jax import cross_evaluate
 

@@ -28,7 +28,7 @@ import numpy as np
 from orbax.checkpoint._src.multihost import multihost as orbax_multihost
 import pytest
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import preflight
 from pvl_jax import train
 from tests.test_train import tiny_config

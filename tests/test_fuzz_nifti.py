@@ -1,4 +1,4 @@
-"""Atheris fuzzing of `nifti_io.load_volume`: only InputError may escape.
+"""Atheris fuzzing of `nifti.load_volume`: only InputError may escape.
 
 The fuzz target writes each input to a temporary file and loads it; any
 exception other than `InputError` (the project's clear, file-naming error) is
@@ -121,10 +121,10 @@ def _outcome(path: Path):
 
   Any other exception propagates: that is a finding.
   """
-  from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top
-  from preprocessing.errors import InputError  # pylint: disable=g-import-not-at-top
+  from preprocessing.io import nifti  # pylint: disable=g-import-not-at-top
+  from preprocessing.io.errors import InputError  # pylint: disable=g-import-not-at-top
   try:
-    data, affine = nifti_io.load_volume(path)
+    data, affine = nifti.load_volume(path)
   except InputError as err:
     # The message must name the file, as the CLI prints it alone.
     assert str(err).startswith(f"{path}: "), str(err)
@@ -143,7 +143,7 @@ def _fuzz_main() -> None:
   # Instrument the loader and nibabel (its header parsing is where odd bytes
   # go), so that coverage guides the mutations.
   with atheris.instrument_imports(include=["preprocessing", "nibabel"]):
-    from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top,unused-import
+    from preprocessing.io import nifti  # pylint: disable=g-import-not-at-top,unused-import
   workdir = Path(tempfile.mkdtemp(prefix="pvl_fuzz_"))
   plain, compressed = workdir / "input.nii", workdir / "input.nii.gz"
 
@@ -202,7 +202,7 @@ def test_seed_corpus_outcomes(tmp_path):
   assert {n for n, o in outcomes.items() if o == "ok"} == valid
 
 
-# Findings of the fuzzer, fixed in nifti_io; each raised a raw exception.
+# Findings of the fuzzer, fixed in preprocessing.io.nifti; each raised a raw exception.
 
 
 @pytest.mark.parametrize("vox_offset", [np.nan, np.inf, -400.0])
@@ -211,11 +211,11 @@ def test_regression_non_finite_vox_offset(tmp_path, vox_offset):
   path = tmp_path / "offset.nii"
   path.write_bytes(_nifti_bytes(np.ones((4, 4, 4), np.float32),
                                 vox_offset=vox_offset))
-  from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top
-  from preprocessing.errors import InputError  # pylint: disable=g-import-not-at-top
+  from preprocessing.io import nifti  # pylint: disable=g-import-not-at-top
+  from preprocessing.io.errors import InputError  # pylint: disable=g-import-not-at-top
   with pytest.raises(InputError, match=r"offset\.nii: corrupt header: voxel "
                      r"data offset \(vox_offset\) is"):
-    nifti_io.load_volume(path)
+    nifti.load_volume(path)
 
 
 def test_regression_extension_runs_past_data_offset(tmp_path):
@@ -226,11 +226,11 @@ def test_regression_extension_runs_past_data_offset(tmp_path):
   path = tmp_path / "extension.nii"
   path.write_bytes(raw[:348] + b"\x01\x00\x00\x00" + extension + bytes(8)
                    + raw[352:])
-  from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top
-  from preprocessing.errors import InputError  # pylint: disable=g-import-not-at-top
+  from preprocessing.io import nifti  # pylint: disable=g-import-not-at-top
+  from preprocessing.io.errors import InputError  # pylint: disable=g-import-not-at-top
   with pytest.raises(InputError, match=r"extension\.nii: corrupt NIfTI header "
                      r"\(failed to read extension"):
-    nifti_io.load_volume(path)
+    nifti.load_volume(path)
 
 
 if __name__ == "__main__":

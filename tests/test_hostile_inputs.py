@@ -11,7 +11,7 @@ no partial output (no results.json, checkpoints or logs; for a broken cohort
 no finished TFDS build and no `incomplete.*` directory) and leave every file
 of the raw cohort byte-for-byte unchanged.
 
-The loaders' own unit tests (test_nifti_io.py, test_bids.py) cover more
+The loaders' own unit tests (test_nifti.py, test_bids.py) cover more
 variants of each defect at the function level; this corpus checks that the
 errors survive the whole path to the user.
 """
@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import train
 from tests.conftest import TINY_AFFINE, TINY_SHAPE
 from tests.test_train import tiny_config

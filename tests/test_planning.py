@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import joint
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import planning
 
 NO_LESIONS = planning.LesionStats(0, None, None, None, None)

@@ -22,11 +22,11 @@ import SimpleITK as sitk
 
 from configs import joint
 from preprocessing import acquisition
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import pipeline
 from preprocessing import registration
 from preprocessing import synthetic
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import dataset
 from pvl_jax import predict
 from pvl_jax import trained_run
@@ -137,22 +137,22 @@ def _template_lesions_on(grid: sitk.Image, raw: Path) -> np.ndarray:
 def test_back_transform_with_the_true_pose_is_exact(predicted, raw):
   """The geometry of the way back alone: grid, crop, affines, directions."""
   _, _, scans = predicted
-  data, affine = nifti_io.load_volume(raw / SCAN)
+  data, affine = nifti.load_volume(raw / SCAN)
   back = predict.to_native(
       _template_lesions_on(scans.grid, raw), scans.grid,
       sitk.ReadTransform(str(raw / POSE)), data.shape, affine) > 0.5
-  assert _dice(back, nifti_io.load_mask(raw / NATIVE_LESIONS)) >= 0.95
+  assert _dice(back, nifti.load_mask(raw / NATIVE_LESIONS)) >= 0.95
 
 
 def test_template_lesions_land_on_the_native_lesions(predicted, raw):
   """Predict's own way back, through the registration it estimated."""
   _, _, scans = predicted
-  data, affine = nifti_io.load_volume(raw / SCAN)
+  data, affine = nifti.load_volume(raw / SCAN)
   back = predict.to_native(_template_lesions_on(scans.grid, raw), scans.grid,
                            scans.to_native, data.shape, affine) > 0.5
   # Registration is off by about 1 mm on these scans (preprocessing.benchmark
   # scores it), which small lesions feel: 0.90 measured.
-  assert _dice(back, nifti_io.load_mask(raw / NATIVE_LESIONS)) >= 0.8
+  assert _dice(back, nifti.load_mask(raw / NATIVE_LESIONS)) >= 0.8
 
 
 def _save(path: Path, data: np.ndarray) -> Path:
@@ -326,7 +326,7 @@ def test_reoriented_scan_gives_the_same_mask(run_dir, raw, tmp_path,
   ras = nib.load(tmp_path / "masks" / "ras.nii.gz")
   np.testing.assert_array_equal(ras.affine,
                                 nib.load(scans / "ras.nii.gz").affine)
-  native = nifti_io.load_mask(raw / NATIVE_LESIONS)
+  native = nifti.load_mask(raw / NATIVE_LESIONS)
   lia_mask = np.asarray(lia.dataobj) > 0
   ras_back = _reoriented(ras, lia)
   np.testing.assert_allclose(ras_back.affine, lia.affine, atol=1e-4)

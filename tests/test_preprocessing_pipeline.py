@@ -21,12 +21,12 @@ import SimpleITK as sitk
 
 from preprocessing import benchmark
 from preprocessing import bids
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import pipeline
 from preprocessing import qc
 from preprocessing import registration
 from preprocessing import synthetic
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = registration.TEMPLATE_SPACE
@@ -77,7 +77,7 @@ def prep(raw_cohort, tmp_path_factory):
 
 def test_image_conversion_matches_itk_geometry(raw_cohort):
   path = raw_cohort / "sub-001" / "anat" / "sub-001_FLAIR.nii.gz"
-  data, affine = nifti_io.load_volume(path)
+  data, affine = nifti.load_volume(path)
   image = registration.image_from_array(data, affine)
   itk = sitk.ReadImage(str(path))
   np.testing.assert_allclose(image.GetOrigin(), itk.GetOrigin(), atol=1e-3)
@@ -114,14 +114,14 @@ def test_cli_writes_the_layout(prep, raw_cohort):
           == (raw_cohort / "participants.tsv").read_text())
   grid = registration.template_grid(2.0)
   for pid in ("sub-001", "sub-002"):
-    image, affine = nifti_io.load_volume(
+    image, affine = nifti.load_volume(
         out / pid / "anat" / f"{pid}_FLAIR.nii.gz")
-    brain = nifti_io.load_mask(
+    brain = nifti.load_mask(
         out / pid / "anat" / f"{pid}_desc-brain_mask.nii.gz",
         reference_shape=image.shape, reference_affine=affine)
     lesion_path = (out / "derivatives" / "lesions" / pid / "anat" /
                    f"{pid}_label-lesion_mask.nii.gz")
-    nifti_io.load_mask(lesion_path, reference_shape=image.shape,
+    nifti.load_mask(lesion_path, reference_shape=image.shape,
                        reference_affine=affine)
     assert nib.load(lesion_path).get_data_dtype() == np.uint8
     # A crop of the 2 mm template grid: same axes, origin on a grid voxel.
@@ -133,9 +133,9 @@ def test_cli_writes_the_layout(prep, raw_cohort):
     assert abs(image[brain].mean()) < 0.1
     assert abs(image[brain].std() - 1) < 0.15
     assert not image[~brain].any()
-    native = nifti_io.load_mask(
+    native = nifti.load_mask(
         out / pid / "native" / f"{pid}_desc-brain_mask.nii.gz")
-    scan, _ = nifti_io.load_volume(raw_cohort / pid / "anat" /
+    scan, _ = nifti.load_volume(raw_cohort / pid / "anat" /
                                    f"{pid}_FLAIR.nii.gz")
     assert native.shape == scan.shape
     assert (out / "qc" / f"{pid}.png").stat().st_size > 10_000
@@ -192,8 +192,8 @@ def test_benchmark_scores_run_predictions_against_the_truth(prep, raw_cohort,
     mask_path = (out / "derivatives" / "lesions" / pid / "anat" /
                  f"{pid}_label-lesion_mask.nii.gz")
     shutil.copy(mask_path, run / "predictions" / f"{pid}_pred.nii.gz")
-    mask, affine = nifti_io.load_volume(mask_path)
-    truth, truth_affine = nifti_io.load_volume(
+    mask, affine = nifti.load_volume(mask_path)
+    truth, truth_affine = nifti.load_volume(
         raw_cohort / "derivatives" / "synthetic" / pid / "anat" /
         f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz")
     offset = np.linalg.solve(truth_affine, affine)[:3, 3]
@@ -222,15 +222,15 @@ def test_transform_takes_masks_back_to_native(prep, raw_cohort):
   pid = "sub-001"
   transform = sitk.ReadTransform(
       str(out / pid / "xfm" / f"{pid}_from-native_to-{SPACE}_xfm.tfm"))
-  data, affine = nifti_io.load_volume(out / pid / "anat" /
+  data, affine = nifti.load_volume(out / pid / "anat" /
                                       f"{pid}_desc-brain_mask.nii.gz")
-  scan, scan_affine = nifti_io.load_volume(raw_cohort / pid / "anat" /
+  scan, scan_affine = nifti.load_volume(raw_cohort / pid / "anat" /
                                            f"{pid}_FLAIR.nii.gz")
   back = sitk.Resample(registration.image_from_array(data, affine),
                        registration.image_from_array(scan, scan_affine),
                        transform.GetInverse(), sitk.sitkNearestNeighbor)
   back = sitk.GetArrayFromImage(back).T > 0
-  native = nifti_io.load_mask(out / pid / "native" /
+  native = nifti.load_mask(out / pid / "native" /
                               f"{pid}_desc-brain_mask.nii.gz")
   assert 2 * (back & native).sum() / (back.sum() + native.sum()) > 0.95
 
@@ -308,8 +308,8 @@ def _corrupt(kind: str, raw: Path, pid: str) -> Path:
   scan = raw / pid / "anat" / f"{pid}_FLAIR.nii.gz"
   lesion = (raw / "derivatives" / "lesions" / pid / "anat" /
             f"{pid}_label-lesion_mask.nii.gz")
-  data, affine = nifti_io.load_volume(scan)
-  mask, _ = nifti_io.load_volume(lesion)
+  data, affine = nifti.load_volume(scan)
+  mask, _ = nifti.load_volume(lesion)
   if kind == "truncated":
     scan.write_bytes(scan.read_bytes()[:5000])
     return scan
@@ -411,7 +411,7 @@ def test_non_binary_mask_is_binarised_with_a_threshold(raw_cohort, tmp_path):
       subject, out, pipeline.Params(target_spacing=2.0, mask_threshold=0.5),
       "digest")
   assert record["qc"]["lesion_volume_template_ml"] > 0
-  lesion = nifti_io.load_mask(out / "derivatives" / "lesions" / "sub-001" /
+  lesion = nifti.load_mask(out / "derivatives" / "lesions" / "sub-001" /
                               "anat" / "sub-001_label-lesion_mask.nii.gz")
   assert lesion.sum() > 0
 

@@ -15,7 +15,7 @@ import pytest
 
 from launch import slurm
 from launch import sweep
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo",
            "scontrol")
@@ -108,7 +108,7 @@ def test_cli_dry_run_writes_the_script(tmp_path, request):
 # A point that writes results.json into its workdir, as pvl_jax.main would.
 FAKE_TRAINING = textwrap.dedent("""
     import os, sys
-    from preprocessing.atomic import atomic_write_text
+    from preprocessing.io.atomic import atomic_write_text
     print("training in array task", os.environ["SLURM_ARRAY_TASK_ID"])
     atomic_write_text(os.path.join(sys.argv[1], "results.json"), "{}")
 """)

@@ -14,7 +14,7 @@ import pytest
 
 from configs import joint
 from launch import sweep
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 # A fake point command: appends "<name> <CUDA_VISIBLE_DEVICES> <start> <end>"
 # to a shared file, sleeping in between, then exits with the given status.

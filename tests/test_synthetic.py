@@ -16,10 +16,10 @@ from scipy import ndimage
 import SimpleITK as sitk
 
 from preprocessing import bids
-from preprocessing import nifti_io
+from preprocessing.io import nifti
 from preprocessing import registration
 from preprocessing import synthetic
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 NUM_SUBJECTS = 3
 SEED = 1  # conftest.RAW_COHORT_SEED: raw_cohort holds the same subjects
@@ -55,7 +55,7 @@ def test_bids_layout_loads(cohort):
 def test_volumes_are_in_template_space(cohort):
   template = synthetic.load_template(2)
   for path in cohort.rglob("*.nii.gz"):
-    data, affine = nifti_io.load_volume(path)
+    data, affine = nifti.load_volume(path)
     assert data.shape == template.brain.shape == (99, 117, 95)
     np.testing.assert_allclose(affine, template.affine)
 
@@ -63,11 +63,11 @@ def test_volumes_are_in_template_space(cohort):
 def test_lesions_are_periventricular_and_bright(cohort):
   template = synthetic.load_template(2)
   for subject in bids.load_cohort(cohort):
-    lesion = nifti_io.load_mask(subject.lesion_mask_path)
-    brain = nifti_io.load_mask(subject.brain_mask_path)
+    lesion = nifti.load_mask(subject.lesion_mask_path)
+    brain = nifti.load_mask(subject.brain_mask_path)
     if not lesion.any():
       continue
-    flair, _ = nifti_io.load_volume(subject.image_paths["FLAIR"])
+    flair, _ = nifti.load_volume(subject.image_paths["FLAIR"])
     assert not (lesion & ~brain).any()
     # Seeds lie within ~16 mm of the (template) ventricles (growth 4 + band
     # 9 + deformation 3); a large confluent lesion reaches up to ~10 mm
@@ -190,9 +190,9 @@ def _dice(a, b):
 
 def _raw_subject(raw_cohort, pid):
   """(FLAIR, T1w, affine, truth folder, acquisition record) of a subject."""
-  flair, affine = nifti_io.load_volume(raw_cohort / pid / "anat" /
+  flair, affine = nifti.load_volume(raw_cohort / pid / "anat" /
                                        f"{pid}_FLAIR.nii.gz")
-  t1w, t1w_affine = nifti_io.load_volume(raw_cohort / pid / "anat" /
+  t1w, t1w_affine = nifti.load_volume(raw_cohort / pid / "anat" /
                                          f"{pid}_T1w.nii.gz")
   assert t1w.shape == flair.shape
   np.testing.assert_array_equal(t1w_affine, affine)
@@ -228,13 +228,13 @@ def test_raw_cohort_loads_with_native_ground_truth(raw_cohort):
                                record["spacing_mm"], rtol=1e-5)
     assert "".join(nib.aff2axcodes(affine)) == record["orientation"] != "RAS"
     for path in (subject.lesion_mask_path, subject.brain_mask_path):
-      nifti_io.load_mask(path, reference_shape=flair.shape,
+      nifti.load_mask(path, reference_shape=flair.shape,
                          reference_affine=affine)
-    bias, bias_affine = nifti_io.load_volume(
+    bias, bias_affine = nifti.load_volume(
         truth / f"{pid}_desc-biasfield.nii.gz")
     assert bias.shape == flair.shape
     np.testing.assert_allclose(bias_affine, affine, atol=1e-5)
-    lesion, lesion_affine = nifti_io.load_volume(
+    lesion, lesion_affine = nifti.load_volume(
         truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz")
     assert lesion.shape == template.brain.shape
     np.testing.assert_allclose(lesion_affine, template.affine)
@@ -247,7 +247,7 @@ def test_raw_cohort_loads_with_native_ground_truth(raw_cohort):
 
 
 def test_cohort_mixes_voxel_sizes(raw_cohort):
-  spacings = [np.linalg.norm(nifti_io.load_volume(
+  spacings = [np.linalg.norm(nifti.load_volume(
       raw_cohort / pid / "anat" / f"{pid}_FLAIR.nii.gz")[1][:3, :3], axis=0)
               for pid in ("sub-001", "sub-002")]
   anisotropy = [s.max() / s.min() for s in spacings]
@@ -278,7 +278,7 @@ def test_transform_carries_template_brain_into_native_brain(raw_cohort):
   for pid in ("sub-001", "sub-002"):
     flair, _, affine, truth, _ = _raw_subject(raw_cohort, pid)
     native = registration.image_from_array(flair, affine)
-    brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
+    brain = nifti.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
     pose = _truth_transform(truth, pid)
     dice = {name: _dice(sitk.GetArrayFromImage(registration.resample_mask(
         template.brain_mask, native, transform.GetInverse())).T > 0, brain)
@@ -292,9 +292,9 @@ def test_native_lesion_mask_is_the_template_mask_carried(raw_cohort):
   for pid in ("sub-001", "sub-002"):
     flair, _, affine, truth, _ = _raw_subject(raw_cohort, pid)
     native = registration.image_from_array(flair, affine)
-    lesion = nifti_io.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
+    lesion = nifti.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
                                 "anat" / f"{pid}_label-lesion_mask.nii.gz")
-    template_lesion = registration.image_from_array(*nifti_io.load_volume(
+    template_lesion = registration.image_from_array(*nifti.load_volume(
         truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz"))
     dice = {name: _dice(sitk.GetArrayFromImage(registration.resample_mask(
         template_lesion, native, transform.GetInverse())).T > 0, lesion)
@@ -308,8 +308,8 @@ def test_native_lesion_mask_is_the_template_mask_carried(raw_cohort):
 def test_bias_field_is_smooth_and_applied(raw_cohort):
   for pid in ("sub-001", "sub-002"):
     flair, _, _, truth, record = _raw_subject(raw_cohort, pid)
-    brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
-    bias, _ = nifti_io.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
+    brain = nifti.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
+    bias, _ = nifti.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
     inside = bias[brain]
     assert 0.4 < inside.min() and inside.max() < 2.5
     assert inside.max() / inside.min() > 1.5
@@ -328,9 +328,9 @@ def test_bias_field_is_smooth_and_applied(raw_cohort):
 def test_raw_contrasts_and_head_shell(raw_cohort):
   for pid in ("sub-001", "sub-002"):
     flair, t1w, _, truth, _ = _raw_subject(raw_cohort, pid)
-    brain = nifti_io.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
-    bias, _ = nifti_io.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
-    lesion = nifti_io.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
+    brain = nifti.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
+    bias, _ = nifti.load_volume(truth / f"{pid}_desc-biasfield.nii.gz")
+    lesion = nifti.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
                                 "anat" / f"{pid}_label-lesion_mask.nii.gz")
     flair, t1w = flair / bias, t1w / bias
     # Lesions bright on FLAIR, dark on T1w.

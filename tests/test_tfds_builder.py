@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from preprocessing import tfds_builder
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 
 
 def test_no_tensorflow_needed(tiny_builder):
@@ -39,12 +39,12 @@ def test_split_arithmetic_and_fold_splits(tiny_builder):
 
 
 def test_record_contents(tiny_builder, tiny_cohort):
-  from preprocessing import nifti_io
+  from preprocessing.io import nifti
   source = tfds.data_source("pvl_cohort", data_dir=tiny_builder.data_dir_root,
                             split="fold0")
   record = source[0]
   sid = record["subject_id"].decode()
-  raw, affine = nifti_io.load_volume(tiny_cohort / sid / "anat" /
+  raw, affine = nifti.load_volume(tiny_cohort / sid / "anat" /
                                      f"{sid}_FLAIR.nii.gz")
   start = record["crop_start"]
   stop = start + np.array(record["lesion_mask"].shape)
@@ -65,7 +65,7 @@ def test_record_contents(tiny_builder, tiny_cohort):
   np.testing.assert_allclose(record["image"][..., 0][brain], expected[brain],
                              atol=1e-4)
   # The crop keeps the whole lesion.
-  lesion, _ = nifti_io.load_volume(
+  lesion, _ = nifti.load_volume(
       tiny_cohort / "derivatives" / "lesions" / sid / "anat" /
       f"{sid}_label-lesion_mask.nii.gz")
   assert record["lesion_mask"].sum() == lesion.sum() > 0

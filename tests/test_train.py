@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import joint
-from preprocessing.errors import InputError
+from preprocessing.io.errors import InputError
 from pvl_jax import train
 
 
@@ -69,13 +69,13 @@ def test_run_artifacts(tiny_run):
 
 
 def test_predictions_are_in_the_original_grid(tiny_run, tiny_cohort):
-  from preprocessing import nifti_io  # pylint: disable=g-import-not-at-top
+  from preprocessing.io import nifti  # pylint: disable=g-import-not-at-top
   workdir, _, _ = tiny_run
   for path in (workdir / "predictions").glob("sub-*_pred.nii.gz"):
     subject = path.name.split("_")[0]
-    _, affine = nifti_io.load_volume(
+    _, affine = nifti.load_volume(
         tiny_cohort / subject / "anat" / f"{subject}_FLAIR.nii.gz")
-    pred, pred_affine = nifti_io.load_volume(path)
+    pred, pred_affine = nifti.load_volume(path)
     np.testing.assert_allclose(pred_affine, affine, atol=1e-5)
     assert pred.shape == (28, 32, 24)
 

@@ -1,4 +1,4 @@
-"""Tests for preprocessing.nifti_io: broken files are rejected clearly."""
+"""Tests for preprocessing.io.nifti: broken files are rejected clearly."""
 
 import gzip
 import hashlib
@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocessing import nifti_io
-from preprocessing.errors import InputError
+from preprocessing.io import nifti
+from preprocessing.io.errors import InputError
 
 AFFINE = np.array([[-1.5, 0.0, 0.0, 90.0],
                    [0.0, 2.0, 0.0, -126.0],
@@ -48,7 +48,7 @@ def _assert_rejected(path: Path, *words: str, **kwargs) -> str:
   """Loading fails with a message naming `path` and `words`; file unchanged."""
   before = _digest(path) if path.exists() else None
   with pytest.raises(InputError) as info:
-    nifti_io.load_volume(path, **kwargs)
+    nifti.load_volume(path, **kwargs)
   message = str(info.value)
   assert message.startswith(f"{path}: ")
   for word in words:
@@ -168,17 +168,17 @@ def test_wrong_dimensionality(tmp_path, shape, words):
 
 def test_trailing_singleton_is_squeezed(tmp_path):
   path = _write(tmp_path / "vol.nii.gz", _volume((4, 4, 4, 1)))
-  data, _ = nifti_io.load_volume(path)
+  data, _ = nifti.load_volume(path)
   np.testing.assert_array_equal(data, _volume())
 
 
 def test_channels_load_as_last_axis(tmp_path):
   four_d = _volume((4, 4, 4, 2))
-  data, affine = nifti_io.load_channels(
+  data, affine = nifti.load_channels(
       _write(tmp_path / "two.nii.gz", four_d), 2)
   np.testing.assert_array_equal(data, four_d)
   np.testing.assert_allclose(affine, AFFINE)
-  data, _ = nifti_io.load_channels(_write(tmp_path / "one.nii.gz", _volume()),
+  data, _ = nifti.load_channels(_write(tmp_path / "one.nii.gz", _volume()),
                                    1)
   np.testing.assert_array_equal(data, _volume()[..., None])
 
@@ -191,7 +191,7 @@ def test_channels_load_as_last_axis(tmp_path):
 def test_wrong_number_of_channels(tmp_path, shape, channels, words):
   path = _write(tmp_path / "vol.nii.gz", _volume(shape))
   with pytest.raises(InputError) as info:
-    nifti_io.load_channels(path, channels, kind="FLAIR/T1w image")
+    nifti.load_channels(path, channels, kind="FLAIR/T1w image")
   assert str(info.value).startswith(f"{path}: ")
   for word in words:
     assert word in str(info.value)
@@ -221,8 +221,8 @@ def test_nan_voxels_counted(tmp_path):
 def test_save_load_round_trip(tmp_path, name):
   data = np.random.default_rng(3).standard_normal((5, 6, 7)).astype(np.float32)
   path = tmp_path / name
-  nifti_io.save_nifti(data, AFFINE, path, np.float32)
-  loaded, affine = nifti_io.load_volume(path)
+  nifti.save_nifti(data, AFFINE, path, np.float32)
+  loaded, affine = nifti.load_volume(path)
   assert loaded.dtype == np.float32 and affine.dtype == np.float64
   np.testing.assert_array_equal(loaded, data)
   np.testing.assert_array_equal(affine, AFFINE)
@@ -231,7 +231,7 @@ def test_save_load_round_trip(tmp_path, name):
 def test_loads_nifti2(tmp_path):
   path = tmp_path / "vol.nii"
   nib.save(nib.Nifti2Image(_volume(), AFFINE), path)
-  data, affine = nifti_io.load_volume(path)
+  data, affine = nifti.load_volume(path)
   np.testing.assert_array_equal(data, _volume())
   np.testing.assert_array_equal(affine, AFFINE)
 
@@ -239,11 +239,11 @@ def test_loads_nifti2(tmp_path):
 def test_save_is_deterministic_and_atomic(tmp_path, monkeypatch):
   data = _volume()
   first, second = tmp_path / "a.nii.gz", tmp_path / "b" / "other.nii.gz"
-  nifti_io.save_nifti(data, AFFINE, first, np.int16)
+  nifti.save_nifti(data, AFFINE, first, np.int16)
   # A later clock would change the gzip mtime field if it were not fixed.
   later = time.time() + 1e6
   monkeypatch.setattr(time, "time", lambda: later)
-  nifti_io.save_nifti(data, AFFINE, second, np.int16)
+  nifti.save_nifti(data, AFFINE, second, np.int16)
   assert first.read_bytes() == second.read_bytes()
   assert first.read_bytes()[4:8] == b"\0\0\0\0"  # gzip header mtime.
   # No temporary files left beside the outputs.
@@ -253,13 +253,13 @@ def test_save_is_deterministic_and_atomic(tmp_path, monkeypatch):
 
 def test_save_rejects_lossy_integer_cast(tmp_path):
   with pytest.raises(ValueError, match="exactly as uint8"):
-    nifti_io.save_nifti(np.full((2, 2, 2), 0.5), AFFINE,
+    nifti.save_nifti(np.full((2, 2, 2), 0.5), AFFINE,
                         tmp_path / "mask.nii.gz", np.uint8)
   assert not list(tmp_path.iterdir())
 
 
 def _save_mask(path: Path, data, affine=AFFINE) -> Path:
-  nifti_io.save_nifti(np.asarray(data), affine, path, np.float32)
+  nifti.save_nifti(np.asarray(data), affine, path, np.float32)
   return path
 
 
@@ -267,7 +267,7 @@ def test_mask_loads_as_bool(tmp_path):
   mask = np.zeros((4, 4, 4))
   mask[1:3, 1:3, 1:3] = 1
   path = _save_mask(tmp_path / "mask.nii.gz", mask)
-  loaded = nifti_io.load_mask(path, reference_shape=(4, 4, 4),
+  loaded = nifti.load_mask(path, reference_shape=(4, 4, 4),
                               reference_affine=AFFINE + 1e-4)
   assert loaded.dtype == bool
   np.testing.assert_array_equal(loaded, mask == 1)
@@ -277,7 +277,7 @@ def test_mask_shape_mismatch(tmp_path):
   path = _save_mask(tmp_path / "mask.nii.gz", np.zeros((4, 4, 5)))
   reference = tmp_path / "flair.nii.gz"
   with pytest.raises(InputError) as info:
-    nifti_io.load_mask(path, reference_shape=(4, 4, 4),
+    nifti.load_mask(path, reference_shape=(4, 4, 4),
                        reference_affine=AFFINE, reference_path=reference)
   message = str(info.value)
   assert message.startswith(f"{path}: shape (4, 4, 5)")
@@ -290,7 +290,7 @@ def test_mask_affine_mismatch(tmp_path):
   shifted = AFFINE.copy()
   shifted[0, 3] += 0.5
   with pytest.raises(InputError) as info:
-    nifti_io.load_mask(path, reference_shape=(4, 4, 4),
+    nifti.load_mask(path, reference_shape=(4, 4, 4),
                        reference_affine=shifted, reference_path=reference)
   message = str(info.value)
   assert message.startswith(f"{path}: affine differs")
@@ -300,16 +300,16 @@ def test_mask_affine_mismatch(tmp_path):
 
 def test_check_same_geometry_names_both_files(tmp_path):
   flair, t1 = tmp_path / "flair.nii.gz", tmp_path / "t1.nii.gz"
-  nifti_io.check_same_geometry(flair, (4, 4, 4), AFFINE, t1, (4, 4, 4),
+  nifti.check_same_geometry(flair, (4, 4, 4), AFFINE, t1, (4, 4, 4),
                                AFFINE + 5e-4)
   # The tolerance is absolute millimetres, not relative to the translation.
   shifted = AFFINE.copy()
   shifted[0, 3] += 1.5e-3
   with pytest.raises(InputError, match="affine"):
-    nifti_io.check_same_geometry(flair, (4, 4, 4), AFFINE, t1, (4, 4, 4),
+    nifti.check_same_geometry(flair, (4, 4, 4), AFFINE, t1, (4, 4, 4),
                                  shifted)
   with pytest.raises(InputError, match="shape") as info:
-    nifti_io.check_same_geometry(flair, (4, 4, 4), AFFINE, t1, (4, 4, 3),
+    nifti.check_same_geometry(flair, (4, 4, 4), AFFINE, t1, (4, 4, 3),
                                  AFFINE)
   assert str(info.value).startswith(f"{t1}: ") and str(flair) in str(info.value)
 
@@ -320,7 +320,7 @@ def test_mask_not_binary(tmp_path):
   path = _save_mask(tmp_path / "labels.nii.gz", mask)
   before = _digest(path)
   with pytest.raises(InputError) as info:
-    nifti_io.load_mask(path)
+    nifti.load_mask(path)
   message = str(info.value)
   assert message.startswith(f"{path}: mask is not binary")
   assert "2, 3, 4, 5, 6 and 2 more" in message
@@ -331,7 +331,7 @@ def test_mask_not_binary(tmp_path):
 def test_mask_threshold_binarises_probabilities(tmp_path):
   probabilities = np.linspace(0.0, 1.0, 64).reshape(4, 4, 4)
   path = _save_mask(tmp_path / "prob.nii.gz", probabilities)
-  mask = nifti_io.load_mask(path, threshold=0.5)
+  mask = nifti.load_mask(path, threshold=0.5)
   assert mask.dtype == bool
   np.testing.assert_array_equal(mask, probabilities.astype(np.float32) >= 0.5)
   assert 0 < mask.sum() < mask.size
@@ -342,4 +342,4 @@ def test_mask_load_errors_say_mask(tmp_path):
   mask[0, 0, 0] = np.nan
   path = _write(tmp_path / "mask.nii.gz", mask)
   with pytest.raises(InputError, match=r"mask has 1 NaN"):
-    nifti_io.load_mask(path)
+    nifti.load_mask(path)

@@ -24,8 +24,8 @@ import numpy.typing as npt
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from preprocessing.atomic import atomic_write_bytes
-from preprocessing.errors import InputError
+from preprocessing.io.atomic import atomic_write_bytes
+from preprocessing.io.errors import InputError
 
 # Header sizes (the `sizeof_hdr` field) of the two NIfTI versions.
 _IMAGE_CLASSES = {348: nib.Nifti1Image, 540: nib.Nifti2Image}

@@ -1,0 +1,1 @@
+"""Shared file utilities: errors, atomic writes, NIfTI, tables, JSON, console."""
