@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import joint
-from pvl_jax import train
+from pvl_jax.training import train
 from pvl_jax.models import unet
 from pvl_jax.models.depth_sliced_conv import depth_sliced_conv
 

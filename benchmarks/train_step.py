@@ -34,8 +34,8 @@ import ml_collections
 import numpy as np
 
 from configs import joint
-from pvl_jax import inference
-from pvl_jax import train
+from pvl_jax.inference import sliding_window
+from pvl_jax.training import train
 from pvl_jax.models import flops
 from pvl_jax.models import unet
 
@@ -121,10 +121,10 @@ def jax_inference() -> list[dict[str, float | None]]:
   rows = []
   for name, axes in (("inference, no mirroring", ()),
                      ("inference, 8-way mirroring", (0, 1, 2))):
-    window_fn = inference.make_window_fn(model.apply, variables, axes)
+    window_fn = sliding_window.make_window_fn(model.apply, variables, axes)
 
     def predict(window_fn=window_fn):
-      return inference.sliding_window_predict(
+      return sliding_window.sliding_window_predict(
           window_fn, [brain], window, config.inference.overlap,
           config.inference.batch_size)
     predict()  # compile

@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.cls_hidden = 64
   config.model.compute_dtype = "bfloat16"
 
-  # Self-configuration (pvl_jax/planning.py, nnU-Net v2's rules). With
+  # Self-configuration (pvl_jax/planning/, nnU-Net v2's rules). With
   # plan = True the training split is fingerprinted and the planned fields
   # left unset -- () for data.patch_size, model.features, model.strides,
   # model.kernel_sizes; 0 for batch_size -- are filled; values set here or on

@@ -48,7 +48,7 @@ from preprocessing.io.errors import InputError
 FLAGS = flags.FLAGS
 
 SWEEP_FILE = "sweep.json"
-RESULTS_FILE = "results.json"  # written last by pvl_jax.train: the run is done
+RESULTS_FILE = "results.json"  # written last by pvl_jax.training.train: the run is done
 LOG_FILE = "log.txt"
 STATUS_FILE = "sweep_status.json"  # exit status of the point's last attempt
 LOG_TAIL_LINES = 20

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from pvl_jax import preemption
-from pvl_jax import train
+from pvl_jax.training import preemption
+from pvl_jax.training import train
 from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS

@@ -56,7 +56,7 @@ from preprocessing.io import nifti
 from preprocessing import pipeline
 from preprocessing import registration
 from preprocessing.io.errors import InputError
-from pvl_jax import trained_run
+from pvl_jax.inference import trained_run
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

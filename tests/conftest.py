@@ -94,7 +94,7 @@ def tiny_run(tiny_cohort, tmp_path_factory):
   for tests.
   """
   # pylint: disable=g-import-not-at-top
-  from pvl_jax import train
+  from pvl_jax.training import train
   from tests.test_train import tiny_config
   workdir = tmp_path_factory.mktemp("run")
   cache = tmp_path_factory.mktemp("cache")

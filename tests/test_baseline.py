@@ -16,9 +16,9 @@ from sklearn import model_selection
 
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
-from pvl_jax import baseline
-from pvl_jax import block_features
-from pvl_jax import lesion_regions
+from pvl_jax.handfunction import baseline
+from pvl_jax.handfunction import block_features
+from pvl_jax.handfunction import regions
 
 SHAPE = (12, 12, 12)
 VOXEL_MM = 8.0
@@ -200,8 +200,8 @@ def test_min_lesion_frequency_keeps_blocks_of_enough_subjects():
 
 
 def test_regions_at_known_mni_points():
-  regions = lesion_regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
-  assert set(regions) == set(lesion_regions.REGIONS)
+  regions = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
+  assert set(regions) == set(regions.REGIONS)
 
   def regions_at(x, y, z):
     index = np.ravel_multi_index(
@@ -220,9 +220,9 @@ def test_regions_at_known_mni_points():
 
 
 def test_regions_partition_periventricular_white_matter():
-  regions = lesion_regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
-  parts = np.stack([regions[f"{side}_{part}"] for side in lesion_regions.SIDES
-                    for part in lesion_regions.PERIVENTRICULAR_Y_MM])
+  regions = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
+  parts = np.stack([regions[f"{side}_{part}"] for side in regions.SIDES
+                    for part in regions.PERIVENTRICULAR_Y_MM])
   assert parts.sum(0).max() == 1
   # 20 x values (|x| 2..40, even) per side, y -84..44 (65), z -10..44 (28).
   assert parts.sum() == 2 * 20 * 65 * 28
@@ -432,7 +432,7 @@ def test_run_rejects_prediction_in_another_grid(cohort, tmp_path,
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "pvl_jax.run_baseline", *args],
+  return subprocess.run([sys.executable, "-m", "pvl_jax.handfunction.run", *args],
                         capture_output=True, text=True, check=False,
                         cwd=Path(__file__).parents[1])
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from preprocessing.io.errors import InputError
-from pvl_jax import compare
+from pvl_jax.evaluation import compare
 
 
 def _run(tmp_path, name, dice, subjects=("sub-001", "sub-002")):
@@ -42,12 +42,12 @@ def test_different_test_subjects_are_rejected(tmp_path):
 
 def test_cli_writes_md_and_csv_and_rejects_missing_run(tmp_path):
   a, b = _run(tmp_path, "a", 0.7), _run(tmp_path, "b", 0.8)
-  ok = subprocess.run([sys.executable, "-m", "pvl_jax.compare",
+  ok = subprocess.run([sys.executable, "-m", "pvl_jax.evaluation.compare",
                        f"--runs=2D={a},3D={b}", f"--out={tmp_path / 'o'}"],
                       capture_output=True, text=True, timeout=60)
   assert ok.returncode == 0, ok.stderr
   assert (tmp_path / "o" / "comparison.csv").read_text().startswith("model,")
-  bad = subprocess.run([sys.executable, "-m", "pvl_jax.compare",
+  bad = subprocess.run([sys.executable, "-m", "pvl_jax.evaluation.compare",
                         f"--runs=2D={tmp_path / 'nope'}",
                         f"--out={tmp_path / 'p'}"],
                        capture_output=True, text=True, timeout=60)

@@ -5,7 +5,7 @@ import pytest
 from configs import common
 from configs import joint
 from preprocessing.io.errors import InputError
-from pvl_jax import config_validation
+from pvl_jax.training import config_validation
 
 
 def test_parse_arg_types_and_flags():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from preprocessing.io.errors import InputError
-from pvl_jax import compare
-from pvl_jax import cross_evaluate
+from pvl_jax.evaluation import compare
+from pvl_jax.evaluation import cross_evaluate
 
 
 def test_runs_are_grouped_by_name_in_order():
@@ -78,7 +78,7 @@ def test_groups_whose_inputs_differ_are_refused(tiny_run, tmp_path):
 
 def test_cli_error_names_the_missing_run(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "pvl_jax.cross_evaluate",
+      [sys.executable, "-m", "pvl_jax.evaluation.cross_evaluate",
        f"--runs=a={tmp_path / 'nope'}", f"--out={tmp_path / 'out'}"],
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 2

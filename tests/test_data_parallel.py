@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent("""
     import ml_collections
     import numpy as np
     from configs import joint
-    from pvl_jax import train
+    from pvl_jax.training import train
     from pvl_jax.models import unet
 
     config = joint.get_config("demo")

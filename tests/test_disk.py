@@ -1,7 +1,7 @@
 """Disk trouble: a read-only or full workdir, and failed checkpoint saves.
 
 A read-only or full workdir (or data cache) must stop the run with a clear
-message before any data or training work (`pvl_jax.preflight`, called by
+message before any data or training work (`pvl_jax.training.preflight`, called by
 `train.prepare_run`). A disk that fills up or turns read-only later makes a
 checkpoint save fail; that must never damage the previous checkpoint, which a
 rerun then restores.
@@ -29,8 +29,8 @@ from orbax.checkpoint._src.multihost import multihost as orbax_multihost
 import pytest
 
 from preprocessing.io.errors import InputError
-from pvl_jax import preflight
-from pvl_jax import train
+from pvl_jax.training import preflight
+from pvl_jax.training import train
 from tests.test_train import tiny_config
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from configs import joint
-from pvl_jax import evaluate
+from pvl_jax.evaluation import evaluate_run
 
 
 def _everything_is_lesion(images):
@@ -25,7 +25,7 @@ def test_predict_split_discards_lesions_outside_the_brain():
             "subject_id": b"sub-001", "spacing": np.ones(3, np.float32)}
   config = joint.get_config("demo")
   config.data.patch_size = (8, 8, 8)
-  split = evaluate.predict_split(jax.jit(_everything_is_lesion), [record],
+  split = evaluate_run.predict_split(jax.jit(_everything_is_lesion), [record],
                                  config, "test")
   np.testing.assert_array_equal(split["predictions"]["sub-001"], brain > 0)
   np.testing.assert_array_equal(split["references"]["sub-001"], lesion > 0)

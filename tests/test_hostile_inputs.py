@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from preprocessing.io.errors import InputError
-from pvl_jax import train
+from pvl_jax.training import train
 from tests.conftest import TINY_AFFINE, TINY_SHAPE
 from tests.test_train import tiny_config
 

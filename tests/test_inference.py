@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pvl_jax import inference
+from pvl_jax.inference import sliding_window
 from pvl_jax.models import unet
 
 
@@ -16,7 +16,7 @@ from pvl_jax.models import unet
     (100, 32, 0.5), (64, 32, 0.5), (33, 32, 0.25), (20, 32, 0.5),
     (97, 16, 0.0)])
 def test_window_starts_cover_with_requested_overlap(size, window, overlap):
-  starts = inference.window_starts(size, window, overlap)
+  starts = sliding_window.window_starts(size, window, overlap)
   assert starts[0] == 0
   assert starts[-1] == max(size - window, 0)
   steps = np.diff(starts)
@@ -25,7 +25,7 @@ def test_window_starts_cover_with_requested_overlap(size, window, overlap):
 
 
 def test_gaussian_importance_peaks_in_the_centre_and_is_positive():
-  weights = inference.gaussian_importance((8, 8, 8))
+  weights = sliding_window.gaussian_importance((8, 8, 8))
   assert weights.max() == 1.0 == weights[4, 4, 4]
   assert weights.min() > 0
   assert weights[0, 0, 0] < weights[2, 2, 2] < weights[4, 4, 4]
@@ -44,7 +44,7 @@ def _pointwise_window_fn(images):
 def test_stitching_reproduces_a_pointwise_function(shape, window):
   rng = np.random.default_rng(0)
   image = rng.normal(size=shape + (1,)).astype(np.float32)
-  (probs,), _ = inference.sliding_window_predict(
+  (probs,), _ = sliding_window.sliding_window_predict(
       jax.jit(_pointwise_window_fn), [image], window, 0.5, batch_size=3)
   assert probs.shape == shape
   np.testing.assert_allclose(probs, jax.nn.sigmoid(image[..., 0]), atol=1e-6)
@@ -52,7 +52,7 @@ def test_stitching_reproduces_a_pointwise_function(shape, window):
 
 def test_several_images_share_batches_and_logit_is_window_mean():
   images = [np.full((8, 8, 1), v, np.float32) for v in (1.0, 3.0)]
-  maps, logit = inference.sliding_window_predict(
+  maps, logit = sliding_window.sliding_window_predict(
       jax.jit(_pointwise_window_fn), images, (8, 8), 0.5, batch_size=4)
   assert [m.shape for m in maps] == [(8, 8), (8, 8)]
   np.testing.assert_allclose(maps[1], jax.nn.sigmoid(3.0), atol=1e-6)
@@ -64,7 +64,7 @@ def test_make_window_fn_returns_foreground_probability():
     del variables
     logits = jnp.stack([jnp.zeros_like(x[..., 0]), x[..., 0]], axis=-1)
     return [logits], jnp.zeros(x.shape[0])
-  window_fn = inference.make_window_fn(apply_fn, {})
+  window_fn = sliding_window.make_window_fn(apply_fn, {})
   probs, _ = window_fn(jnp.full((1, 4, 4, 1), 2.0))
   np.testing.assert_allclose(probs, jax.nn.sigmoid(2.0), atol=1e-6)
 
@@ -102,13 +102,13 @@ def test_mirroring_averages_the_flipped_softmax(ndim, mirror_axes,
   model, variables = _random_unet(ndim)
   images = np.random.default_rng(1).normal(
       size=(3,) + (8,) * ndim + (2,)).astype(np.float32)
-  probs, logits = inference.make_window_fn(model.apply, variables,
+  probs, logits = sliding_window.make_window_fn(model.apply, variables,
                                            mirror_axes)(jnp.asarray(images))
   expected_probs, expected_logits = _numpy_mirrored(model, variables, images,
                                                     model_axes)
   np.testing.assert_allclose(probs, expected_probs, atol=1e-5)
   np.testing.assert_allclose(logits, expected_logits, atol=1e-5)
-  plain, _ = inference.make_window_fn(model.apply, variables)(
+  plain, _ = sliding_window.make_window_fn(model.apply, variables)(
       jnp.asarray(images))
   assert np.abs(np.asarray(plain) - expected_probs).max() > 1e-3  # not moot
 
@@ -123,7 +123,7 @@ def test_no_mirror_axes_is_the_plain_prediction():
     seg_logits, cls_logit = model.apply(variables, x)
     return jax.nn.softmax(seg_logits[0], axis=-1)[..., 1], cls_logit
 
-  probs, logits = inference.make_window_fn(model.apply, variables, ())(images)
+  probs, logits = sliding_window.make_window_fn(model.apply, variables, ())(images)
   expected_probs, expected_logits = plain(images)
   np.testing.assert_array_equal(probs, expected_probs)
   np.testing.assert_array_equal(logits, expected_logits)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import joint
-from pvl_jax import input_pipeline
+from pvl_jax.data import input_pipeline
 
 
 def _data_config(patch_size=(16, 16, 16), num_workers=0, fg=0.33):

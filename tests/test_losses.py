@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pvl_jax import losses
+from pvl_jax.training import losses
 
 # Foreground probability 0.75 everywhere: logits (0, log 3).
 LOGITS = jnp.tile(jnp.array([0.0, math.log(3.0)]), (1, 4, 1))  # (1, 4, 2)

@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     from absl import flags
     flags.FLAGS(sys.argv[:1])
     from tests.test_train import tiny_config
-    from pvl_jax import train
+    from pvl_jax.training import train
     config = tiny_config(cohort, cache)
     config.num_steps = 3
     config.eval_every = 100

@@ -16,7 +16,7 @@ import pytest
 
 from configs import joint
 from preprocessing.io.errors import InputError
-from pvl_jax import planning
+from pvl_jax.planning import planner as planning
 
 NO_LESIONS = planning.LesionStats(0, None, None, None, None)
 FEATURES_3D_6 = (32, 64, 128, 256, 320, 320)

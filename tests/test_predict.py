@@ -27,9 +27,9 @@ from preprocessing import pipeline
 from preprocessing import registration
 from preprocessing import synthetic
 from preprocessing.io.errors import InputError
-from pvl_jax import dataset
+from pvl_jax.data import dataset
 from pvl_jax import predict
-from pvl_jax import trained_run
+from pvl_jax.inference import trained_run
 
 REPO = Path(__file__).resolve().parents[1]
 PID = "sub-001"

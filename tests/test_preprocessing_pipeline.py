@@ -277,7 +277,7 @@ def test_dataset_prepare_preprocesses_raw_cohort(prep, raw_cohort, tmp_path,
                                                  monkeypatch):
   """configs: data.preprocess.enabled runs the pipeline, then builds TFDS."""
   from configs import joint  # pylint: disable=g-import-not-at-top
-  from pvl_jax import dataset  # pylint: disable=g-import-not-at-top
+  from pvl_jax.data import dataset  # pylint: disable=g-import-not-at-top
   out, _, _ = prep
   runs = []
   real = pipeline.preprocess_cohort

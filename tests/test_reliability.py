@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from pvl_jax import input_pipeline
-from pvl_jax import train
+from pvl_jax.data import input_pipeline
+from pvl_jax.training import train
 from tests.test_train import tiny_config
 
 POISONED_STEP = 3

@@ -12,7 +12,7 @@ import pytest
 
 from configs import joint
 from preprocessing.io.errors import InputError
-from pvl_jax import train
+from pvl_jax.training import train
 
 
 def tiny_config(cohort, cache, r=0.5):

@@ -1,1 +1,1 @@
-"""Segmentation (WMH challenge) and hand-function classification metrics."""
+"""Evaluation: metrics, evaluating a trained run, summaries, plots and tables."""

@@ -1,6 +1,6 @@
 """Each group's models on every group's test data: is a gap the model or data?
 
-  python -m pvl_jax.cross_evaluate \
+  python -m pvl_jax.evaluation.cross_evaluate \
       --runs=template=RUN_A0,template=RUN_A1,raw=RUN_B0,raw=RUN_B1 --out=DIR
 
 Runs are grouped by name (e.g. training seeds of one setting). Every run's
@@ -22,10 +22,10 @@ from absl import flags
 import numpy as np
 
 from preprocessing.io.errors import InputError
-from pvl_jax import compare
-from pvl_jax import dataset
-from pvl_jax import evaluate
-from pvl_jax import trained_run
+from pvl_jax.evaluation import compare
+from pvl_jax.data import dataset
+from pvl_jax.evaluation import evaluate_run
+from pvl_jax.inference import trained_run
 
 
 def parse_groups(spec: str) -> dict[str, list[Path]]:
@@ -77,10 +77,10 @@ def cross_dice(groups: dict[str, list[Path]]
   for model_group, group_runs in runs.items():
     for run in group_runs:
       for data_group, source in tests.items():
-        split = evaluate.predict_split(run.window_fn, source, run.config,
+        split = evaluate_run.predict_split(run.window_fn, source, run.config,
                                        f"{data_group} test")
         dice.setdefault((model_group, data_group), []).append(
-            evaluate.segmentation_results(split)["dice_mean"])
+            evaluate_run.segmentation_results(split)["dice_mean"])
   return dice
 
 

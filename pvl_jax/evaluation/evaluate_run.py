@@ -20,8 +20,8 @@ import tqdm
 
 from preprocessing.io import nifti
 from preprocessing import normalize
-from pvl_jax import inference
-from pvl_jax import plotting
+from pvl_jax.inference import sliding_window
+from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import classification
 from pvl_jax.evaluation import postprocess
 from pvl_jax.evaluation import segmentation
@@ -54,7 +54,7 @@ def patch_validation(eval_step, params, batches: Sequence[Mapping[str, np.ndarra
   return {f"val/{k}": v / len(batches) for k, v in totals.items()}
 
 
-def predict_volume(window_fn: inference.WindowFn, image: np.ndarray,
+def predict_volume(window_fn: sliding_window.WindowFn, image: np.ndarray,
                    patch_size: Sequence[int], overlap: float,
                    batch_size: int) -> tuple[np.ndarray, float]:
   """Lesion probabilities for a (*spatial, C) volume and the mean cls logit.
@@ -63,16 +63,16 @@ def predict_volume(window_fn: inference.WindowFn, image: np.ndarray,
   spatial axis and its slices stacked back into a volume.
   """
   if len(patch_size) == 3:
-    maps, logit = inference.sliding_window_predict(
+    maps, logit = sliding_window.sliding_window_predict(
         window_fn, [image], patch_size, overlap, batch_size)
     return maps[0], logit
-  maps, logit = inference.sliding_window_predict(
+  maps, logit = sliding_window.sliding_window_predict(
       window_fn, [image[:, :, z] for z in range(image.shape[2])], patch_size,
       overlap, batch_size)
   return np.stack(maps, axis=2), logit
 
 
-def predict_split(window_fn: inference.WindowFn, source: Any,
+def predict_split(window_fn: sliding_window.WindowFn, source: Any,
                   config: ml_collections.ConfigDict, name: str
                   ) -> dict[str, Any]:
   """Predicts every subject of a split (masks at probability 0.5)."""
@@ -117,7 +117,7 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
     split holds aggregated segmentation metrics (dice_mean, voe_mean, ...),
     for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
   """
-  window_fn = inference.make_window_fn(model.apply, {"params": params},
+  window_fn = sliding_window.make_window_fn(model.apply, {"params": params},
                                        config.inference.mirror_axes)
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
@@ -147,7 +147,7 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
       for row, prob in zip(results[name]["per_subject"], split["cls_prob"]):
         row["hand_function_prob"] = float(prob)
   results["threshold_baseline"] = threshold_baseline_results(sources)
-  plotting.prediction_overlays(
+  plots.prediction_overlays(
       sources["test"], splits["test"]["predictions"],
       workdir / "predictions.png", config.inference.num_plot_subjects)
   save_predictions(sources["test"], splits["test"]["predictions"],

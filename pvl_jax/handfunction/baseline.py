@@ -54,8 +54,8 @@ from sklearn.linear_model import LogisticRegression
 from preprocessing import bids
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
-from pvl_jax import block_features
-from pvl_jax import lesion_regions
+from pvl_jax.handfunction import block_features
+from pvl_jax.handfunction import regions
 from pvl_jax.evaluation.classification import classification_metrics
 
 FEATURE_SETS = ("matrix", "lesion_load")
@@ -75,8 +75,8 @@ INNER_REPEATS = 2
 # rarely does.
 INNER_SCORING = "neg_log_loss"
 MAX_ITER = 5000
-PRED_SUFFIX = "_pred.nii.gz"  # `pvl_jax.evaluate.save_predictions` naming
-LESION_LOAD_NAMES = ("total",) + lesion_regions.REGIONS
+PRED_SUFFIX = "_pred.nii.gz"  # `pvl_jax.evaluation.evaluate_run.save_predictions` naming
+LESION_LOAD_NAMES = ("total",) + regions.REGIONS
 # Lesion-load transforms the inner CV chooses from (None: volumes as such).
 VOLUME_TRANSFORMS = (np.log1p, None)
 
@@ -209,11 +209,11 @@ class FeatureExtractor:
   """Computes both feature sets' inputs of masks that share one grid."""
 
   def __init__(self, grid: Grid):
-    regions = lesion_regions.region_masks(grid.shape, grid.affine)
+    regions = regions.region_masks(grid.shape, grid.affine)
     # (voxels, regions) indicator matrix: one product gives every volume.
     self._regions = sparse.csc_matrix(np.stack(
         [np.ones(int(np.prod(grid.shape)), bool)]
-        + [regions[name] for name in lesion_regions.REGIONS], axis=1))
+        + [regions[name] for name in regions.REGIONS], axis=1))
     self._voxel_mm3 = abs(np.linalg.det(grid.affine[:3, :3]))
 
   def __call__(self, mask: np.ndarray) -> dict[str, Any]:

@@ -18,9 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from preprocessing.io.errors import InputError
-from pvl_jax import dataset
-from pvl_jax import evaluate
-from pvl_jax import inference
+from pvl_jax.data import dataset
+from pvl_jax.evaluation import evaluate_run
+from pvl_jax.inference import sliding_window
 from pvl_jax.evaluation import postprocess
 from pvl_jax.models import unet
 
@@ -41,7 +41,7 @@ class TrainedRun:
   """
   config: ml_collections.ConfigDict
   step: int
-  window_fn: inference.WindowFn
+  window_fn: sliding_window.WindowFn
   min_component_voxels: int
   cls_threshold: float | None
 
@@ -76,7 +76,7 @@ class TrainedRun:
       `classifies`).
     """
     inference_config = self.config.inference
-    probs, logit = evaluate.predict_volume(
+    probs, logit = evaluate_run.predict_volume(
         self.window_fn, image, self.config.data.patch_size,
         inference_config.overlap, inference_config.batch_size)
     # Lesions lie in the brain; what the network marks in the zeroed
@@ -112,7 +112,7 @@ def load(workdir: str | Path) -> TrainedRun:
   threshold = results.get("val", {}).get("cls_threshold")
   model = unet.unet_from_config(config.model)
   _check_params_fit(model, config, params, workdir / "checkpoints")
-  window_fn = inference.make_window_fn(
+  window_fn = sliding_window.make_window_fn(
       model.apply, {"params": params},
       tuple(config.inference.get("mirror_axes", ())))
   return TrainedRun(config=config, step=step,

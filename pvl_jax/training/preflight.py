@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from pvl_jax import dataset
+from pvl_jax.data import dataset
 from pvl_jax.models import unet
 from preprocessing.io.errors import InputError
 

@@ -1,7 +1,7 @@
 """Logistic-regression hand-function baseline on lesion masks (CLI).
 
 Usage:
-  python -m pvl_jax.run_baseline --cohort=DIR --out=FILE.json \
+  python -m pvl_jax.handfunction.run --cohort=DIR --out=FILE.json \
       [--predictions=RUN_DIR1,RUN_DIR2,...] [--folds=5] \
       [--downsample=2,3,4,6] [--seed=0] [--inner_repeats=2]
 
@@ -10,7 +10,7 @@ mask; the inner CV chooses the block factor among --downsample) and
 "lesion_load" (total and regional volumes; the inner CV chooses all of them
 or total + corticospinal tract, log or plain) features of the cohort's reference
 masks and, with --predictions, of the cross-fitted predicted masks of the
-given training runs (one per test fold; see `pvl_jax.baseline`). Writes
+given training runs (one per test fold; see `pvl_jax.handfunction.baseline`). Writes
 {"rows": [...]} to --out (the format launch/report.py reads as --baseline)
 and prints a markdown table. Bad input: `error: <file>: <problem>` on stderr
 and exit status 2.
@@ -25,7 +25,7 @@ from absl import flags
 
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
-from pvl_jax import baseline
+from pvl_jax.handfunction import baseline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cohort", None, "BIDS cohort directory (participants.tsv "

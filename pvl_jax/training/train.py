@@ -27,15 +27,15 @@ import optax
 import orbax.checkpoint as ocp
 import tensorboardX
 
-from pvl_jax import config_validation
-from pvl_jax import dataset
-from pvl_jax import evaluate
-from pvl_jax import input_pipeline
-from pvl_jax import losses
-from pvl_jax import planning
-from pvl_jax import plotting
-from pvl_jax import preemption
-from pvl_jax import preflight
+from pvl_jax.training import config_validation
+from pvl_jax.data import dataset
+from pvl_jax.evaluation import evaluate_run
+from pvl_jax.data import input_pipeline
+from pvl_jax.training import losses
+from pvl_jax.planning import planner as planning
+from pvl_jax.evaluation import plots
+from pvl_jax.training import preemption
+from pvl_jax.training import preflight
 from pvl_jax.models import unet
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
@@ -205,7 +205,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
     atomic_write_text(workdir / "config.json",
                       config.to_json_best_effort(indent=2))
   config_validation.validate_patch_size(
-      config.data.patch_size, evaluate.volume_shapes(sources))
+      config.data.patch_size, evaluate_run.volume_shapes(sources))
   return config, sources
 
 
@@ -248,7 +248,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
 
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
   history_path = workdir / "metrics.jsonl"
-  train_ids = evaluate.subject_ids(sources["train"])
+  train_ids = evaluate_run.subject_ids(sources["train"])
   train_metrics = None
   window_start, window_steps = time.perf_counter(), 0
   # The previous step's outputs, checked for NaN one step late so that the
@@ -281,7 +281,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
           train_metrics, window_start, window_steps = None, time.perf_counter(), 0
 
         if step % config.eval_every == 0 or step == config.num_steps:
-          summary = evaluate.patch_validation(eval_step, state.params,
+          summary = evaluate_run.patch_validation(eval_step, state.params,
                                               val_batches, parallel)
           logging.info("step %d validation %s", step, summary)
           _write_scalars(writer, history_path, step, summary)
@@ -325,8 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   if jax.process_index() != 0:
     return {}
   model = unet.unet_from_config(config.model)
-  results = evaluate.evaluate_model(model, params, sources, config, workdir)
-  plotting.training_curves(workdir / "metrics.jsonl",
+  results = evaluate_run.evaluate_model(model, params, sources, config, workdir)
+  plots.training_curves(workdir / "metrics.jsonl",
                            workdir / "training_curves.png")
   atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
   return results

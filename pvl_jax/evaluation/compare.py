@@ -1,6 +1,6 @@
 """Poster-style comparison of trained runs (e.g. 2D vs 3D U-Net).
 
-  python -m pvl_jax.compare --runs=2D=/runs/unet2d,3D=/runs/unet3d --out=DIR
+  python -m pvl_jax.evaluation.compare --runs=2D=/runs/unet2d,3D=/runs/unet3d --out=DIR
 
 Reads each run's results.json, checks that all runs were tested on the same
 subjects, and writes DIR/comparison.md and DIR/comparison.csv: Dice and VOE

@@ -4,7 +4,7 @@ import jax
 import ml_collections
 
 from preprocessing.io.errors import InputError
-from pvl_jax import planning
+from pvl_jax.planning import planner as planning
 
 
 def _require(condition: bool, key: str, problem: str) -> None:

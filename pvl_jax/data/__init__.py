@@ -1,0 +1,1 @@
+"""Cohort resolution and caching, TFDS fold splits, the grain input pipeline."""

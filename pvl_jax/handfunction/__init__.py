@@ -1,0 +1,1 @@
+"""Hand function from lesion masks: the logistic-regression baseline."""

@@ -1,0 +1,1 @@
+"""Inference: sliding windows, postprocessing, trained runs, native-space prediction."""

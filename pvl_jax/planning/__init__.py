@@ -1,0 +1,1 @@
+"""nnU-Net v2-style experiment planning: fingerprint, plan, apply to a config."""
