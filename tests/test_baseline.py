@@ -18,6 +18,8 @@ from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 from pvl_jax.handfunction import baseline
 from pvl_jax.handfunction import block_features
+from pvl_jax.handfunction import features
+from pvl_jax.handfunction import nested_cv
 from pvl_jax.handfunction import regions
 
 SHAPE = (12, 12, 12)
@@ -77,24 +79,24 @@ def synthetic_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def features_of(masks: np.ndarray) -> dict[str, Any]:
-  """Both feature sets' inputs, as `baseline.load_features` returns them."""
-  extract = baseline.FeatureExtractor(
-      baseline.Grid(SHAPE, AFFINE, Path("grid.nii.gz")))
-  return baseline.stack_features([extract(mask) for mask in masks])
+  """Both feature sets' inputs, as `features.load_features` returns them."""
+  extract = features.FeatureExtractor(
+      features.Grid(SHAPE, AFFINE, Path("grid.nii.gz")))
+  return features.stack_features([extract(mask) for mask in masks])
 
 
 INNER_REPEATS = 1  # of the module's cross-validations
 
 # Lesion-load subset chosen by the inner CV -> columns the model sees.
 LOADS_SEEN = {"total_and_tract": 2,
-              "all_regions": len(baseline.LESION_LOAD_NAMES)}
+              "all_regions": len(features.LESION_LOAD_NAMES)}
 
 SEARCHES = {
-    "matrix": dataclasses.replace(baseline.matrix_search(SHAPE),
+    "matrix": dataclasses.replace(nested_cv.matrix_search(SHAPE),
                                   grid=TEST_GRID),
     "lesion_load": dataclasses.replace(
-        baseline.lesion_load_search(),
-        grid={"loads__func": list(baseline.LESION_LOAD_SUBSETS),
+        nested_cv.lesion_load_search(),
+        grid={"loads__func": list(nested_cv.LESION_LOAD_SUBSETS),
               "volumes__func": [np.log1p, None],
               "logreg__C": TEST_GRID["logreg__C"]})}
 
@@ -110,14 +112,14 @@ def cv_results(problem):
   """Nested 5-fold CV of both feature sets, on true and shuffled labels."""
   features, labels = problem
   shuffled = np.random.default_rng(1).permutation(labels)
-  return {(name, kind): baseline.cross_validate(features[name], y,
+  return {(name, kind): nested_cv.cross_validate(features[name], y,
                                                 SEARCHES[name], 5, 0,
                                                 inner_repeats=INNER_REPEATS)
           for name in baseline.FEATURE_SETS
           for kind, y in (("true", labels), ("shuffled", shuffled))}
 
 
-def _mean(result: baseline.CVResult, metric: str) -> float:
+def _mean(result: nested_cv.CVResult, metric: str) -> float:
   return float(np.mean([fold[metric] for fold in result.folds]))
 
 
@@ -151,8 +153,8 @@ def write_predictions(cohort: Path, root: Path,
 @pytest.fixture
 def small_grids(monkeypatch):
   """One C and one frequency threshold: `baseline.run` tests stay fast."""
-  monkeypatch.setattr(baseline, "C_GRID", (1.0,))
-  monkeypatch.setattr(baseline, "MIN_LESION_FRACTIONS", (0.0,))
+  monkeypatch.setattr(nested_cv, "C_GRID", (1.0,))
+  monkeypatch.setattr(nested_cv, "MIN_LESION_FRACTIONS", (0.0,))
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +202,13 @@ def test_min_lesion_frequency_keeps_blocks_of_enough_subjects():
 
 
 def test_regions_at_known_mni_points():
-  regions = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
-  assert set(regions) == set(regions.REGIONS)
+  masks = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
+  assert set(masks) == set(regions.REGIONS)
 
   def regions_at(x, y, z):
     index = np.ravel_multi_index(
         ((x + 98) // 2, (y + 134) // 2, (z + 72) // 2), MNI_2MM_SHAPE)
-    return {name for name, mask in regions.items() if mask[index]}
+    return {name for name, mask in masks.items() if mask[index]}
 
   # Corona radiata beside the left ventricular body: tract and body.
   assert regions_at(-24, -20, 24) == {"left_cst", "cst", "left_body"}
@@ -220,23 +222,23 @@ def test_regions_at_known_mni_points():
 
 
 def test_regions_partition_periventricular_white_matter():
-  regions = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
-  parts = np.stack([regions[f"{side}_{part}"] for side in regions.SIDES
+  masks = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
+  parts = np.stack([masks[f"{side}_{part}"] for side in regions.SIDES
                     for part in regions.PERIVENTRICULAR_Y_MM])
   assert parts.sum(0).max() == 1
   # 20 x values (|x| 2..40, even) per side, y -84..44 (65), z -10..44 (28).
   assert parts.sum() == 2 * 20 * 65 * 28
   # Corona radiata 10 x 15 x 16 voxels, internal capsule 9 x 10 x 7 below.
-  assert regions["left_cst"].sum() == regions["right_cst"].sum() == 3030
-  np.testing.assert_array_equal(regions["cst"],
-                                regions["left_cst"] | regions["right_cst"])
+  assert masks["left_cst"].sum() == masks["right_cst"].sum() == 3030
+  np.testing.assert_array_equal(masks["cst"],
+                                masks["left_cst"] | masks["right_cst"])
 
 
 def test_lesion_load_in_mm3():
   mask = np.zeros(SHAPE, bool)
   mask[2:4, 4:6, 3:5] = True  # 8 voxels of 512 mm^3 in the left tract
   mask[10, 10, 2] = True  # x 36, y 20, z 4 mm: right frontal
-  load = dict(zip(baseline.LESION_LOAD_NAMES,
+  load = dict(zip(features.LESION_LOAD_NAMES,
                   features_of(mask[None])["lesion_load"][0]))
   assert load["total"] == pytest.approx(9 * 512)
   assert load["left_cst"] == pytest.approx(8 * 512)
@@ -246,7 +248,7 @@ def test_lesion_load_in_mm3():
 
 
 def test_one_standard_error_rule_prefers_the_simplest_near_tie():
-  search = baseline.lesion_load_search()
+  search = nested_cv.lesion_load_search()
   candidates = list(model_selection.ParameterGrid(search.grid))
   scores = np.full(len(candidates), -0.7)
   std = np.full(len(candidates), 0.1)
@@ -254,42 +256,42 @@ def test_one_standard_error_rule_prefers_the_simplest_near_tie():
   def index(loads, c, volumes=np.log1p):
     return candidates.index({"loads__func": loads, "logreg__C": c,
                              "volumes__func": volumes})
-  best = index(baseline.all_regions, 10.0)
+  best = index(nested_cv.all_regions, 10.0)
   scores[best] = -0.30  # margin: 0.1 / sqrt(4 splits) = 0.05
-  scores[index(baseline.total_and_tract, 100.0)] = -0.34
-  scores[index(baseline.total_and_tract, 1.0)] = -0.36  # outside the margin
-  scores[index(baseline.all_regions, 0.1)] = -0.31
+  scores[index(nested_cv.total_and_tract, 100.0)] = -0.34
+  scores[index(nested_cv.total_and_tract, 1.0)] = -0.36  # outside the margin
+  scores[index(nested_cv.all_regions, 0.1)] = -0.31
   cv_results = {"params": candidates, "mean_test_score": scores,
                 "std_test_score": std,
                 **{f"split{i}_test_score": scores for i in range(4)}}
   # Fewer loads beats a smaller C: simplicity is ordered by loads first.
-  assert (baseline.one_standard_error_choice(cv_results, search)
-          == index(baseline.total_and_tract, 100.0))
-  scores[index(baseline.total_and_tract, 100.0)] = -0.36
-  assert (baseline.one_standard_error_choice(cv_results, search)
-          == index(baseline.all_regions, 0.1))
+  assert (nested_cv.one_standard_error_choice(cv_results, search)
+          == index(nested_cv.total_and_tract, 100.0))
+  scores[index(nested_cv.total_and_tract, 100.0)] = -0.36
+  assert (nested_cv.one_standard_error_choice(cv_results, search)
+          == index(nested_cv.all_regions, 0.1))
   std[best] = 0.0  # no noise: the best candidate itself
-  assert baseline.one_standard_error_choice(cv_results, search) == best
+  assert nested_cv.one_standard_error_choice(cv_results, search) == best
 
 
 def test_lesion_load_search_chooses_all_loads_or_total_and_tract():
-  search = baseline.lesion_load_search()
-  assert search.grid["loads__func"] == [baseline.total_and_tract,
-                                        baseline.all_regions]
-  volumes = np.arange(2 * len(baseline.LESION_LOAD_NAMES),
+  search = nested_cv.lesion_load_search()
+  assert search.grid["loads__func"] == [nested_cv.total_and_tract,
+                                        nested_cv.all_regions]
+  volumes = np.arange(2 * len(features.LESION_LOAD_NAMES),
                       dtype=float).reshape(2, -1)
-  total = volumes[:, baseline.LESION_LOAD_NAMES.index("total")]
-  tract = volumes[:, baseline.LESION_LOAD_NAMES.index("cst")]
+  total = volumes[:, features.LESION_LOAD_NAMES.index("total")]
+  tract = volumes[:, features.LESION_LOAD_NAMES.index("cst")]
   transform = search.model.set_params(
-      loads__func=baseline.total_and_tract)["loads"]
+      loads__func=nested_cv.total_and_tract)["loads"]
   np.testing.assert_array_equal(transform.fit_transform(volumes),
                                 np.stack([total, tract], axis=1))
-  transform = search.model.set_params(loads__func=baseline.all_regions)["loads"]
+  transform = search.model.set_params(loads__func=nested_cv.all_regions)["loads"]
   np.testing.assert_array_equal(transform.fit_transform(volumes), volumes)
 
 
 def test_lesion_load_search_chooses_log_or_plain_volumes():
-  search = baseline.lesion_load_search()
+  search = nested_cv.lesion_load_search()
   assert search.grid["volumes__func"] == [np.log1p, None]
   volumes = np.array([[0.0, 512.0], [4096.0, 1.0]])
   for func, expected in ((np.log1p, np.log1p(volumes)), (None, volumes)):
@@ -314,8 +316,8 @@ def test_shuffled_labels_score_chance(cv_results, feature_set):
 
 def _grid_position(feature_set: str, key: str, candidate: dict) -> int:
   """Where a candidate's value of grid `key` stands in the grid's list."""
-  named = baseline.PARAM_NAMES[key]
-  values = [baseline._json_value(v) for v in SEARCHES[feature_set].grid[key]]
+  named = nested_cv.PARAM_NAMES[key]
+  values = [nested_cv._json_value(v) for v in SEARCHES[feature_set].grid[key]]
   return values.index(candidate[named])
 
 
@@ -330,7 +332,7 @@ def test_nested_cv_picks_hyper_parameters_by_inner_score(cv_results):
       assert len(scores) == len(fold["inner_score_stds"]) == len(grid)
       best = int(np.argmax(scores))
       margin = fold["inner_score_stds"][best] / np.sqrt(
-          baseline.INNER_FOLDS * INNER_REPEATS)
+          nested_cv.INNER_FOLDS * INNER_REPEATS)
       tied = [result.candidates[i] for i in range(len(grid))
               if scores[i] >= scores[best] - margin]
       # The simplest tied candidate: first in grid order, key by key.
@@ -345,11 +347,11 @@ def test_nested_cv_picks_hyper_parameters_by_inner_score(cv_results):
 
 def test_matrix_search_chooses_block_factor_and_frequency():
   candidates = model_selection.ParameterGrid(
-      baseline.matrix_search(SHAPE, (2, 3)).grid)
+      nested_cv.matrix_search(SHAPE, (2, 3)).grid)
   assert {c["block__factor"] for c in candidates} == {2, 3}
   assert {c["frequency__min_fraction"] for c in candidates} == set(
-      baseline.MIN_LESION_FRACTIONS)
-  assert {c["logreg__C"] for c in candidates} == set(baseline.C_GRID)
+      nested_cv.MIN_LESION_FRACTIONS)
+  assert {c["logreg__C"] for c in candidates} == set(nested_cv.C_GRID)
 
 
 def test_matrix_features_of_the_chosen_blocks(cv_results):
@@ -370,25 +372,25 @@ def test_collect_predictions(cohort, tmp_path):
   ids = [f"sub-{i:03d}" for i in range(1, 5)]
   run_a, run_b = write_predictions(cohort, tmp_path, {"a": [1, 3],
                                                       "b": [2, 4]})
-  found = baseline.collect_predictions([run_a, run_b], ids)
+  found = features.collect_predictions([run_a, run_b], ids)
   assert found["sub-003"] == run_a / "predictions" / "sub-003_pred.nii.gz"
   # A predictions folder itself is accepted too.
-  assert baseline.collect_predictions([run_a / "predictions", run_b], ids) == (
+  assert features.collect_predictions([run_a / "predictions", run_b], ids) == (
       found)
   with pytest.raises(InputError, match=r"no predicted mask .* sub-002, "
                      "sub-004"):
-    baseline.collect_predictions([run_a], ids)
+    features.collect_predictions([run_a], ids)
   with pytest.raises(InputError, match=r"more than once.*sub-001"):
-    baseline.collect_predictions([run_a, run_b, run_a], ids)
+    features.collect_predictions([run_a, run_b, run_a], ids)
   with pytest.raises(InputError, match="sub-004 is not in participants"):
-    baseline.collect_predictions([run_a, run_b], ids[:3])
+    features.collect_predictions([run_a, run_b], ids[:3])
 
 
 def test_min_class_size():
-  assert baseline.min_class_size(5, inner_folds=3) == 5
-  assert baseline.min_class_size(2, inner_folds=3) == 6  # 3 in the train half
+  assert nested_cv.min_class_size(5, inner_folds=3) == 5
+  assert nested_cv.min_class_size(2, inner_folds=3) == 6  # 3 in the train half
   # 7 - ceil(7 / 5) = 5 subjects left for the 5 inner folds.
-  assert baseline.min_class_size(5, inner_folds=5) == 7
+  assert nested_cv.min_class_size(5, inner_folds=5) == 7
 
 
 def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
@@ -474,5 +476,5 @@ def test_cli_class_smaller_than_folds_exits_2(tiny_cohort, tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.startswith(
       f"error: {tiny_cohort / 'participants.tsv'}: hand_function=0 has 3 "
-      f"subject(s), fewer than the {baseline.min_class_size(5)}")
+      f"subject(s), fewer than the {nested_cv.min_class_size(5)}")
   assert not out.exists()

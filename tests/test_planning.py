@@ -16,22 +16,24 @@ import pytest
 
 from configs import joint
 from preprocessing.io.errors import InputError
-from pvl_jax.planning import planner as planning
+from pvl_jax.planning import config_plan
+from pvl_jax.planning import fingerprint as fingerprint_lib
+from pvl_jax.planning import planner
 
-NO_LESIONS = planning.LesionStats(0, None, None, None, None)
+NO_LESIONS = fingerprint_lib.LesionStats(0, None, None, None, None)
 FEATURES_3D_6 = (32, 64, 128, 256, 320, 320)
 ISO_STRIDES_6 = ((1, 1, 1),) + ((2, 2, 2),) * 5
 
 
-def make_fingerprint(spacings, shapes) -> planning.Fingerprint:
-  return planning.Fingerprint(
+def make_fingerprint(spacings, shapes) -> fingerprint_lib.Fingerprint:
+  return fingerprint_lib.Fingerprint(
       spacings=tuple(tuple(float(v) for v in s) for s in spacings),
       shapes_after_crop=tuple(tuple(s) for s in shapes),
       num_subjects=len(spacings), num_modalities=1,
       foreground_intensity=(None,), lesions=NO_LESIONS)
 
 
-def uniform(spacing, shape, n) -> planning.Fingerprint:
+def uniform(spacing, shape, n) -> fingerprint_lib.Fingerprint:
   return make_fingerprint([spacing] * n, [shape] * n)
 
 
@@ -52,7 +54,7 @@ def test_fingerprint_statistics_by_hand():
     records.append({"image": np.stack([channel, -channel], -1),
                     "lesion_mask": lesion, "brain_mask": np.ones_like(lesion),
                     "spacing": np.array([1.0, 1.0, 2.0], np.float32)})
-  fp = planning.fingerprint(records)
+  fp = fingerprint_lib.fingerprint(records)
   assert fp.num_subjects == 2 and fp.num_modalities == 2
   assert fp.shapes_after_crop == ((6, 6, 6), (5, 6, 7))
   assert fp.spacings == ((1.0, 1.0, 2.0), (1.0, 1.0, 2.0))
@@ -80,7 +82,7 @@ def test_fingerprint_without_lesions():
   record = {"image": np.zeros((8, 8, 8, 1), np.float32),
             "lesion_mask": np.zeros((8, 8, 8), np.uint8),
             "spacing": np.ones(3, np.float32)}
-  fp = planning.fingerprint([record])
+  fp = fingerprint_lib.fingerprint([record])
   assert fp.lesions == NO_LESIONS
   assert fp.foreground_intensity == (None,)
 
@@ -91,15 +93,15 @@ def test_nnunet_default_plan_fits_default_budget():
   #   + 320*64) = 2 * 89,313,280 = 178,626,560.
   # Decoder 98*2097152 + 194*262144 + 386*32768 + 770*4096 + 962*512
   #   = 272,671,744.  A = 451,298,304 <= 560e6.
-  count = planning.activation_count((128,) * 3, ISO_STRIDES_6, FEATURES_3D_6,
+  count = planner.activation_count((128,) * 3, ISO_STRIDES_6, FEATURES_3D_6,
                                     num_classes=2)
   assert count == 451_298_304
   # VRAM = 2 * A * 2 bytes * 8e9 / (2 * 560e6 * 2) = 8 GB * A / 560e6.
-  gb = planning.vram_gb((128,) * 3, ISO_STRIDES_6, FEATURES_3D_6, 2, 2)
+  gb = planner.vram_gb((128,) * 3, ISO_STRIDES_6, FEATURES_3D_6, 2, 2)
   assert gb == pytest.approx(8.0 * 451_298_304 / 560e6)
   assert gb <= 8.0
   # float32 activations need twice as much: no longer fits.
-  assert planning.vram_gb((128,) * 3, ISO_STRIDES_6, FEATURES_3D_6, 2, 2,
+  assert planner.vram_gb((128,) * 3, ISO_STRIDES_6, FEATURES_3D_6, 2, 2,
                           bytes_per_value=4) > 8.0
 
 
@@ -116,7 +118,7 @@ def test_isotropic_1mm_plan():
   #   ratios 0.8,0.83,0.8              -> axis 1: (128,128,128) A = 451.3e6 fits.
   # Batch: memory floor(1120e6 / 451.3e6) = 2; dataset round(0.05 * 10 *
   # 4,915,200 / 2,097,152) = 1 -> max(2, 1) = 2.
-  p = planning.plan(uniform((1, 1, 1), (160, 192, 160), 10))
+  p = planner.plan(uniform((1, 1, 1), (160, 192, 160), 10))
   assert p.target_spacing == (1.0, 1.0, 1.0)
   assert p.median_shape == (160, 192, 160)
   assert p.patch_size == (128, 128, 128)
@@ -137,7 +139,7 @@ def test_anisotropic_plan_pools_in_plane_first():
   # Median z spacing 3.0 > 3 * 0.9 and median z size 40 * 3 < 192: z is the
   # anisotropic axis; its target is the 10th percentile of its spacings:
   # sorted 2.0, 2.5, 3.0 ..., rank 0.1 * 10 = 1 -> 2.5 (>= 0.9, kept).
-  assert planning.target_spacing(fp) == (0.9, 0.9, 2.5)
+  assert planner.target_spacing(fp) == (0.9, 0.9, 2.5)
   # Every subject is 120 mm / 2.5 mm = 48 slices at the target: median shape
   # 192x192x48, which clips the initial patch (about 360x360x130).
   # Stage 0: z/x spacing 2.5/0.9 = 2.8 >= 2 -> pool x, y only, kernel (3,3,1);
@@ -149,7 +151,7 @@ def test_anisotropic_plan_pools_in_plane_first():
   # A: V = 1,769,472, 442,368, 55,296, 6,912, 864, 216;
   # encoder 188,255,232 + decoder 286,725,312 = 474,980,544 <= 560e6: fits.
   # Batch: memory floor(1120e6 / 475.0e6) = 2, dataset round(0.05 * 11) = 1.
-  p = planning.plan(fp)
+  p = planner.plan(fp)
   assert p.median_shape == (192, 192, 48)
   assert p.patch_size == (192, 192, 48)
   assert p.strides == ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2),
@@ -157,7 +159,7 @@ def test_anisotropic_plan_pools_in_plane_first():
   assert p.kernel_sizes == ((3, 3, 1),) + ((3, 3, 3),) * 5
   assert p.pools_per_axis == (5, 5, 3)
   assert p.features == FEATURES_3D_6
-  assert planning.activation_count(p.patch_size, p.strides, p.features,
+  assert planner.activation_count(p.patch_size, p.strides, p.features,
                                    2) == 474_980_544
   assert p.batch_size == 2
 
@@ -170,11 +172,11 @@ def test_small_2mm_dataset_patch_is_the_median_shape_and_batch_grows():
   # Dataset limit round(0.05 * subjects): 60 -> 3, 24 -> 1 (-> 2), 200 -> 10.
   expected_batch = {60: 3, 24: 2, 200: 8}
   for subjects, batch in expected_batch.items():
-    p = planning.plan(uniform((2, 2, 2), (80, 96, 80), subjects))
+    p = planner.plan(uniform((2, 2, 2), (80, 96, 80), subjects))
     assert p.patch_size == (80, 96, 80)
     assert p.strides == ((1, 1, 1),) + ((2, 2, 2),) * 4
     assert p.features == (32, 64, 128, 256, 320)
-    assert planning.activation_count(p.patch_size, p.strides, p.features,
+    assert planner.activation_count(p.patch_size, p.strides, p.features,
                                      2) == 132_060_000
     assert p.batch_size == batch, subjects
 
@@ -185,7 +187,7 @@ def test_patch_never_exceeds_the_smallest_volume():
   # the sampler does not pad. Each axis drops one divisibility step:
   # 80 -> 64, 96 -> 80, 96 -> 80 (the divisor stays 16).
   # Batch with 60 subjects: round(0.05 * 60 * 593,516 / 409,600) = round(4.35).
-  p = planning.plan(uniform((2, 2, 2), (77, 94, 82), 60))
+  p = planner.plan(uniform((2, 2, 2), (77, 94, 82), 60))
   assert p.patch_size == (64, 80, 80)
   assert p.strides == ((1, 1, 1),) + ((2, 2, 2),) * 4
   assert p.batch_size == 4
@@ -194,9 +196,9 @@ def test_patch_never_exceeds_the_smallest_volume():
 def test_shrinking_skips_no_valid_size():
   # nnU-Net's example: 256 has divisor 64 (6 pools), but 224 = 7 * 32 is
   # valid with 5 pools, so 256 shrinks to 224, not 192.
-  topology = planning.network_topology((1, 1, 1), (256, 256, 256))
+  topology = planner.network_topology((1, 1, 1), (256, 256, 256))
   assert topology.divisor == (64, 64, 64)
-  smaller = planning._shrink_axis((1, 1, 1), topology, 0)  # pylint: disable=protected-access
+  smaller = planner._shrink_axis((1, 1, 1), topology, 0)  # pylint: disable=protected-access
   assert smaller.patch_size == (224, 256, 256)
   assert smaller.divisor == (32, 64, 64)
 
@@ -209,28 +211,28 @@ def test_2d_plan_uses_in_plane_axes_and_2d_caps():
   # decoder 98*30720 + 194*7680 + 386*1920 + 770*480 + 1538*120 = 5,795,760
   # -> 9,635,760. Memory limit floor(1120e6 / 9,635,760) = 116; dataset
   # limit (3D voxels, as nnU-Net) round(0.05 * 10 * 4,915,200 / 30,720) = 80.
-  p = planning.plan(uniform((1, 1, 1), (160, 192, 160), 10), dims=2)
+  p = planner.plan(uniform((1, 1, 1), (160, 192, 160), 10), dims=2)
   assert p.dims == 2
   assert p.patch_size == (160, 192)
   assert p.strides == ((1, 1),) + ((2, 2),) * 5
   assert p.kernel_sizes == ((3, 3),) * 6
   assert p.features == (32, 64, 128, 256, 512, 512)
-  assert planning.activation_count(p.patch_size, p.strides, p.features,
+  assert planner.activation_count(p.patch_size, p.strides, p.features,
                                    2) == 9_635_760
   assert p.batch_size == 80
   # 100 subjects: the dataset allows 800, memory 116.
-  assert planning.plan(uniform((1, 1, 1), (160, 192, 160), 100),
+  assert planner.plan(uniform((1, 1, 1), (160, 192, 160), 100),
                        dims=2).batch_size == 116
 
 
 def test_features_are_capped():
-  assert planning.features_per_stage(7, 3) == (32, 64, 128, 256, 320, 320,
+  assert planner.features_per_stage(7, 3) == (32, 64, 128, 256, 320, 320,
                                                320)
-  assert planning.features_per_stage(8, 2) == (32, 64, 128, 256, 512, 512,
+  assert planner.features_per_stage(8, 2) == (32, 64, 128, 256, 512, 512,
                                                512, 512)
   # 256^3 at 1 mm: 256 -> ... -> 8 -> 4 is 6 pools, 7 stages; an 80 GB budget
   # holds it at batch 2 without shrinking.
-  p = planning.plan(uniform((1, 1, 1), (256, 256, 256), 20),
+  p = planner.plan(uniform((1, 1, 1), (256, 256, 256), 20),
                     vram_budget_gb=80.0)
   assert p.patch_size == (256, 256, 256)
   assert p.features == (32, 64, 128, 256, 320, 320, 320)
@@ -238,33 +240,33 @@ def test_features_are_capped():
 
 
 def test_json_round_trip(tmp_path):
-  p = planning.plan(uniform((0.9, 0.9, 3.0), (192, 192, 40), 11))
-  planning.save_plan(p, tmp_path / "plan.json")
-  assert planning.load_plan(tmp_path / "plan.json") == p
+  p = planner.plan(uniform((0.9, 0.9, 3.0), (192, 192, 40), 11))
+  planner.save_plan(p, tmp_path / "plan.json")
+  assert planner.load_plan(tmp_path / "plan.json") == p
   assert json.loads((tmp_path / "plan.json").read_text())["batch_size"] == 2
   record = {"image": np.ones((8, 8, 8, 1), np.float32),
             "lesion_mask": np.eye(8, dtype=np.uint8)[:, :, None] *
                            np.ones((1, 1, 8), np.uint8),
             "spacing": np.array([1.0, 1.0, 1.5], np.float32)}
-  fp = planning.fingerprint([record])
-  planning.save_fingerprint(fp, tmp_path / "fp.json")
-  assert planning.load_fingerprint(tmp_path / "fp.json") == fp
+  fp = fingerprint_lib.fingerprint([record])
+  fingerprint_lib.save_fingerprint(fp, tmp_path / "fp.json")
+  assert fingerprint_lib.load_fingerprint(tmp_path / "fp.json") == fp
 
 
 def planned_config():
   config = joint.get_config("demo")
   config.plan = True
-  for key, unset in planning.UNSET.items():
-    planning._set(config, key, unset)  # pylint: disable=protected-access
+  for key, unset in config_plan.UNSET.items():
+    config_plan._set(config, key, unset)  # pylint: disable=protected-access
   return config
 
 
 def test_apply_plan_fills_only_unset_fields():
-  p = planning.plan(uniform((2, 2, 2), (80, 96, 80), 60))
+  p = planner.plan(uniform((2, 2, 2), (80, 96, 80), 60))
   config = planned_config()
-  assert sorted(planning.unset_keys(config)) == sorted(planning.UNSET)
+  assert sorted(config_plan.unset_keys(config)) == sorted(config_plan.UNSET)
   config.batch_size = 4  # the user's
-  filled = planning.apply_plan(config, p)
+  filled = config_plan.apply_plan(config, p)
   assert filled.batch_size == 4
   assert tuple(filled.data.patch_size) == (80, 96, 80)
   assert tuple(filled.model.features) == (32, 64, 128, 256, 320)
@@ -274,8 +276,8 @@ def test_apply_plan_fills_only_unset_fields():
   assert tuple(config.data.patch_size) == ()  # the input is not modified
   # The planned batch (3) is rounded down to a multiple of the devices.
   config.batch_size = 0
-  assert planning.apply_plan(config, p, num_devices=2).batch_size == 2
-  assert planning.apply_plan(config, p, num_devices=4).batch_size == 4
+  assert config_plan.apply_plan(config, p, num_devices=2).batch_size == 2
+  assert config_plan.apply_plan(config, p, num_devices=4).batch_size == 4
 
 
 def test_user_patch_wins_and_topology_follows_it():
@@ -283,21 +285,21 @@ def test_user_patch_wins_and_topology_follows_it():
   config = planned_config()
   config.data.patch_size = (48, 48, 48)
   fp = uniform((2, 2, 2), (80, 96, 80), 60)
-  p = planning.plan_from_config(fp, config)
-  filled = planning.apply_plan(config, p)
+  p = config_plan.plan_from_config(fp, config)
+  filled = config_plan.apply_plan(config, p)
   assert tuple(filled.data.patch_size) == (48, 48, 48)
   assert tuple(filled.model.strides) == ((1, 1, 1),) + ((2, 2, 2),) * 3
   assert tuple(filled.model.features) == (32, 64, 128, 256)
   # 2D is chosen by the user's patch length, whatever planner.dims says.
   config.data.patch_size = (64, 64)
-  assert planning.plan_from_config(fp, config).dims == 2
+  assert config_plan.plan_from_config(fp, config).dims == 2
 
 
 def test_impossible_budget_names_the_key():
   config = planned_config()
   config.planner.vram_budget_gb = 1e-6
   with pytest.raises(InputError, match="config.planner"):
-    planning.plan_from_config(uniform((2, 2, 2), (40, 48, 40), 10), config)
+    config_plan.plan_from_config(uniform((2, 2, 2), (40, 48, 40), 10), config)
 
 
 def test_plan_and_apply_saves_fingerprint_and_plan(tmp_path):
@@ -310,14 +312,14 @@ def test_plan_and_apply_saves_fingerprint_and_plan(tmp_path):
         np.float32), "lesion_mask": lesion,
                     "spacing": np.full(3, 2.0, np.float32)})
   config = planned_config()
-  filled = planning.plan_and_apply(config, records, tmp_path / "data",
+  filled = config_plan.plan_and_apply(config, records, tmp_path / "data",
                                    tmp_path / "work")
-  assert planning.load_plan(tmp_path / "work" / "plan.json").patch_size == (
+  assert planner.load_plan(tmp_path / "work" / "plan.json").patch_size == (
       40, 48, 40)
   assert tuple(filled.data.patch_size) == (40, 48, 40)
   assert (tmp_path / "data" / "fingerprint-fold0.json").exists()
   assert (tmp_path / "data" / "plan-fold0-3d-8GB-float32.json").exists()
   # The cached fingerprint is reused: no records needed the second time.
-  again = planning.plan_and_apply(config, [], tmp_path / "data",
+  again = config_plan.plan_and_apply(config, [], tmp_path / "data",
                                   tmp_path / "work")
   assert again.to_dict() == filled.to_dict()

@@ -1,6 +1,7 @@
 """Reading JSON files the user points at, with errors that name the file."""
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,3 +30,8 @@ def read_json(path: str | os.PathLike, missing_hint: str = "") -> Any:
     raise InputError(f"{path}: unreadable ({err.strerror or err})") from None
   except ValueError as err:
     raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def json_number(value: float) -> float | None:
+  """A float as JSON can hold it: NaN and infinities (undefined) become null."""
+  return float(value) if math.isfinite(value) else None

@@ -38,11 +38,18 @@ def summarize(values: Iterable[float]) -> Summary:
   return Summary(mean, std, n)
 
 
-def format_mean_std(summary: Summary, digits: int = 3) -> str:
-  """"mean ± std", or the mean alone when the std is undefined; "n/a" if empty."""
-  if summary.n == 0:
+def format_mean_std(mean: float | None, std: float | None,
+                    digits: int = 3) -> str:
+  """"mean ± std"; the mean alone when std is undefined; "n/a" without mean.
+
+  Args:
+    mean: the mean, or None / NaN when there was no value.
+    std: the sample std, or None / NaN when undefined (fewer than 2 values).
+    digits: decimals.
+  """
+  if mean is None or math.isnan(mean):
     return "n/a"
-  text = f"{summary.mean:.{digits}f}"
-  if not math.isnan(summary.std):
-    text += f" ± {summary.std:.{digits}f}"
+  text = f"{mean:.{digits}f}"
+  if std is not None and not math.isnan(std):
+    text += f" ± {std:.{digits}f}"
   return text

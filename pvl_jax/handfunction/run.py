@@ -26,6 +26,7 @@ from absl import flags
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
 from pvl_jax.handfunction import baseline
+from pvl_jax.handfunction import nested_cv
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cohort", None, "BIDS cohort directory (participants.tsv "
@@ -36,11 +37,11 @@ flags.DEFINE_list("predictions", [], "Training run workdirs whose "
                   "subject once (one run per test fold).")
 flags.DEFINE_string("out", None, "Output JSON file.", required=True)
 flags.DEFINE_integer("folds", 5, "Outer stratified cross-validation folds.")
-flags.DEFINE_list("downsample", [str(f) for f in baseline.BLOCK_FACTORS],
+flags.DEFINE_list("downsample", [str(f) for f in nested_cv.BLOCK_FACTORS],
                   "Block-averaging factors of the matrix features, in voxels; "
                   "the inner cross-validation chooses one per outer fold.")
 flags.DEFINE_integer("seed", 0, "Seed of the fold assignment.")
-flags.DEFINE_integer("inner_repeats", baseline.INNER_REPEATS,
+flags.DEFINE_integer("inner_repeats", nested_cv.INNER_REPEATS,
                      "Repeats of the inner cross-validation: more make the "
                      "choice of hyper-parameters less noisy, at proportional "
                      "cost.")
@@ -67,9 +68,9 @@ def main(argv):
     sys.exit(2)
   result = {"cohort": FLAGS.cohort, "predictions": FLAGS.predictions,
             "folds": FLAGS.folds, "downsample": downsample,
-            "seed": FLAGS.seed, "c_grid": list(baseline.C_GRID),
-            "min_lesion_fractions": list(baseline.MIN_LESION_FRACTIONS),
-            "inner_folds": baseline.INNER_FOLDS,
+            "seed": FLAGS.seed, "c_grid": list(nested_cv.C_GRID),
+            "min_lesion_fractions": list(nested_cv.MIN_LESION_FRACTIONS),
+            "inner_folds": nested_cv.INNER_FOLDS,
             "inner_repeats": FLAGS.inner_repeats, "rows": rows}
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2,
                                           allow_nan=False) + "\n")

@@ -51,30 +51,20 @@ The budget is thus in nnU-Net's units: XLA's buffer assignment for this
 repository's train step (CPU backend, bfloat16) measured 1.96-2.03x the
 estimate (128^3 at batch 2: 12.6 GB of temporaries), so on an accelerator
 with M GB a budget of about M / 2 is safe.
-
-Unset config fields. With `config.plan = True`, `apply_plan` fills only the
-planned fields the user left at their *unset* value: `()` for
-`data.patch_size`, `model.features`, `model.strides`, `model.kernel_sizes`
-and 0 for `batch_size`. Anything set in the config file or on the command line
-wins; a patch set by the user is kept and the topology and batch are planned
-for it.
 """
 
 from collections.abc import Mapping, Sequence
-import copy
 import dataclasses
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import ml_collections
 import numpy as np
-import scipy.ndimage
 
 from preprocessing.io.atomic import atomic_write_text
-from preprocessing.io.errors import InputError
+from pvl_jax.planning.fingerprint import Fingerprint
+from pvl_jax.planning.fingerprint import nested_tuples
 
 ANISOTROPY_THRESHOLD = 3.0
 MIN_FEATURE_MAP_SIZE = 4
@@ -92,71 +82,6 @@ REFERENCE_BUDGET_GB = 8.0
 REFERENCE_BYTES_PER_VALUE = 2
 BYTES_FACTOR = (REFERENCE_BUDGET_GB * 1e9 / (
     REFERENCE_BATCH_SIZE * REFERENCE_ACTIVATIONS * REFERENCE_BYTES_PER_VALUE))
-# nnU-Net samples at most 1e8 foreground voxels in total for the statistics.
-MAX_FOREGROUND_SAMPLES = 10**8
-BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-# The config fields a plan fills, and the value that marks them unset.
-UNSET = {"data.patch_size": (), "model.features": (), "model.strides": (),
-         "model.kernel_sizes": (), "batch_size": 0}
-
-
-@dataclasses.dataclass(frozen=True)
-class IntensityStats:
-  """Intensities of one channel inside the lesions (foreground)."""
-  mean: float
-  std: float
-  percentile_00_5: float
-  percentile_99_5: float
-
-
-@dataclasses.dataclass(frozen=True)
-class LesionStats:
-  """Sizes of the 26-connected lesion components over all subjects.
-
-  The size fields are None when no subject has a lesion.
-  """
-  num_components: int
-  median_voxels: float | None
-  p05_voxels: float | None
-  median_ml: float | None
-  p05_ml: float | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Fingerprint:
-  """What planning needs to know about a dataset (JSON-serialisable).
-
-  Attributes:
-    spacings: per subject, voxel size in mm per axis.
-    shapes_after_crop: per subject, spatial shape after brain cropping.
-    num_subjects: number of subjects.
-    num_modalities: input channels.
-    foreground_intensity: per channel, statistics of lesion voxels (None for
-      every channel when there are no lesions).
-    lesions: lesion component sizes.
-  """
-  spacings: tuple[tuple[float, ...], ...]
-  shapes_after_crop: tuple[tuple[int, ...], ...]
-  num_subjects: int
-  num_modalities: int
-  foreground_intensity: tuple[IntensityStats | None, ...]
-  lesions: LesionStats
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "Fingerprint":
-    return cls(
-        spacings=_tuples(d["spacings"], float),
-        shapes_after_crop=_tuples(d["shapes_after_crop"], int),
-        num_subjects=int(d["num_subjects"]),
-        num_modalities=int(d["num_modalities"]),
-        foreground_intensity=tuple(
-            None if s is None else IntensityStats(**s)
-            for s in d["foreground_intensity"]),
-        lesions=LesionStats(**d["lesions"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +141,8 @@ class Plan:
         target_spacing=tuple(float(s) for s in d["target_spacing"]),
         median_shape=tuple(int(s) for s in d["median_shape"]),
         patch_size=tuple(int(p) for p in d["patch_size"]),
-        strides=_tuples(d["strides"], int),
-        kernel_sizes=_tuples(d["kernel_sizes"], int),
+        strides=nested_tuples(d["strides"], int),
+        kernel_sizes=nested_tuples(d["kernel_sizes"], int),
         features=tuple(int(f) for f in d["features"]),
         batch_size=int(d["batch_size"]),
         vram_estimate_gb=float(d["vram_estimate_gb"]),
@@ -242,86 +167,6 @@ class Topology:
     """Total stride per axis: what the patch size must be divisible by."""
     return tuple(math.prod(s[axis] for s in self.strides)
                  for axis in range(len(self.patch_size)))
-
-
-def _tuples(rows: Sequence[Sequence[Any]], kind: type) -> tuple[tuple, ...]:
-  return tuple(tuple(kind(v) for v in row) for row in rows)
-
-
-# ----------------------------------------------------------------- fingerprint
-
-
-def component_sizes(mask: np.ndarray) -> np.ndarray:
-  """Voxel counts of the 26-connected (3D; 8 in 2D) components of `mask`."""
-  labels, count = scipy.ndimage.label(
-      mask, structure=np.ones((3,) * mask.ndim, bool))
-  return np.bincount(labels.ravel(), minlength=count + 1)[1:]
-
-
-def _intensity_stats(values: np.ndarray) -> IntensityStats | None:
-  if values.size == 0:
-    return None
-  low, high = np.percentile(values, [0.5, 99.5])
-  return IntensityStats(mean=float(values.mean()), std=float(values.std()),
-                        percentile_00_5=float(low),
-                        percentile_99_5=float(high))
-
-
-def _size_stats(voxels: np.ndarray, ml: np.ndarray) -> LesionStats:
-  if voxels.size == 0:
-    return LesionStats(0, None, None, None, None)
-  return LesionStats(
-      num_components=int(voxels.size),
-      median_voxels=float(np.median(voxels)),
-      p05_voxels=float(np.percentile(voxels, 5)),
-      median_ml=float(np.median(ml)), p05_ml=float(np.percentile(ml, 5)))
-
-
-def fingerprint(records: Sequence[Mapping[str, Any]]) -> Fingerprint:
-  """Fingerprints a dataset split (as nnU-Net's DatasetFingerprintExtractor).
-
-  Args:
-    records: TFDS records (a data source or a list): `image` (X, Y, Z, C),
-      `lesion_mask` (X, Y, Z), `spacing` (3,), volumes already cropped.
-
-  Returns:
-    The fingerprint. Intensity statistics pool the lesion voxels of all
-    subjects (a seeded random sample of at most 1e8 / subjects per subject,
-    as nnU-Net).
-
-  Raises:
-    ValueError: no records, or records with different channel counts.
-  """
-  if len(records) == 0:
-    raise ValueError("cannot fingerprint an empty dataset")
-  per_subject = MAX_FOREGROUND_SAMPLES // len(records)
-  rng = np.random.default_rng(1234)
-  spacings, shapes, samples, voxels, ml = [], [], [], [], []
-  for i in range(len(records)):
-    record = records[i]
-    image = np.asarray(record["image"])
-    lesion = np.asarray(record["lesion_mask"]) > 0
-    spacing = tuple(round(float(s), 6) for s in record["spacing"])
-    spacings.append(spacing)
-    shapes.append(tuple(int(s) for s in lesion.shape))
-    sizes = component_sizes(lesion)
-    voxels.append(sizes)
-    ml.append(sizes * math.prod(spacing) / 1000.0)
-    foreground = image[lesion]
-    if len(foreground) > per_subject:
-      foreground = foreground[rng.choice(len(foreground), per_subject,
-                                         replace=False)]
-    samples.append(foreground)
-  channels = {s.shape[-1] for s in samples}
-  if len(channels) != 1:
-    raise ValueError(f"records have different channel counts: {channels}")
-  pooled = np.concatenate(samples)
-  return Fingerprint(
-      spacings=tuple(spacings), shapes_after_crop=tuple(shapes),
-      num_subjects=len(records), num_modalities=channels.pop(),
-      foreground_intensity=tuple(_intensity_stats(pooled[:, c])
-                                 for c in range(pooled.shape[1])),
-      lesions=_size_stats(np.concatenate(voxels), np.concatenate(ml)))
 
 
 # -------------------------------------------------------------------- topology
@@ -561,135 +406,3 @@ def save_plan(p: Plan, path: str | Path) -> None:
 def load_plan(path: str | Path) -> Plan:
   """Reads a plan written by `save_plan`."""
   return Plan.from_dict(json.loads(Path(path).read_text()))
-
-
-def save_fingerprint(fp: Fingerprint, path: str | Path) -> None:
-  """Writes the fingerprint as JSON, atomically."""
-  atomic_write_text(path, json.dumps(fp.to_dict(), indent=2))
-
-
-def load_fingerprint(path: str | Path) -> Fingerprint:
-  """Reads a fingerprint written by `save_fingerprint`."""
-  return Fingerprint.from_dict(json.loads(Path(path).read_text()))
-
-
-# ------------------------------------------------------------------- config
-
-
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
-def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  *parents, leaf = dotted.split(".")
-  node = config
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
-
-
-def unset_keys(config: ml_collections.ConfigDict) -> list[str]:
-  """The planned keys the config leaves to the planner (at their UNSET)."""
-  unset = []
-  for key, marker in UNSET.items():
-    value = _get(config, key)
-    if (tuple(value) if isinstance(value, (tuple, list)) else value) == marker:
-      unset.append(key)
-  return unset
-
-
-def apply_plan(config: ml_collections.ConfigDict, p: Plan,
-               num_devices: int = 1) -> ml_collections.ConfigDict:
-  """A copy of `config` with its unset planned fields filled from `p`.
-
-  Fields the user set are kept. The planned batch size is rounded down to a
-  multiple of `num_devices` (data parallelism shards the global batch), but
-  not below `num_devices`. `data.target_spacing` is recorded as information.
-
-  Args:
-    config: the training config (may be locked).
-    p: the plan.
-    num_devices: devices the global batch is sharded over.
-
-  Returns:
-    The filled copy.
-  """
-  config = copy.deepcopy(config)
-  overrides = p.to_config_overrides()
-  overrides["batch_size"] = max(p.batch_size // num_devices, 1) * num_devices
-  for key in unset_keys(config):
-    _set(config, key, overrides[key])
-  with config.unlocked():
-    config.data.target_spacing = p.target_spacing
-  return config
-
-
-def plan_from_config(fp: Fingerprint, config: ml_collections.ConfigDict
-                     ) -> Plan:
-  """Plans with the config's planner settings and the user's fixed patch.
-
-  `config.planner.dims` chooses 2D or 3D unless the user fixed the patch,
-  whose length decides.
-
-  Raises:
-    InputError: naming the config key that makes planning impossible.
-  """
-  patch = tuple(config.data.patch_size) or None
-  dims = len(patch) if patch else config.planner.dims
-  try:
-    return plan(fp, dims=dims, vram_budget_gb=config.planner.vram_budget_gb,
-                bytes_per_value=BYTES_PER_VALUE[config.model.compute_dtype],
-                num_classes=config.model.num_classes, patch_size=patch)
-  except ValueError as e:
-    key = "data.patch_size" if patch else "planner"
-    raise InputError(f"config.{key}: {e}") from e
-
-
-def plan_and_apply(config: ml_collections.ConfigDict,
-                   train_source: Sequence[Mapping[str, Any]],
-                   data_dir: str | Path, workdir: str | Path,
-                   num_devices: int = 1) -> ml_collections.ConfigDict:
-  """Fingerprints the training split, plans, saves and applies the plan.
-
-  The fingerprint is cached with the dataset (`<data_dir>/fingerprint-fold
-  K.json`: the records never change under a data dir). The plan goes to
-  `<workdir>/plan.json` and, named by what it depends on, next to the
-  fingerprint.
-
-  Args:
-    config: the training config with `config.plan` true.
-    train_source: records of the training split.
-    data_dir: the TFDS dataset directory (`builder.data_dir`).
-    workdir: the run's directory.
-    num_devices: devices the global batch is sharded over.
-
-  Returns:
-    The config with its unset planned fields filled.
-  """
-  data_dir = Path(data_dir)
-  fp_path = data_dir / f"fingerprint-fold{config.data.fold}.json"
-  if fp_path.exists():
-    fp = load_fingerprint(fp_path)
-  else:
-    fp = fingerprint(train_source)
-    save_fingerprint(fp, fp_path)
-  p = plan_from_config(fp, config)
-  save_plan(p, Path(workdir) / "plan.json")
-  save_plan(p, data_dir / _plan_name(config, p))
-  if not np.allclose(fp.spacings, p.target_spacing, rtol=0.01):
-    logging.warning("Some volumes are not at the planned spacing %s mm; this "
-                    "pipeline does not resample them", p.target_spacing)
-  logging.info("Plan: %s (fills %s)", p, unset_keys(config))
-  return apply_plan(config, p, num_devices)
-
-
-def _plan_name(config: ml_collections.ConfigDict, p: Plan) -> str:
-  """A file name that differs whenever the plan's inputs differ."""
-  name = (f"plan-fold{config.data.fold}-{p.dims}d-{p.vram_budget_gb:g}GB-"
-          f"{config.model.compute_dtype}")
-  if tuple(config.data.patch_size):
-    name += "-patch" + "x".join(str(s) for s in p.patch_size)
-  return name + ".json"

@@ -4,7 +4,7 @@ import jax
 import ml_collections
 
 from preprocessing.io.errors import InputError
-from pvl_jax.planning import planner as planning
+from pvl_jax.planning import config_plan
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -56,7 +56,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "must be >= 1")
   _validate_mirror_axes(config.inference.mirror_axes)
 
-  if config.plan and planning.unset_keys(config):
+  if config.plan and config_plan.unset_keys(config):
     return  # checked again once the planner has filled them
   _validate_batch_and_topology(config)
 

@@ -32,7 +32,7 @@ from pvl_jax.data import dataset
 from pvl_jax.evaluation import evaluate_run
 from pvl_jax.data import input_pipeline
 from pvl_jax.training import losses
-from pvl_jax.planning import planner as planning
+from pvl_jax.planning import config_plan
 from pvl_jax.evaluation import plots
 from pvl_jax.training import preemption
 from pvl_jax.training import preflight
@@ -198,7 +198,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   builder = dataset.prepare(config)
   sources = dataset.split_sources(builder, config)
   if config.plan:
-    config = planning.plan_and_apply(config, sources["train"],
+    config = config_plan.plan_and_apply(config, sources["train"],
                                      builder.data_dir, workdir,
                                      jax.device_count())
     config_validation.validate_config(config)
