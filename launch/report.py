@@ -13,10 +13,7 @@ not run yet / still running). Baseline rows come from ROOT/baseline.json or
 "f1_std", "auc_mean", "auc_std"}, ...]}.
 """
 
-import csv
 import dataclasses
-import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,14 +21,16 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt
 import numpy as np
 
-from launch import sweep
-from preprocessing.io.atomic import atomic_write_bytes, atomic_write_text
+from launch import sweep_points
+from preprocessing.io import figures
+from preprocessing.io import tables
+from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
+from preprocessing.io.json_files import read_json
+from pvl_jax.evaluation import summary
 
 FLAGS = flags.FLAGS
 
@@ -74,18 +73,11 @@ class PointResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stat:
-  mean: float
-  std: float  # nan for a single value
-  n: int
-
-
-@dataclasses.dataclass(frozen=True)
 class Group:
   """The points of one r value."""
   r: float
   points: list[PointResult]
-  stats: dict[str, Stat | None]  # metric key -> None: no values
+  stats: dict[str, summary.Summary]  # metric key -> over finished points
 
   @property
   def finished(self) -> list[PointResult]:
@@ -96,26 +88,19 @@ class Group:
     return [p for p in self.points if p.state != "finished"]
 
 
-def _read_json(path: Path) -> Any:
-  try:
-    return json.loads(path.read_text())
-  except ValueError as e:
-    raise InputError(f"{path}: not valid JSON ({e})") from None
-
-
 def collect(root: Path) -> list[PointResult]:
   """Reads sweep.json and each point's results.json / exit status."""
   points = []
-  for point in sweep.load_sweep(root)["points"]:
+  for point in sweep_points.load_sweep(root)["points"]:
     if "r" not in point.overrides:
-      raise InputError(f"{root / sweep.SWEEP_FILE}: point {point.name} sets "
+      raise InputError(f"{root / sweep_points.SWEEP_FILE}: point {point.name} sets "
                        "no 'r'; the report groups points by r")
     workdir = root / point.name
-    status_path = workdir / sweep.STATUS_FILE
-    returncode = (_read_json(status_path)["returncode"]
+    status_path = workdir / sweep_points.STATUS_FILE
+    returncode = (read_json(status_path)["returncode"]
                   if status_path.exists() else None)
-    if (workdir / sweep.RESULTS_FILE).exists():
-      test = _read_json(workdir / sweep.RESULTS_FILE)["test"]
+    if (workdir / sweep_points.RESULTS_FILE).exists():
+      test = read_json(workdir / sweep_points.RESULTS_FILE)["test"]
       state = "finished"
     else:
       test = None
@@ -123,13 +108,6 @@ def collect(root: Path) -> list[PointResult]:
     points.append(PointResult(point.name, float(point.overrides["r"]), state,
                               returncode, test))
   return points
-
-
-def _stat(values: Sequence[float]) -> Stat | None:
-  if not values:
-    return None
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-  return Stat(float(np.mean(values)), std, len(values))
 
 
 def summarize(points: Sequence[PointResult]) -> list[Group]:
@@ -141,14 +119,14 @@ def summarize(points: Sequence[PointResult]) -> list[Group]:
     for metric in METRICS:
       values = [p.test[metric.key] for p in members
                 if p.test is not None and metric.key in p.test]
-      stats[metric.key] = _stat(values)
+      stats[metric.key] = summary.summarize(values)
     groups.append(Group(r, members, stats))
   return groups
 
 
 def load_baseline(path: Path) -> list[dict[str, Any]]:
   """The baseline rows, each with a name and mean/std per cls metric."""
-  rows = _read_json(path)
+  rows = read_json(path)
   if not isinstance(rows, dict) or not isinstance(rows.get("rows"), list):
     raise InputError(f"{path}: expected {{\"rows\": [...]}}")
   for i, row in enumerate(rows["rows"]):
@@ -164,14 +142,12 @@ def _r_label(r: float) -> str:
   return f"{r:g}"
 
 
-def _cell(stat: Stat | None, group: Group, metric: Metric) -> str:
+def _cell(stat: summary.Summary, group: Group, metric: Metric) -> str:
   if metric.cls and group.r == 0:
     return NONE
-  if stat is None:
+  if stat.n == 0:
     return NA
-  text = f"{stat.mean:.3f}"
-  if not math.isnan(stat.std):
-    text += f" ± {stat.std:.3f}"
+  text = summary.format_mean_std(stat.mean, stat.std)
   if stat.n < len(group.finished):  # some results.json lack the metric
     text += f" (n={stat.n})"
   return text
@@ -180,16 +156,8 @@ def _cell(stat: Stat | None, group: Group, metric: Metric) -> str:
 def _baseline_cell(row: dict[str, Any], metric: Metric) -> str:
   if not metric.cls:
     return NONE
-  mean, std = row[f"{metric.short}_mean"], row[f"{metric.short}_std"]
-  if mean is None:
-    return NA
-  return f"{mean:.3f}" + ("" if std is None else f" ± {std:.3f}")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(" --- " for _ in header) + "|"]
-  return lines + ["| " + " | ".join(row) + " |" for row in rows]
+  return summary.format_mean_std(row[f"{metric.short}_mean"],
+                                 row[f"{metric.short}_std"])
 
 
 def markdown(root: Path, groups: Sequence[Group],
@@ -209,12 +177,12 @@ def markdown(root: Path, groups: Sequence[Group],
            "Test split; mean ± sample std (ddof=1) across folds/seeds. "
            f"{NONE}: not applicable (no hand-function head at r = 0), "
            f"{NA}: not in results.json.", "",
-           *_table(["r", "finished", *labels, "missing"], rows), ""]
+           tables.markdown_table(["r", "finished", *labels, "missing"], rows)]
   unfinished = [p for p in points if p.state != "finished"]
   lines += ["## Missing or failed points", ""]
   if unfinished:
     lines += [f"- `{p.name}`: {p.describe()}; log: "
-              f"{root / p.name / sweep.LOG_FILE}" for p in unfinished]
+              f"{root / p.name / sweep_points.LOG_FILE}" for p in unfinished]
   else:
     lines.append(f"All {len(points)} points finished.")
   point_rows = []
@@ -229,37 +197,35 @@ def markdown(root: Path, groups: Sequence[Group],
         values.append(f"{p.test[m.key]:.3f}" if m.key in p.test else NA)
     point_rows.append([f"`{p.name}`", p.describe(), *values])
   lines += ["", "## Points", "",
-            *_table(["point", "status", *labels], point_rows), ""]
+            tables.markdown_table(["point", "status", *labels], point_rows)]
   return "\n".join(lines)
 
 
 def csv_text(groups: Sequence[Group],
              baseline: Sequence[dict[str, Any]]) -> str:
   """report.csv: one row per r and per baseline; empty cells = no value."""
-  out = io.StringIO()
-  writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(["name", "r", "finished", "expected", "missing",
-                   *(f"{m.short}_{s}" for m in METRICS
-                     for s in ("mean", "std"))])
-
   def number(x: float | None) -> str:
     return "" if x is None or math.isnan(x) else repr(float(x))
 
+  rows = []
   for g in groups:
-    values = []
+    row = {"name": f"r={_r_label(g.r)}", "r": repr(g.r),
+           "finished": len(g.finished), "expected": len(g.points),
+           "missing": ";".join(p.name for p in g.unfinished)}
     for m in METRICS:
-      stat = g.stats[m.key]
-      values += ([number(stat.mean), number(stat.std)] if stat else ["", ""])
-    writer.writerow([f"r={_r_label(g.r)}", repr(g.r), len(g.finished),
-                     len(g.points), ";".join(p.name for p in g.unfinished),
-                     *values])
-  for row in baseline:
-    values = []
+      row[f"{m.short}_mean"] = number(g.stats[m.key].mean)
+      row[f"{m.short}_std"] = number(g.stats[m.key].std)
+    rows.append(row)
+  for baseline_row in baseline:
+    row = {"name": f"baseline: {baseline_row['name']}"}
     for m in METRICS:
-      values += ([number(row[f"{m.short}_mean"]), number(row[f"{m.short}_std"])]
-                 if m.cls else ["", ""])
-    writer.writerow([f"baseline: {row['name']}", "", "", "", "", *values])
-  return out.getvalue()
+      if m.cls:
+        row[f"{m.short}_mean"] = number(baseline_row[f"{m.short}_mean"])
+        row[f"{m.short}_std"] = number(baseline_row[f"{m.short}_std"])
+    rows.append(row)
+  columns = ["name", "r", "finished", "expected", "missing",
+             *(f"{m.short}_{s}" for m in METRICS for s in ("mean", "std"))]
+  return tables.csv_text(rows, columns)
 
 
 def plot(groups: Sequence[Group], baseline: Sequence[dict[str, Any]],
@@ -284,7 +250,7 @@ def plot(groups: Sequence[Group], baseline: Sequence[dict[str, Any]],
       ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=14,
                  color="0.6", zorder=2)
       stat = g.stats[metric.key]
-      if stat is not None:
+      if stat.n:
         ax.errorbar(i, stat.mean, yerr=None if math.isnan(stat.std)
                     else stat.std, fmt="o", color=colors[0], ms=7, capsize=5,
                     lw=2, zorder=3)
@@ -311,10 +277,7 @@ def plot(groups: Sequence[Group], baseline: Sequence[dict[str, Any]],
                loc="outside lower center", ncols=min(len(handles), 3))
   fig.suptitle("L = r·L_cls + L_seg: mean ± std across folds/seeds "
                "(dots: individual runs)")
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
-  plt.close(fig)
-  atomic_write_bytes(path, buffer.getvalue())
+  figures.save_png(fig, path, dpi=110, tight=False)
 
 
 def write_report(root: Path, baseline_path: Path | None = None

@@ -1,24 +1,28 @@
 """Entry point: `python -m pvl_jax.main --config=configs/joint.py --workdir=DIR`.
 
-Kept thin (as flax's examples): flags, logging, multi-host setup, then
-`train.train_and_evaluate`. Bad input (a config value, a file) ends the run
-with `error: <message>` on stderr and exit status 2, before training starts.
+Kept thin (as flax's examples): flags, console, multi-host setup, then
+`pvl_jax.training.train.train_and_evaluate`. Library logs are quiet unless
+`--verbosity` is given (e.g. `--verbosity=0`). Bad input (a config value, a
+file) ends the run with `error: <message>` on stderr and exit status 2,
+before training starts.
 """
 
-import logging as py_logging
+import logging
 import sys
 from typing import NoReturn
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
 
+from preprocessing.io import console
+from preprocessing.io.errors import InputError
 from pvl_jax.training import preemption
 from pvl_jax.training import train
-from preprocessing.io.errors import InputError
+
+log = logging.getLogger(__name__)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and "
@@ -35,10 +39,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.distributed:
     jax.distributed.initialize()
-  # Libraries log through the standard logging module; show their INFO lines.
-  py_logging.getLogger().setLevel(py_logging.INFO)
-  logging.info("JAX devices: %s (process %d of %d)", jax.devices(),
-               jax.process_index(), jax.process_count())
+  console.configure()
+  log.info("JAX: %d %s device(s) (%s), process %d of %d", jax.device_count(),
+           jax.default_backend(), jax.devices()[0].device_kind,
+           jax.process_index() + 1, jax.process_count())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except InputError as e:
@@ -48,7 +52,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
   except preemption.Preempted as e:
-    logging.warning("%s", e)
+    log.warning("%s", e)
     sys.exit(143)  # the conventional status of a SIGTERM'd process
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import report
-from launch import sweep
+from launch import sweep_points
 
 R_VALUES = (0.0, 0.3, 1.0)
 FOLDS = (0, 1, 2)
@@ -31,17 +31,17 @@ def fabricate(root, skip=(), fail=(), lesion_f1=True):
   """A sweep of R_VALUES x FOLDS; `skip`/`fail` are (r, fold) without results."""
   overrides = [{"r": r, "data.fold": fold, "seed": 0}
                for fold in FOLDS for r in R_VALUES]
-  points = sweep.make_points(overrides, "configs/joint.py", root, {})
-  sweep.write_sweep_json(root, points, "configs/joint.py", None, {}, root)
+  points = sweep_points.make_points(overrides, "configs/joint.py", root, {})
+  sweep_points.write_sweep_json(root, points, "configs/joint.py", None, {}, root)
   for point in points:
     key = (point.overrides["r"], point.overrides["data.fold"])
     workdir = root / point.name
     workdir.mkdir()
     if key in fail:
-      (workdir / sweep.STATUS_FILE).write_text('{"returncode": 3}')
+      (workdir / sweep_points.STATUS_FILE).write_text('{"returncode": 3}')
     elif key not in skip:
       results = {"val": {}, "test": _test_metrics(*key, lesion_f1=lesion_f1)}
-      (workdir / sweep.RESULTS_FILE).write_text(json.dumps(results))
+      (workdir / sweep_points.RESULTS_FILE).write_text(json.dumps(results))
   return root
 
 
@@ -65,7 +65,7 @@ def test_aggregates_match_numpy(tmp_path):
 def test_r_zero_has_no_classification_numbers(tmp_path):
   root = fabricate(tmp_path)
   groups = report.summarize(report.collect(root))
-  assert _group(groups, 0.0).stats["cls_auc"] is None
+  assert _group(groups, 0.0).stats["cls_auc"].n == 0
   report.write_report(root)
   rows = list(csv.DictReader((root / "report.csv").open()))
   assert rows[0]["name"] == "r=0" and rows[0]["auc_mean"] == ""

@@ -348,7 +348,8 @@ def test_aggregate_rejects_mismatched_keys_and_empty_input():
 
 
 def test_remove_small_components_and_choice_on_validation():
-  from pvl_jax.evaluation import postprocess  # pylint: disable=g-import-not-at-top
+  from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
+  from pvl_jax.inference import postprocess  # pylint: disable=g-import-not-at-top
   mask = np.zeros((12, 12, 12), bool)
   mask[1:4, 1:4, 1:4] = True          # 27 voxels
   mask[8, 8, 8] = True                 # 1 voxel
@@ -361,7 +362,7 @@ def test_remove_small_components_and_choice_on_validation():
   # Reference = the big cube only: removing specks below 4 voxels is best.
   ref = np.zeros_like(mask)
   ref[1:4, 1:4, 1:4] = True
-  assert postprocess.choose_min_size([mask], [ref]) == 4
+  assert postprocess_choice.choose_min_size([mask], [ref]) == 4
   # Reference includes the single voxel: no postprocessing is best.
   ref[8, 8, 8] = True
-  assert postprocess.choose_min_size([mask], [ref | mask]) == 0
+  assert postprocess_choice.choose_min_size([mask], [ref | mask]) == 0

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from launch import slurm
-from launch import sweep
+from launch import local
+from launch import sweep_points
 from preprocessing.io.errors import InputError
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo",
@@ -82,9 +83,9 @@ def test_submit_parses_the_job_id(tmp_path, monkeypatch):
 def test_distributed_task_runs_under_srun(tmp_path, monkeypatch):
   _fake_tool(tmp_path, "srun", f'echo "$@" > {tmp_path}/srun_args')
   monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-  point = sweep.Point("p", {"r": 1.0}, ("python", "-m", "pvl_jax.main"))
-  sweep.write_sweep_json(tmp_path, [point], "c.py", None, {}, tmp_path)
-  assert sweep.run_task(tmp_path, 0, distributed=True) == 0
+  point = sweep_points.Point("p", {"r": 1.0}, ("python", "-m", "pvl_jax.main"))
+  sweep_points.write_sweep_json(tmp_path, [point], "c.py", None, {}, tmp_path)
+  assert local.run_task(tmp_path, 0, distributed=True) == 0
   assert (tmp_path / "srun_args").read_text().split() == [
       "--kill-on-bad-exit=1", "python", "-m", "pvl_jax.main", "--distributed"]
 
@@ -229,11 +230,11 @@ def slurm_cluster(tmp_path, monkeypatch):
 def test_job_array_on_a_real_cluster(slurm_cluster, tmp_path, request):
   del slurm_cluster
   root = tmp_path / "sweep"
-  points = [sweep.Point(name, {"r": r}, (sys.executable, "-c", FAKE_TRAINING,
+  points = [sweep_points.Point(name, {"r": r}, (sys.executable, "-c", FAKE_TRAINING,
                                           str(root / name)))
             for name, r in (("r=0", 0.0), ("r=1", 1.0), ("r=3", 3.0))]
   repo = request.config.rootpath
-  sweep.write_sweep_json(root, points, "fake", None, {}, repo)
+  sweep_points.write_sweep_json(root, points, "fake", None, {}, repo)
   (root / "r=1").mkdir(parents=True)
   (root / "r=1" / "results.json").write_text('{"finished": "before"}')
   script = slurm.write_script(root, len(points), slurm.Resources(

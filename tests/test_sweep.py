@@ -13,7 +13,8 @@ import time
 import pytest
 
 from configs import joint
-from launch import sweep
+from launch import local
+from launch import sweep_points
 from preprocessing.io.errors import InputError
 
 # A fake point command: appends "<name> <CUDA_VISIBLE_DEVICES> <start> <end>"
@@ -32,7 +33,7 @@ FAKE = textwrap.dedent("""
 
 
 def fake_point(record, name, seconds=0.0, status=0):
-  return sweep.Point(name, {"r": 0.0}, (sys.executable, "-c", FAKE,
+  return sweep_points.Point(name, {"r": 0.0}, (sys.executable, "-c", FAKE,
                                         str(record), name, str(seconds),
                                         str(status)))
 
@@ -44,34 +45,34 @@ def _records(record):
 
 
 def test_joint_sweep_points_and_names():
-  points = sweep.list_overrides(joint.sweep, "folds=2")
+  points = sweep_points.list_overrides(joint.sweep, "folds=2")
   assert len(points) == 12
   assert sorted({p["r"] for p in points}) == sorted(joint.SWEEP_R)
   assert {p["data.fold"] for p in points} == {0, 1}
-  names = [sweep.point_name(p) for p in points]
+  names = [sweep_points.point_name(p) for p in points]
   assert len(set(names)) == 12
   assert "r=0.3_fold=1_seed=0" in names
   assert "r=0.0_fold=0_seed=0" in names
-  assert len(sweep.list_overrides(joint.sweep, None)) == 6
+  assert len(sweep_points.list_overrides(joint.sweep, None)) == 6
 
 
 def test_joint_sweep_r_subset():
-  points = sweep.list_overrides(joint.sweep, "folds=2,r=0/1/10")
+  points = sweep_points.list_overrides(joint.sweep, "folds=2,r=0/1/10")
   assert [(p["r"], p["data.fold"]) for p in points] == [
       (0.0, 0), (1.0, 0), (10.0, 0), (0.0, 1), (1.0, 1), (10.0, 1)]
   with pytest.raises(ValueError, match="r=0/x"):
-    sweep.list_overrides(joint.sweep, "r=0/x")
+    sweep_points.list_overrides(joint.sweep, "r=0/x")
 
 
 def test_point_names_keep_clashing_keys_and_tuples_readable():
-  assert sweep.point_name({"seed": 1, "data.synthetic.seed": 2}) == (
+  assert sweep_points.point_name({"seed": 1, "data.synthetic.seed": 2}) == (
       "seed=1_data.synthetic.seed=2")
-  assert sweep.point_name({"data.patch_size": (16, 16, 16), "x": "a/b c"}
+  assert sweep_points.point_name({"data.patch_size": (16, 16, 16), "x": "a/b c"}
                           ) == "patch_size=16x16x16_x=a-b-c"
 
 
 def test_main_argv():
-  argv = sweep.main_argv(
+  argv = sweep_points.main_argv(
       "/repo/configs/joint.py:demo", "/root/r=0.3_fold=1_seed=0",
       {"r": 0.3, "data.fold": 1, "model.deep_supervision": False,
        "data.patch_size": (16, 16, 16)},
@@ -85,20 +86,20 @@ def test_main_argv():
 
 def test_make_points_rejects_overlaps_and_duplicate_names(tmp_path):
   with pytest.raises(InputError, match=r"--config.r: set by the sweep"):
-    sweep.make_points([{"r": 0.1}], "c.py", tmp_path, {"r": "0.5"})
+    sweep_points.make_points([{"r": 0.1}], "c.py", tmp_path, {"r": "0.5"})
   with pytest.raises(InputError, match="both get the name 'x=a-b'"):
-    sweep.make_points([{"x": "a b"}, {"x": "a/b"}], "c.py", tmp_path, {})
+    sweep_points.make_points([{"x": "a b"}, {"x": "a/b"}], "c.py", tmp_path, {})
 
 
 def test_check_overrides_names_the_bad_key():
   config = joint.get_config("demo")
-  sweep.check_overrides(config, {"r": 3, "data.fold": 1}, "p")
+  sweep_points.check_overrides(config, {"r": 3, "data.fold": 1}, "p")
   with pytest.raises(InputError, match="p: config has no field 'data.nope'"):
-    sweep.check_overrides(config, {"data.nope": 1}, "p")
+    sweep_points.check_overrides(config, {"data.nope": 1}, "p")
   with pytest.raises(InputError, match="p: config has no field 'r.x'"):
-    sweep.check_overrides(config, {"r.x": 1}, "p")
+    sweep_points.check_overrides(config, {"r.x": 1}, "p")
   with pytest.raises(InputError, match="p: data.fold='a'"):
-    sweep.check_overrides(config, {"data.fold": "a"}, "p")
+    sweep_points.check_overrides(config, {"data.fold": "a"}, "p")
   assert config.r == 1.0  # checked on a copy
 
 
@@ -108,12 +109,12 @@ def test_skips_finished_points(tmp_path, caplog):
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "results.json").write_text("{}")
   with caplog.at_level(logging.INFO):
-    failed = sweep.run_sweep(points, tmp_path, gpus=[], poll_s=0.05)
+    failed = local.run_sweep(points, tmp_path, gpus=[], poll_s=0.05)
   assert failed == []
   assert [r[0] for r in _records(record)] == ["b"]
   assert "skipping finished a" in caplog.text
   assert "fake output of b" in (tmp_path / "b" / "log.txt").read_text()
-  status = json.loads((tmp_path / "b" / sweep.STATUS_FILE).read_text())
+  status = json.loads((tmp_path / "b" / sweep_points.STATUS_FILE).read_text())
   assert status["returncode"] == 0
 
 
@@ -122,20 +123,20 @@ def test_failing_point_is_reported_and_others_continue(tmp_path, caplog):
   points = [fake_point(record, "ok1"), fake_point(record, "bad", status=3),
             fake_point(record, "ok2")]
   with caplog.at_level(logging.INFO):
-    failed = sweep.run_sweep(points, tmp_path, gpus=[], poll_s=0.05)
+    failed = local.run_sweep(points, tmp_path, gpus=[], poll_s=0.05)
   assert failed == ["bad"]
   assert [r[0] for r in _records(record)] == ["ok1", "bad", "ok2"]
   assert "point bad FAILED with exit status 3" in caplog.text
   assert "fake output of bad" in caplog.text  # the log's tail
   assert "[3/3] ok2 done" in caplog.text and "ETA" in caplog.text
-  status = json.loads((tmp_path / "bad" / sweep.STATUS_FILE).read_text())
+  status = json.loads((tmp_path / "bad" / sweep_points.STATUS_FILE).read_text())
   assert status["returncode"] == 3
 
 
 def test_one_point_per_gpu_at_a_time(tmp_path):
   record = tmp_path / "record.txt"
   points = [fake_point(record, f"p{i}", seconds=1.0) for i in range(4)]
-  assert sweep.run_sweep(points, tmp_path, gpus=["0", "1"], poll_s=0.05) == []
+  assert local.run_sweep(points, tmp_path, gpus=["0", "1"], poll_s=0.05) == []
   runs = _records(record)
   assert len(runs) == 4
   overlapping = [
@@ -151,13 +152,13 @@ def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path):
   trap = ("import signal, sys, time; signal.signal(signal.SIGTERM, "
           "lambda *_: sys.exit(143)); "
           "time.sleep(30)")
-  points = [sweep.Point("a", {}, (sys.executable, "-c", trap)),
-            sweep.Point("b", {}, (sys.executable, "-c", "pass"))]
+  points = [sweep_points.Point("a", {}, (sys.executable, "-c", trap)),
+            sweep_points.Point("b", {}, (sys.executable, "-c", "pass"))]
   threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
   start = time.monotonic()
-  assert sweep.run_sweep(points, tmp_path, gpus=[], poll_s=0.05) == ["a", "b"]
+  assert local.run_sweep(points, tmp_path, gpus=[], poll_s=0.05) == ["a", "b"]
   assert time.monotonic() - start < 10
-  status = json.loads((tmp_path / "a" / sweep.STATUS_FILE).read_text())
+  status = json.loads((tmp_path / "a" / sweep_points.STATUS_FILE).read_text())
   assert status["returncode"] in (143, -signal.SIGTERM)
   assert not (tmp_path / "b").exists()
 
@@ -165,14 +166,14 @@ def test_sigterm_is_forwarded_and_stops_the_sweep(tmp_path):
 def test_run_task_runs_one_point_or_skips_it(tmp_path):
   record = tmp_path / "record.txt"
   points = [fake_point(record, "a"), fake_point(record, "b", status=4)]
-  sweep.write_sweep_json(tmp_path, points, "c.py", None, {}, tmp_path)
-  assert sweep.run_task(tmp_path, 1, distributed=False) == 4
+  sweep_points.write_sweep_json(tmp_path, points, "c.py", None, {}, tmp_path)
+  assert local.run_task(tmp_path, 1, distributed=False) == 4
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "results.json").write_text("{}")
-  assert sweep.run_task(tmp_path, 0, distributed=False) == 0
+  assert local.run_task(tmp_path, 0, distributed=False) == 0
   assert [r[0] for r in _records(record)] == ["b"]
   with pytest.raises(InputError, match="--task: 2 is not a point index"):
-    sweep.run_task(tmp_path, 2, distributed=False)
+    local.run_task(tmp_path, 2, distributed=False)
 
 
 def _sweep_cli(*args, cwd):
@@ -246,7 +247,7 @@ def test_cli_failed_point_exits_nonzero(tmp_path, request):
   # pvl_jax.main parsed every override and rejected the point's own value.
   assert "error: config.batch_size: must be >= 1 (got 0)" in (
       point / "log.txt").read_text()
-  assert json.loads((point / sweep.STATUS_FILE).read_text())[
+  assert json.loads((point / sweep_points.STATUS_FILE).read_text())[
       "returncode"] == 2
 
 

@@ -32,6 +32,8 @@ import ml_collections
 from preprocessing import tfds_builder
 from preprocessing.io.errors import InputError
 
+log = logging.getLogger(__name__)
+
 
 def cache_root(config: ml_collections.ConfigDict) -> Path:
   """Directory for generated cohorts and TFDS records."""
@@ -69,7 +71,7 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
          f"{spec.resolution_mm}mm-{key}")
   with _locked(out.with_suffix(".lock")):
     if not out.exists():
-      logging.info("Generating the synthetic cohort (%d subjects) in %s",
+      log.info("generating the synthetic cohort (%d subjects) in %s",
                    spec.num_subjects, out)
       # Template space: ready for training as it is (raw scans would need
       # the preprocessing pipeline first).
@@ -94,7 +96,7 @@ def preprocessed_cohort(config: ml_collections.ConfigDict, cohort: Path
   out = (cache_root(config) / "preprocessed" /
          f"{cohort.name}-{_digest(repr((str(cohort), params)))}")
   with _locked(out.with_suffix(".lock")):
-    logging.info("Preprocessing %s into %s", cohort, out)
+    log.info("preprocessing %s into %s", cohort, out)
     pipeline.preprocess_cohort(cohort, out, params,
                                num_workers=max(os.cpu_count() or 1, 1))
   return out

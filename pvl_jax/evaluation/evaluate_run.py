@@ -8,68 +8,24 @@ probability of a subject is the sigmoid of its mean window logit; the decision
 threshold is chosen on the validation split and applied to the test split.
 """
 
-from collections.abc import Mapping, Sequence
-import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 import tqdm
 
 from preprocessing.io import nifti
 from preprocessing import normalize
+from pvl_jax.data import records
 from pvl_jax.inference import sliding_window
 from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import classification
-from pvl_jax.evaluation import postprocess
+from pvl_jax.evaluation import postprocess_choice
+from pvl_jax.inference.postprocess import remove_small_components
 from pvl_jax.evaluation import segmentation
 from pvl_jax.evaluation import threshold_baseline
-
-
-def volume_shapes(sources: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-  """Subject id -> cropped spatial shape, over all splits."""
-  shapes = {}
-  for source in sources.values():
-    for i in range(len(source)):
-      record = source[i]
-      shapes[_subject_id(record)] = tuple(record["lesion_mask"].shape)
-  return shapes
-
-
-def subject_ids(source: Any) -> list[str]:
-  """Subject id of every record of a split, in record order."""
-  return [_subject_id(source[i]) for i in range(len(source))]
-
-
-def patch_validation(eval_step, params, batches: Sequence[Mapping[str, np.ndarray]],
-                     parallel) -> dict[str, float]:
-  """Mean loss and hard Dice over fixed validation patches."""
-  totals: dict[str, float] = {}
-  for batch in batches:
-    out = jax.device_get(eval_step(params, parallel.global_batch(batch)))
-    for key, value in out.items():
-      totals[key] = totals.get(key, 0.0) + float(value)
-  return {f"val/{k}": v / len(batches) for k, v in totals.items()}
-
-
-def predict_volume(window_fn: sliding_window.WindowFn, image: np.ndarray,
-                   patch_size: Sequence[int], overlap: float,
-                   batch_size: int) -> tuple[np.ndarray, float]:
-  """Lesion probabilities for a (*spatial, C) volume and the mean cls logit.
-
-  A 2D model (two patch entries) is applied slice by slice along the last
-  spatial axis and its slices stacked back into a volume.
-  """
-  if len(patch_size) == 3:
-    maps, logit = sliding_window.sliding_window_predict(
-        window_fn, [image], patch_size, overlap, batch_size)
-    return maps[0], logit
-  maps, logit = sliding_window.sliding_window_predict(
-      window_fn, [image[:, :, z] for z in range(image.shape[2])], patch_size,
-      overlap, batch_size)
-  return np.stack(maps, axis=2), logit
 
 
 def predict_split(window_fn: sliding_window.WindowFn, source: Any,
@@ -80,11 +36,11 @@ def predict_split(window_fn: sliding_window.WindowFn, source: Any,
            "spacings": {}, "logits": [], "labels": []}
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
-    probs, logit = predict_volume(window_fn, record["image"],
+    probs, logit = sliding_window.predict_volume(window_fn, record["image"],
                                   config.data.patch_size,
                                   config.inference.overlap,
                                   config.inference.batch_size)
-    subject = _subject_id(record)
+    subject = records.subject_id(record)
     split["subjects"].append(subject)
     # Lesions lie in the brain by definition; what the network marks in the
     # dark background (it sees little of it in training) is discarded.
@@ -125,12 +81,12 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   min_size = 0
   if config.inference.postprocess:
     val = splits["val"]
-    min_size = postprocess.choose_min_size(
+    min_size = postprocess_choice.choose_min_size(
         [val["predictions"][s] for s in val["subjects"]],
         [val["references"][s] for s in val["subjects"]])
     for split in splits.values():
       split["predictions"] = {
-          s: postprocess.remove_small_components(p, min_size)
+          s: remove_small_components(p, min_size)
           for s, p in split["predictions"].items()}
   results: dict[str, Any] = {
       name: segmentation_results(split) for name, split in splits.items()}
@@ -152,10 +108,6 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
       workdir / "predictions.png", config.inference.num_plot_subjects)
   save_predictions(sources["test"], splits["test"]["predictions"],
                    workdir / "predictions")
-  logging.info("val dice %.4f test dice %.4f (threshold baseline test dice "
-               "%.4f)", results["val"]["dice_mean"],
-               results["test"]["dice_mean"],
-               results["threshold_baseline"]["test_dice_mean"])
   return results
 
 
@@ -169,7 +121,7 @@ def save_predictions(source: Any, predictions: Mapping[str, np.ndarray],
   """
   for i in range(len(source)):
     record = source[i]
-    subject = _subject_id(record)
+    subject = records.subject_id(record)
     start = np.asarray(record["crop_start"])
     full = np.zeros(tuple(record["original_shape"]), np.uint8)
     pred = predictions[subject]
@@ -197,8 +149,3 @@ def threshold_baseline_results(sources: Mapping[str, Any]) -> dict[str, float]:
 
 def _metrics_only(row: Mapping[str, Any]) -> dict[str, float]:
   return {k: v for k, v in row.items() if k != "subject_id"}
-
-
-def _subject_id(record: Mapping[str, Any]) -> str:
-  subject = record["subject_id"]
-  return subject.decode() if isinstance(subject, bytes) else str(subject)

@@ -1,26 +1,15 @@
 """PNG figures: prediction overlays on slices and training curves."""
 
 from collections.abc import Mapping
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt
 import numpy as np
 
-from preprocessing.io.atomic import atomic_write_bytes
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-  """Renders `fig` to PNG bytes and writes them atomically."""
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-  plt.close(fig)
-  atomic_write_bytes(path, buffer.getvalue())
+from preprocessing.io import figures
+from pvl_jax.data import records
 
 
 def prediction_overlays(source: Any, predictions: Mapping[str, np.ndarray],
@@ -45,8 +34,7 @@ def prediction_overlays(source: Any, predictions: Mapping[str, np.ndarray],
                            squeeze=False)
   for row in range(rows):
     record = source[row]
-    subject = record["subject_id"]
-    subject = subject.decode() if isinstance(subject, bytes) else str(subject)
+    subject = records.subject_id(record)
     image = record["image"][..., 0]
     ref = record["lesion_mask"] > 0
     pred = predictions[subject]
@@ -61,13 +49,18 @@ def prediction_overlays(source: Any, predictions: Mapping[str, np.ndarray],
       ax.set_title(f"{subject} z={z}", fontsize=8)
       ax.axis("off")
   fig.suptitle("reference (green) vs prediction (red)")
-  _save(fig, path)
+  figures.save_png(fig, path)
 
 
 def training_curves(history_path: Path, path: Path) -> None:
-  """Plots every scalar of metrics.jsonl against the step.
+  """Plots metrics.jsonl: training and validation of a quantity on one axes.
 
-  A resumed run logs some steps twice; the later entry wins.
+  Scalars `train/X` and `val/X` of the same X (loss, seg_loss, cls_loss)
+  share a panel, so the gap between them reads directly; training values are
+  averages over `log_every` steps, validation values means over the fixed
+  validation patches. Other scalars (gradient norm, patch Dice) get a panel
+  each; steps/s is left out. A resumed run logs some steps twice; the later
+  entry wins.
   """
   if not history_path.exists():
     return
@@ -77,17 +70,27 @@ def training_curves(history_path: Path, path: Path) -> None:
     step = entry.pop("step")
     for key, value in entry.items():
       series.setdefault(key, {})[step] = value
-  keys = sorted(k for k in series if not k.endswith("steps_per_s"))
-  cols = min(len(keys), 4)
-  rows = -(-len(keys) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows),
+  panels: dict[str, list[str]] = {}
+  for key in sorted(series):
+    if key.endswith("steps_per_s"):
+      continue
+    panels.setdefault(key.split("/", 1)[-1], []).append(key)
+  # Shared quantities (train and val) first: they are what a reader looks at.
+  names = sorted(panels, key=lambda name: (len(panels[name]) < 2, name))
+  cols = min(len(names), 3)
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows),
                            squeeze=False)
-  for ax in axes.flat[len(keys):]:
+  for ax in axes.flat[len(names):]:
     ax.axis("off")
-  for ax, key in zip(axes.flat, keys):
-    steps = sorted(series[key])
-    ax.plot(steps, [series[key][s] for s in steps], marker=".")
-    ax.set_title(key, fontsize=8)
+  for ax, name in zip(axes.flat, names):
+    for key in panels[name]:
+      steps = sorted(series[key])
+      ax.plot(steps, [series[key][s] for s in steps], marker=".",
+              label=key.split("/", 1)[0] if "/" in key else key)
+    ax.set_title(name, fontsize=9)
     ax.set_xlabel("step")
+    if len(panels[name]) > 1:
+      ax.legend(fontsize=7)
   fig.tight_layout()
-  _save(fig, path)
+  figures.save_png(fig, path)

@@ -22,6 +22,8 @@ from pvl_jax.evaluation.classification import classification_metrics
 from pvl_jax.handfunction import features as features_lib
 from pvl_jax.handfunction import nested_cv
 
+log = logging.getLogger(__name__)
+
 FEATURE_SETS = ("matrix", "lesion_load")
 
 
@@ -95,7 +97,7 @@ def run(cohort_dir: str | os.PathLike,
   features = {}
   grid = None
   for masks, paths in sources.items():
-    logging.info("reading %d %s masks", len(paths), masks)
+    log.info("reading %d %s masks", len(paths), masks)
     features[masks], grid = features_lib.load_features(paths, grid)
   searches = {"matrix": nested_cv.matrix_search(grid.shape,
                                                sorted(set(downsample))),
@@ -103,7 +105,7 @@ def run(cohort_dir: str | os.PathLike,
   rows = []
   for masks, feature_sets in features.items():
     for feature_set in FEATURE_SETS:
-      logging.info("nested %d-fold CV: %s on %s masks", folds, feature_set,
+      log.info("nested %d-fold CV: %s on %s masks", folds, feature_set,
                    masks)
       result = nested_cv.cross_validate(feature_sets[feature_set], labels,
                               searches[feature_set], folds, seed,

@@ -154,3 +154,21 @@ def sliding_window_predict(window_fn: WindowFn, images: Sequence[np.ndarray],
   maps = [(p / w)[tuple(slice(0, s) for s in image.shape[:-1])]
           for p, w, image in zip(prob_sums, weight_sums, images)]
   return maps, float(np.mean(logits))
+
+
+def predict_volume(window_fn: WindowFn, image: np.ndarray,
+                   patch_size: Sequence[int], overlap: float,
+                   batch_size: int) -> tuple[np.ndarray, float]:
+  """Lesion probabilities for a (*spatial, C) volume and the mean cls logit.
+
+  A 2D model (two patch entries) is applied slice by slice along the last
+  spatial axis and its slices stacked back into a volume.
+  """
+  if len(patch_size) == 3:
+    maps, logit = sliding_window_predict(
+        window_fn, [image], patch_size, overlap, batch_size)
+    return maps[0], logit
+  maps, logit = sliding_window_predict(
+      window_fn, [image[:, :, z] for z in range(image.shape[2])], patch_size,
+      overlap, batch_size)
+  return np.stack(maps, axis=2), logit

@@ -19,9 +19,8 @@ import orbax.checkpoint as ocp
 
 from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
-from pvl_jax.evaluation import evaluate_run
 from pvl_jax.inference import sliding_window
-from pvl_jax.evaluation import postprocess
+from pvl_jax.inference.postprocess import remove_small_components
 from pvl_jax.models import unet
 
 
@@ -76,14 +75,14 @@ class TrainedRun:
       `classifies`).
     """
     inference_config = self.config.inference
-    probs, logit = evaluate_run.predict_volume(
+    probs, logit = sliding_window.predict_volume(
         self.window_fn, image, self.config.data.patch_size,
         inference_config.overlap, inference_config.batch_size)
     # Lesions lie in the brain; what the network marks in the zeroed
     # background, which training patches show little of, is discarded.
     probs = np.where(brain, probs, 0.0)
     mask = probs > 0.5
-    removed = mask & ~postprocess.remove_small_components(
+    removed = mask & ~remove_small_components(
         mask, self.min_component_voxels)
     return np.where(removed, 0.0, probs), float(1 / (1 + np.exp(-logit)))
 

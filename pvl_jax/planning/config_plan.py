@@ -20,6 +20,8 @@ from preprocessing.io.errors import InputError
 from pvl_jax.planning import fingerprint as fingerprint_lib
 from pvl_jax.planning import planner
 
+log = logging.getLogger(__name__)
+
 # Bytes per stored activation value of each `model.compute_dtype`.
 BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -132,9 +134,9 @@ def plan_and_apply(config: ml_collections.ConfigDict,
   planner.save_plan(p, Path(workdir) / "plan.json")
   planner.save_plan(p, data_dir / _plan_name(config, p))
   if not np.allclose(fp.spacings, p.target_spacing, rtol=0.01):
-    logging.warning("Some volumes are not at the planned spacing %s mm; this "
+    log.warning("some volumes are not at the planned spacing %s mm; this "
                     "pipeline does not resample them", p.target_spacing)
-  logging.info("Plan: %s (fills %s)", p, unset_keys(config))
+  log.info("plan: %s (fills %s)", p.describe(), ", ".join(unset_keys(config)) or "nothing")
   return apply_plan(config, p, num_devices)
 
 

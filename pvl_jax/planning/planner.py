@@ -118,6 +118,14 @@ class Plan:
     return tuple(sum(s[axis] == 2 for s in self.strides)
                  for axis in range(self.dims))
 
+  def describe(self) -> str:
+    """One line for the console: dims, patch, stages, features, batch."""
+    patch = "x".join(str(p) for p in self.patch_size)
+    features = "-".join(str(f) for f in self.features)
+    return (f"{self.dims}D, patch {patch}, {len(self.features)} stages "
+            f"({features} features), batch {self.batch_size}, "
+            f"~{self.vram_estimate_gb:.1f} of {self.vram_budget_gb:g} GB")
+
   def to_config_overrides(self) -> dict[str, Any]:
     """Dotted config keys and their planned values.
 

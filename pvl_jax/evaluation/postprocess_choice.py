@@ -1,4 +1,4 @@
-"""Postprocessing: remove connected components below a minimum size.
+"""Choosing the postprocessing's minimum component size on validation.
 
 The minimum size is chosen on the validation split (the candidate with the
 best mean Dice; ties go to the smaller size, i.e. less postprocessing) and
@@ -8,23 +8,12 @@ then applied unchanged to the test split, never tuned on it.
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from pvl_jax.evaluation import segmentation
+from pvl_jax.inference.postprocess import remove_small_components
 
 # Candidate minimum component sizes in voxels (0 = no postprocessing).
 CANDIDATES = (0, 2, 4, 8, 16, 32)
-
-
-def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-  """`mask` without its 26-connected components smaller than `min_voxels`."""
-  if min_voxels <= 1 or not mask.any():
-    return mask
-  labels, count = ndimage.label(mask, np.ones((3,) * mask.ndim))
-  sizes = np.bincount(labels.ravel(), minlength=count + 1)
-  keep = sizes >= min_voxels
-  keep[0] = False
-  return keep[labels]
 
 
 def choose_min_size(predictions: Sequence[np.ndarray],

@@ -1,0 +1,79 @@
+"""The training and validation steps, the optimizer and the train state."""
+
+from clu import metrics as clu_metrics
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from pvl_jax.models import unet
+from pvl_jax.training import losses
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  seg_loss: clu_metrics.Average.from_output("seg_loss")
+  cls_loss: clu_metrics.Average.from_output("cls_loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """AdamW with linear warm-up, cosine decay and global-norm clipping."""
+  opt = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.learning_rate,
+      warmup_steps=min(opt.warmup_steps, config.num_steps - 1),
+      decay_steps=config.num_steps, end_value=opt.learning_rate * 1e-2)
+  tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm),
+                   optax.adamw(schedule, weight_decay=opt.weight_decay))
+  if config.nonfinite == "skip":
+    # Steps with NaN/Inf gradients leave parameters unchanged and are counted.
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=10**9)
+  return tx
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
+                       rng: jax.Array, num_channels: int
+                       ) -> train_state.TrainState:
+  """Initialises parameters and optimizer state."""
+  sample = jnp.zeros((1, *config.data.patch_size, num_channels), jnp.float32)
+  params = jax.jit(model.init)(rng, sample)["params"]
+  return train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                       tx=make_optimizer(config))
+
+
+def make_train_step(model: unet.UNet, r: float, batch_dice: bool):
+  """Returns train_step(state, batch) -> (state, metrics) for a global batch."""
+
+  def train_step(state: train_state.TrainState, batch: dict[str, jax.Array]):
+    def loss_fn(params):
+      seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
+      return losses.joint_loss(seg_logits, cls_logit, batch["label"],
+                               batch["hand_function"], r, batch_dice)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    new_state = state.apply_gradients(grads=grads)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                       **parts}
+
+  return train_step
+
+
+def make_eval_step(model: unet.UNet, r: float, batch_dice: bool):
+  """Returns eval_step(params, batch) -> loss and hard patch Dice."""
+
+  def eval_step(params, batch):
+    seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
+    loss, parts = losses.joint_loss(seg_logits, cls_logit, batch["label"],
+                                    batch["hand_function"], r, batch_dice)
+    pred = jnp.argmax(seg_logits[0], axis=-1) > 0
+    ref = batch["label"] > 0
+    dice = 2 * jnp.sum(pred & ref) / jnp.maximum(jnp.sum(pred) + jnp.sum(ref), 1)
+    return {"loss": loss, "patch_dice": dice, **parts}
+
+  return eval_step
