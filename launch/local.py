@@ -83,7 +83,8 @@ class _Run:
     returncode = self.process.wait()
     elapsed = time.monotonic() - self.start
     self.log.close()
-    atomic_write_text(root / self.point.name / sweep_points.STATUS_FILE, json.dumps(
+    atomic_write_text(
+        root / self.point.name / sweep_points.STATUS_FILE, json.dumps(
         {"returncode": returncode, "elapsed_s": round(elapsed, 1)}) + "\n")
     if returncode != 0:
       log.error("point %s FAILED with exit status %d; last lines of %s:"
@@ -117,8 +118,9 @@ class _ForwardSigterm:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def run_sweep(points: Sequence[sweep_points.Point], root: Path, gpus: Sequence[str],
-              cwd: Path | None = None, poll_s: float = 0.5) -> list[str]:
+def run_sweep(points: Sequence[sweep_points.Point], root: Path,
+              gpus: Sequence[str], cwd: Path | None = None,
+              poll_s: float = 0.5) -> list[str]:
   """Runs the unfinished points locally, one per GPU at a time.
 
   Args:

@@ -93,7 +93,8 @@ def collect(root: Path) -> list[PointResult]:
   points = []
   for point in sweep_points.load_sweep(root)["points"]:
     if "r" not in point.overrides:
-      raise InputError(f"{root / sweep_points.SWEEP_FILE}: point {point.name} sets "
+      raise InputError(f"{root / sweep_points.SWEEP_FILE}: point {point.name} "
+                       "sets "
                        "no 'r'; the report groups points by r")
     workdir = root / point.name
     status_path = workdir / sweep_points.STATUS_FILE

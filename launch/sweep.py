@@ -70,18 +70,22 @@ def plan(config_flag: flags.Flag, root: Path, sweep_arg: str | None
   # Absolute, so that commands work from any directory (Slurm tasks cd back
   # here anyway: config files import `configs.*` from the repository root).
   config_arg = str(Path(config_file).absolute()) + config_arg[len(config_file):]
-  extra = {k: sweep_points.format_value(v) for k, v in config_flag.override_values.items()}
+  extra = {k: sweep_points.format_value(v)
+           for k, v in config_flag.override_values.items()}
   try:
-    overrides_list = sweep_points.list_overrides(_load_sweep_fn(config_file), sweep_arg)
+    overrides_list = sweep_points.list_overrides(_load_sweep_fn(config_file),
+                                                 sweep_arg)
   except ValueError as e:  # parse_arg on a bad --sweep_arg
     raise InputError(f"--sweep_arg: {e}") from None
   if not overrides_list:
     raise InputError(f"{config_file}: sweep({sweep_arg!r}) added no points")
   for overrides in overrides_list:
-    sweep_points.check_overrides(config, overrides, f"{config_file}: sweep point "
+    sweep_points.check_overrides(config, overrides, f"{config_file}: sweep "
+                                 "point "
                     f"{sweep_points.point_name(overrides)}")
   points = sweep_points.make_points(overrides_list, config_arg, root, extra)
-  sweep_points.write_sweep_json(root, points, config_arg, sweep_arg, extra, Path.cwd())
+  sweep_points.write_sweep_json(root, points, config_arg, sweep_arg, extra,
+                                Path.cwd())
   return points
 
 
@@ -96,9 +100,11 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS["config"].value is None:
       raise InputError("--config: required (except with --task)")
     points = plan(FLAGS["config"], root, FLAGS.sweep_arg)
-    log.info("%d points, written to %s", len(points), root / sweep_points.SWEEP_FILE)
+    log.info("%d points, written to %s", len(points),
+             root / sweep_points.SWEEP_FILE)
     if FLAGS.backend == "slurm":
-      script = slurm.write_script(root, len(points), slurm.resources_from_flags())
+      script = slurm.write_script(root, len(points),
+                                  slurm.resources_from_flags())
       if FLAGS.dry_run:
         print(f"wrote {script} (not submitted: --dry_run)")
       else:
@@ -114,7 +120,8 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(2)
   if failed:
     print(f"error: {len(failed)} of {len(points)} points failed: "
-          f"{', '.join(failed)} (see their {sweep_points.LOG_FILE})", file=sys.stderr)
+          f"{', '.join(failed)} (see their {sweep_points.LOG_FILE})",
+          file=sys.stderr)
     sys.exit(1)
 
 

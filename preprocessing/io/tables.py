@@ -50,7 +50,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
 def markdown_from_dicts(rows: Sequence[Mapping[str, Any]],
                         fmt: Callable[[Any], str] = format_cell,
                         columns: Sequence[str] | None = None) -> str:
-  """A markdown table of dict rows (columns: `columns` or every key in order)."""
+  """A markdown table of dict rows (columns: `columns`, else every key)."""
   columns = list(columns) if columns is not None else columns_of(rows)
   return markdown_table(columns, [[row.get(c) for c in columns]
                                   for row in rows], fmt)

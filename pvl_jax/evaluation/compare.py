@@ -9,9 +9,6 @@ difference, lesion-wise recall/F1 and the pooled recall per lesion-size bin,
 which shows the small-lesion weakness.
 """
 
-import csv
-import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,9 @@ from typing import Any
 from absl import app
 from absl import flags
 
-from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io import tables
 from preprocessing.io.errors import InputError
+from preprocessing.io.json_files import read_json
 
 # (column title, results key, scale) for the headline columns.
 COLUMNS = (
@@ -36,13 +34,12 @@ COLUMNS = (
 def load_test_results(run_dir: Path) -> dict[str, Any]:
   """The "test" block of a run's results.json (InputError if unusable)."""
   path = run_dir / "results.json"
-  if not path.is_file():
-    raise InputError(f"{path}: not found (has the run finished?)")
+  results = read_json(path, "(has the run finished?)")
   try:
-    results = json.loads(path.read_text())
     return results["test"]
-  except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise InputError(f"{path}: not a results.json with a 'test' block ({e})")
+  except (KeyError, TypeError) as e:
+    raise InputError(f"{path}: not a results.json with a 'test' block "
+                     f"({e!r})") from None
 
 
 def comparison_rows(runs: dict[str, Path]) -> list[dict[str, Any]]:
@@ -71,26 +68,7 @@ def comparison_rows(runs: dict[str, Path]) -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
   """A markdown table of the rows (columns in order of first appearance)."""
-  columns = list(dict.fromkeys(k for row in rows for k in row))
-  def fmt(value):
-    if value is None:
-      return "n/a"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
-  lines = ["| " + " | ".join(columns) + " |",
-           "|" + " --- |" * len(columns)]
-  lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |"
-            for row in rows]
-  return "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-  """The rows as CSV (columns in order of first appearance)."""
-  columns = list(dict.fromkeys(k for row in rows for k in row))
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=columns)
-  writer.writeheader()
-  writer.writerows(rows)
-  return buffer.getvalue()
+  return tables.markdown_from_dicts(rows, lambda v: tables.format_cell(v, 2))
 
 
 def parse_named_runs(spec: str) -> list[tuple[str, Path]]:
@@ -110,14 +88,6 @@ def parse_named_runs(spec: str) -> list[tuple[str, Path]]:
   return pairs
 
 
-def write_table(out_dir: Path, stem: str, rows: list[dict[str, Any]],
-                markdown: str) -> None:
-  """Writes OUT_DIR/stem.md and stem.csv atomically; prints the markdown."""
-  atomic_write_text(out_dir / f"{stem}.md", markdown)
-  atomic_write_text(out_dir / f"{stem}.csv", to_csv(rows))
-  print(markdown)
-
-
 FLAGS = flags.FLAGS
 
 
@@ -128,7 +98,7 @@ def main(argv):
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  write_table(Path(FLAGS.out), "comparison", rows, to_markdown(rows))
+  tables.write_table(Path(FLAGS.out), "comparison", rows, to_markdown(rows))
 
 
 if __name__ == "__main__":

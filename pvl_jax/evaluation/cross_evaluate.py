@@ -19,12 +19,13 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
-import numpy as np
 
+from preprocessing.io import tables
 from preprocessing.io.errors import InputError
-from pvl_jax.evaluation import compare
 from pvl_jax.data import dataset
+from pvl_jax.evaluation import compare
 from pvl_jax.evaluation import evaluate_run
+from pvl_jax.evaluation import summary
 from pvl_jax.inference import trained_run
 
 
@@ -88,20 +89,18 @@ def to_rows(dice: dict[tuple[str, str], list[float]]) -> list[dict[str, str]]:
   """One row per model group: "mean ± std (n)" per data group."""
   rows: dict[str, dict[str, str]] = {}
   for (model_group, data_group), values in dice.items():
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    rows.setdefault(model_group, {"model": model_group})[data_group] = (
-        f"{np.mean(values):.3f} ± {std:.3f} ({len(values)})")
+    stats = summary.summarize(values)
+    rows.setdefault(model_group, {"model": model_group})[
+        data_group] = (f"{summary.format_mean_std(stats.mean, stats.std)} "
+                       f"({stats.n})")
   return list(rows.values())
 
 
 def to_markdown(rows: list[dict[str, str]]) -> str:
   """The table, models down, test data across."""
   columns = list(rows[0])
-  header = ["model \\ test data"] + columns[1:]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + " --- |" * len(header)]
-  lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
-  return "\n".join(lines) + "\n"
+  return tables.markdown_table(["model \\ test data"] + columns[1:],
+                               [[row[c] for c in columns] for row in rows])
 
 
 FLAGS = flags.FLAGS
@@ -115,8 +114,8 @@ def main(argv):
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  compare.write_table(Path(FLAGS.out), "cross_evaluation", rows,
-                      to_markdown(rows))
+  tables.write_table(Path(FLAGS.out), "cross_evaluation", rows,
+                     to_markdown(rows))
 
 
 if __name__ == "__main__":

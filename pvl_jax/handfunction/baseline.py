@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 FEATURE_SETS = ("matrix", "lesion_load")
 
 
-def result_row(name: str, feature_set: str, masks: str, result: nested_cv.CVResult,
+def result_row(name: str, feature_set: str, masks: str,
+               result: nested_cv.CVResult,
                subject_ids: Sequence[str],
                labels: np.ndarray) -> dict[str, Any]:
   """One row of the output JSON (the keys launch/report.py reads)."""
@@ -88,7 +89,8 @@ def run(cohort_dir: str | os.PathLike,
   subjects = bids.load_cohort(cohort_dir, modalities=())
   subject_ids = [s.participant_id for s in subjects]
   labels = np.array([s.hand_function for s in subjects])
-  nested_cv.check_class_sizes(labels, folds, Path(cohort_dir) / bids.PARTICIPANTS_FILE)
+  nested_cv.check_class_sizes(labels, folds,
+                              Path(cohort_dir) / bids.PARTICIPANTS_FILE)
   sources = {"reference": [s.lesion_mask_path for s in subjects]}
   if prediction_dirs:
     predicted = features_lib.collect_predictions(prediction_dirs, subject_ids)

@@ -9,7 +9,6 @@ postprocessing and without a decision threshold.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -18,10 +17,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from preprocessing.io.errors import InputError
+from preprocessing.io.json_files import read_json
 from pvl_jax.data import dataset
 from pvl_jax.inference import sliding_window
 from pvl_jax.inference.postprocess import remove_small_components
 from pvl_jax.models import unet
+
+_NOT_A_RUN = "(is this the workdir of a training run?)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +104,10 @@ def load(workdir: str | Path) -> TrainedRun:
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise InputError(f"{workdir}: run directory does not exist")
-  config = ml_collections.ConfigDict(_read_json(workdir / "config.json"))
+  config = ml_collections.ConfigDict(
+      read_json(workdir / "config.json", _NOT_A_RUN))
   step, params = _restore_params(workdir / "checkpoints")
-  results = (_read_json(workdir / "results.json")
+  results = (read_json(workdir / "results.json", _NOT_A_RUN)
              if (workdir / "results.json").exists() else {})
   # 0 when evaluation did not postprocess (config.inference.postprocess).
   min_size = results.get("postprocessing", {}).get("min_component_voxels", 0)
@@ -117,16 +120,6 @@ def load(workdir: str | Path) -> TrainedRun:
   return TrainedRun(config=config, step=step,
                     window_fn=window_fn, min_component_voxels=int(min_size),
                     cls_threshold=threshold if config.r > 0 else None)
-
-
-def _read_json(path: Path) -> dict:
-  if not path.is_file():
-    raise InputError(f"{path}: not found (is this the workdir of a training "
-                     "run?)")
-  try:
-    return json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError) as err:
-    raise InputError(f"{path}: unreadable ({err})") from err
 
 
 def _check_params_fit(model: unet.UNet, config: ml_collections.ConfigDict,

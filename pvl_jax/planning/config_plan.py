@@ -81,8 +81,8 @@ def apply_plan(config: ml_collections.ConfigDict, p: planner.Plan,
   return config
 
 
-def plan_from_config(fp: fingerprint_lib.Fingerprint, config: ml_collections.ConfigDict
-                     ) -> planner.Plan:
+def plan_from_config(fp: fingerprint_lib.Fingerprint,
+                     config: ml_collections.ConfigDict) -> planner.Plan:
   """Plans with the config's planner settings and the user's fixed patch.
 
   `config.planner.dims` chooses 2D or 3D unless the user fixed the patch,
@@ -94,9 +94,10 @@ def plan_from_config(fp: fingerprint_lib.Fingerprint, config: ml_collections.Con
   patch = tuple(config.data.patch_size) or None
   dims = len(patch) if patch else config.planner.dims
   try:
-    return planner.plan(fp, dims=dims, vram_budget_gb=config.planner.vram_budget_gb,
-                bytes_per_value=BYTES_PER_VALUE[config.model.compute_dtype],
-                num_classes=config.model.num_classes, patch_size=patch)
+    return planner.plan(
+        fp, dims=dims, vram_budget_gb=config.planner.vram_budget_gb,
+        bytes_per_value=BYTES_PER_VALUE[config.model.compute_dtype],
+        num_classes=config.model.num_classes, patch_size=patch)
   except ValueError as e:
     key = "data.patch_size" if patch else "planner"
     raise InputError(f"config.{key}: {e}") from e
@@ -136,7 +137,8 @@ def plan_and_apply(config: ml_collections.ConfigDict,
   if not np.allclose(fp.spacings, p.target_spacing, rtol=0.01):
     log.warning("some volumes are not at the planned spacing %s mm; this "
                     "pipeline does not resample them", p.target_spacing)
-  log.info("plan: %s (fills %s)", p.describe(), ", ".join(unset_keys(config)) or "nothing")
+  log.info("plan: %s (fills %s)", p.describe(),
+           ", ".join(unset_keys(config)) or "nothing")
   return apply_plan(config, p, num_devices)
 
 

@@ -86,7 +86,8 @@ def classification_loss(cls_logit: jax.Array, hand_function: jax.Array
 
 def joint_loss(seg_logits: Sequence[jax.Array], cls_logit: jax.Array,
                labels: jax.Array, hand_function: jax.Array, r: float,
-               batch_dice: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+               batch_dice: bool = False
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_joint = r * L_cls + L_seg.
 
   Returns:

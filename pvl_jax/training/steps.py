@@ -73,7 +73,8 @@ def make_eval_step(model: unet.UNet, r: float, batch_dice: bool):
                                     batch["hand_function"], r, batch_dice)
     pred = jnp.argmax(seg_logits[0], axis=-1) > 0
     ref = batch["label"] > 0
-    dice = 2 * jnp.sum(pred & ref) / jnp.maximum(jnp.sum(pred) + jnp.sum(ref), 1)
+    dice = 2 * jnp.sum(pred & ref) / jnp.maximum(
+        jnp.sum(pred) + jnp.sum(ref), 1)
     return {"loss": loss, "patch_dice": dice, **parts}
 
   return eval_step

@@ -150,7 +150,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
                 state.opt_state.total_notfinite)
           bar.train_summary(step, summary)
           _write_scalars(writer, history_path, step, summary)
-          train_metrics, window_start, window_steps = None, time.perf_counter(), 0
+          train_metrics, window_steps = None, 0
+          window_start = time.perf_counter()
 
         if step % config.eval_every == 0 or step == config.num_steps:
           summary = _patch_validation(eval_step, state.params, val_batches,
