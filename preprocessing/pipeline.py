@@ -1,89 +1,59 @@
 """Raw BIDS scans -> template-space training data (the library behind `run`).
 
 Per subject, in worker processes (one subject each, in parallel):
-  1. load and validate every scan and the lesion mask (`preprocessing.io.nifti`); the
-     lesion mask is binarised (`mask >= mask_threshold`, or it must already
-     be 0/1);
-  2. register each modality to the MNI152 2009c template, at 1 mm for
-     scans finer than 1.5 mm, else at 2 mm (`registration`: multi-resolution
-     Mattes mutual information; rigid, or rigid then affine with
-     `Params.registration`);
-  3. skull strip: the template brain mask carried into native space
-     (`skull_strip`);
-  4. N4 bias-field correction inside the brain (`bias_field`);
+  1. load and validate every scan and the lesion mask
+     (`preprocessing.io.nifti`); the lesion mask is binarised
+     (`mask >= mask_threshold`, or it must already be 0/1);
+  2. register each modality to the MNI152 2009c template (rigid, or rigid
+     then affine with `Params.registration`);
+  3. skull strip (the template's brain mask carried into native space);
+  4. N4 bias-field correction inside the brain;
   5. resample into template space at `target_spacing`: images by cubic
      B-spline, the brain and the binarised lesion mask linearly then >= 0.5
-     (`registration.resample_mask`; it kept lesions 2.5 Dice points closer
-     to the truth than nearest neighbour);
-  6. z-score inside the brain (`normalize`), crop to the brain's bounding box
-     plus a margin, write.
+     (`geometry.resample_mask`; it kept lesions 2.5 Dice points closer to
+     the truth than nearest neighbour);
+  6. z-score inside the brain, crop to the brain's bounding box plus a
+     margin, write.
 
-Steps 2-6 without the lesion mask are `to_template`, which
-`pvl_jax.predict` runs on the scans it segments.
+Steps 2-6 without the lesion mask or the writing are
+`template_space.to_template` (described there), which `pvl_jax.predict`
+runs on the scans it segments.
 
-Output (a BIDS derivative dataset that `bids.load_cohort` and the TFDS
-builder read as a cohort):
-
-  dataset_description.json                      DatasetType derivative
-  participants.tsv                              raw rows of processed subjects
-  sub-X/anat/sub-X_<modality>.nii.gz            template space, float32
-  sub-X/anat/sub-X_desc-brain_mask.nii.gz       same grid, uint8
-  sub-X/xfm/sub-X_from-native_to-MNI152NLin2009cAsym_xfm.tfm
-  sub-X/xfm/sub-X_from-<modality>_to-MNI152NLin2009cAsym_xfm.tfm  (2nd, ...)
-  sub-X/native/sub-X_desc-brain_mask.nii.gz     the first modality's grid
-  sub-X/native/sub-X_desc-biasfield.nii.gz      N4's field there (0 outside
-                                                the brain)
-  sub-X/sub-X_desc-preprocessing.json           inputs hash + QC figures
-  derivatives/lesions/sub-X/anat/sub-X_label-lesion_mask.nii.gz
-  qc/sub-X.png, qc/steps.csv
-  qc/run.json                                   the last run that processed
-                                                subjects: their number, the
-                                                workers, its wall seconds
-
-"Native" is the first modality's scan space (the lesion mask's space). Each
-.tfm holds an ITK affine transform mapping TEMPLATE points to that scan's
-NATIVE points (LPS mm); see `registration` for taking predictions back.
+The output is a BIDS derivative dataset that `bids.load_cohort` and the
+TFDS builder read as a cohort; `outputs` describes its layout and how a
+subject's outputs appear atomically. Raw inputs are only read.
 
 Caching: a subject whose input files (path in the cohort, size,
 modification time) and pipeline parameters hash to the value stored in its
 json is not processed again.
-
-Atomicity: a subject's lesion folder and then its subject folder are each
-written in a temporary folder and renamed into place; the subject folder,
-renamed last, marks it complete, and a subject about to be (re)processed
-first loses its old outputs, so a failed or killed run never leaves a
-partial subject. Raw inputs are only read.
 """
 
 import concurrent.futures
-import contextlib
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
 import tqdm
 
-from preprocessing import bias_field
 from preprocessing import bids
-from preprocessing.io import nifti
-from preprocessing import normalize
+from preprocessing import geometry
+from preprocessing import outputs
 from preprocessing import qc
 from preprocessing import registration
-from preprocessing import skull_strip
+from preprocessing import template_space
+from preprocessing.io import nifti
 from preprocessing.io.atomic import atomic_directory
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
+from preprocessing.template import Template
+from preprocessing.template import TEMPLATE_SPACE
 
 GENERATED_BY = "pvl_jax preprocessing"
 # Part of every subject's cache key: bump it when the pipeline's output
@@ -91,13 +61,6 @@ GENERATED_BY = "pvl_jax preprocessing"
 VERSION = "1.2.0"
 DESCRIPTION_FILE = "dataset_description.json"
 RUN_FILE = Path("qc") / "run.json"
-# A scan whose finest voxel size is below this (mm) is skull stripped with
-# the 1 mm template's brain mask, any other with the 2 mm one.
-_FINE_SCAN_MM = 1.5
-# Every scan is registered to the 2 mm template: the pose comes from fits at
-# 4 and 2 mm (`registration`), and on four 1 mm synthetic scans the 1 mm
-# template gave the same error (0.33 against 0.32 mm) for 20-40% more time.
-_REGISTRATION_TEMPLATE_MM = 2
 # White matter, for the bias-correction QC: template WM probability >= this.
 _WM_PROBABILITY = 0.9
 
@@ -195,7 +158,7 @@ def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
   records, todo = {}, []
   for subject in subjects:
     digest = inputs_hash(bids_dir, subject, params)
-    record = _cached_record(out_dir, subject.participant_id, digest)
+    record = outputs.cached_record(out_dir, subject.participant_id, digest)
     if record is None:
       todo.append((subject, digest))
     else:
@@ -207,15 +170,16 @@ def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
   if not records:
     raise InputError(f"{bids_dir}: no subject could be preprocessed")
   processed = sorted(records)
-  _prune(out_dir, processed)
-  _write_if_changed(out_dir / bids.PARTICIPANTS_FILE,
-                    _participants_rows(bids_dir / bids.PARTICIPANTS_FILE,
-                                       processed))
+  outputs.prune(out_dir, processed)
+  outputs.write_if_changed(
+      out_dir / bids.PARTICIPANTS_FILE,
+      outputs.participants_rows(bids_dir / bids.PARTICIPANTS_FILE, processed))
   rows = [records[pid]["qc"] for pid in processed] + [
       {"participant_id": pid,
        "status": f"failed: {message.splitlines()[0]}"}
       for pid, message in sorted(failed.items())]
-  _write_if_changed(out_dir / "qc" / "steps.csv", qc.format_steps_csv(rows))
+  outputs.write_if_changed(out_dir / "qc" / "steps.csv",
+                           qc.format_steps_csv(rows))
   seconds = time.perf_counter() - start
   if computed:
     # Each subject's record holds one worker's seconds, which overlap; the
@@ -265,11 +229,11 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
       failed on it).
   """
   pid = subject.participant_id
-  _remove_outputs(out_dir, pid)
+  outputs.remove_subject(out_dir, pid)
   seconds = dict.fromkeys(qc.STEPS, 0.0)
   reference = params.modalities[0]
   reference_path = subject.image_paths[reference]
-  with _step(seconds, "load", reference_path):
+  with template_space.timed_step(seconds, "load", reference_path):
     scans = {m: (subject.image_paths[m],
                  *nifti.load_volume(subject.image_paths[m]))
              for m in params.modalities}
@@ -278,9 +242,9 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
         subject.lesion_mask_path, reference_shape=native.shape,
         reference_affine=native_affine, reference_path=reference_path,
         threshold=params.mask_threshold)
-    template = _template_for(native_affine)
-  result = to_template(scans, params.target_spacing, seconds,
-                       params.registration)
+    template = template_space.template_for_scan(native_affine)
+  result = template_space.to_template(scans, params.target_spacing, seconds,
+                                      params.registration)
   reference_steps = result.native[reference]
   brain = sitk.GetArrayFromImage(reference_steps.mask).T > 0
   white_matter = brain & ~lesion & _white_matter(
@@ -289,9 +253,9 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
   cv_after = qc.white_matter_cv(
       sitk.GetArrayFromImage(reference_steps.correction.corrected).T,
       white_matter)
-  with _step(seconds, "resample", reference_path):
-    lesion_t = sitk.GetArrayFromImage(registration.resample_mask(
-        registration.image_from_array(lesion.astype(np.uint8), native_affine),
+  with template_space.timed_step(seconds, "resample", reference_path):
+    lesion_t = sitk.GetArrayFromImage(geometry.resample_mask(
+        geometry.image_from_array(lesion.astype(np.uint8), native_affine),
         result.grid, result.to_native)).T
   voxel_ml = abs(np.linalg.det(native_affine[:3, :3])) / 1000
   row = {
@@ -312,39 +276,39 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
         f"{cv_before:.3f} -> {cv_after:.3f}, lesion "
         f"{row['lesion_volume_native_ml']:.2f} -> "
         f"{row['lesion_volume_template_ml']:.2f} ml")
-    template_affine = registration.image_affine(result.grid)
-    with atomic_directory(_lesion_dir(out_dir, pid)) as tmp:
+    template_affine = geometry.image_affine(result.grid)
+    with atomic_directory(outputs.lesion_dir(out_dir, pid)) as tmp:
       nifti.save_nifti(lesion_t, template_affine,
-                          tmp / "anat" / f"{pid}_label-lesion_mask.nii.gz",
-                          np.uint8)
+                       tmp / "anat" / f"{pid}_label-lesion_mask.nii.gz",
+                       np.uint8)
     with atomic_directory(out_dir / pid) as tmp:
       for modality, image in result.images.items():
         nifti.save_nifti(image, template_affine,
-                            tmp / "anat" / f"{pid}_{modality}.nii.gz",
-                            np.float32)
+                         tmp / "anat" / f"{pid}_{modality}.nii.gz",
+                         np.float32)
         (tmp / "xfm").mkdir(exist_ok=True)
         sitk.WriteTransform(result.native[modality].fit.transform, str(
-            tmp / "xfm" / _transform_name(pid, modality, reference)))
+            tmp / "xfm" / outputs.transform_name(pid, modality, reference)))
       nifti.save_nifti(result.brain.astype(np.uint8), template_affine,
-                          tmp / "anat" / f"{pid}_desc-brain_mask.nii.gz",
-                          np.uint8)
+                       tmp / "anat" / f"{pid}_desc-brain_mask.nii.gz",
+                       np.uint8)
       nifti.save_nifti(brain.astype(np.uint8), native_affine,
-                          tmp / "native" / f"{pid}_desc-brain_mask.nii.gz",
-                          np.uint8)
+                       tmp / "native" / f"{pid}_desc-brain_mask.nii.gz",
+                       np.uint8)
       bias = sitk.GetArrayFromImage(reference_steps.correction.bias_field).T
       nifti.save_nifti(np.where(brain, bias, 0), native_affine,
-                          tmp / "native" / f"{pid}_desc-biasfield.nii.gz",
-                          np.float32)
+                       tmp / "native" / f"{pid}_desc-biasfield.nii.gz",
+                       np.float32)
       # The record, written last, cannot time its own writing.
       seconds["normalize_write"] += time.perf_counter() - write_start
       row.update({f"seconds_{s}": t for s, t in seconds.items()},
                  seconds_total=sum(seconds.values()))
       record = {"inputs_hash": digest, "qc": row}
-      atomic_write_text(tmp / _record_name(pid),
+      atomic_write_text(tmp / outputs.record_name(pid),
                         json.dumps(record, indent=1, default=float) + "\n")
   except BaseException as err:
     # The lesion folder or figure may already be in place.
-    _remove_outputs(out_dir, pid)
+    outputs.remove_subject(out_dir, pid)
     if isinstance(err, (OSError, RuntimeError)):
       raise InputError(f"{out_dir / pid}: cannot write the outputs ({err})"
                        ) from err
@@ -352,177 +316,13 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
   return record
 
 
-class NativeSteps(NamedTuple):
-  """A scan's registration, brain mask and bias correction."""
-  fit: registration.Registration
-  mask: sitk.Image
-  correction: bias_field.Correction
-
-
-@dataclasses.dataclass(frozen=True)
-class TemplateScans:
-  """One subject's scans carried into template space (`to_template`).
-
-  Attributes:
-    native: per modality (the reference first), steps 2-4 on its scan.
-    grid: the cropped template grid of `images`.
-    brain: the brain mask on `grid`.
-    images: per modality, the z-scored image on `grid` (0 outside the brain).
-  """
-  native: dict[str, NativeSteps]
-  grid: sitk.Image
-  brain: np.ndarray
-  images: dict[str, np.ndarray]
-
-  @property
-  def to_native(self) -> sitk.Transform:
-    """The reference scan's transform: template points -> native points.
-
-    Its inverse takes images on `grid` (predictions) to the native grid.
-    """
-    return next(iter(self.native.values())).fit.transform
-
-
-def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
-                target_spacing: float,
-                seconds: dict[str, float] | None = None,
-                registration_kind: str = "rigid") -> TemplateScans:
-  """Steps 2-6 on one subject's scans, without the lesion mask or writing.
-
-  Training data and the scans `pvl_jax.predict` segments go through this
-  same function.
-
-  Args:
-    scans: modality -> (path, data, affine) of its native scan, the
-      reference modality first; the path only names the scan in errors.
-    target_spacing: isotropic voxel size (mm) of the template grid.
-    seconds: step name -> seconds, added to (see `qc.STEPS`).
-    registration_kind: what registration fits, see `Params.registration`.
-
-  Returns:
-    The scans in template space, with what it took to get them there.
-
-  Raises:
-    InputError: naming the scan: it is a single slice, empty or constant, or
-      a step failed on it.
-  """
-  seconds = dict.fromkeys(qc.STEPS, 0.0) if seconds is None else seconds
-  for path, data, _ in scans.values():
-    check_scan(path, data)
-  native = {m: _native_steps(*scan, registration_kind, seconds)
-            for m, scan in scans.items()}
-  reference_path = next(iter(scans.values()))[0]
-  reference = next(iter(native.values()))
-  with _step(seconds, "resample", reference_path):
-    grid, brain = _brain_grid(reference.mask, reference.fit.transform,
-                              target_spacing)
-    # Cubic B-spline, as nnU-Net resamples images (order 3): linear
-    # interpolation blurs the scan a second time after the scanner's grid.
-    images = {m: sitk.GetArrayFromImage(sitk.Resample(
-        steps.correction.corrected, grid, steps.fit.transform,
-        sitk.sitkBSpline, 0.0, sitk.sitkFloat32)).T
-              for m, steps in native.items()}
-  with _step(seconds, "normalize_write", reference_path):
-    images = {m: normalize.zscore_in_mask(image, brain)
-              for m, image in images.items()}
-  return TemplateScans(native=native, grid=grid, brain=brain, images=images)
-
-
-def check_scan(path: str | os.PathLike, data: np.ndarray) -> None:
-  """Rejects a scan that no step could process, before any work.
-
-  Raises:
-    InputError: naming `path`: `data` is a single slice, empty or constant.
-  """
-  if min(data.shape) < 2:
-    raise InputError(f"{path}: a single slice of shape {data.shape}, not a "
-                     "3D volume")
-  if not data.any():
-    raise InputError(f"{path}: image is empty (every voxel is 0)")
-  if data.min() == data.max():
-    raise InputError(f"{path}: image is constant (every voxel is "
-                     f"{data.flat[0]:g})")
-
-
-def _native_steps(path: Path, data: np.ndarray, affine: np.ndarray,
-                  kind: str, seconds: dict[str, float]) -> NativeSteps:
-  """Steps 2-4 (register: `kind`, skull strip, N4) on one scan, timed."""
-  image = registration.image_from_array(data, affine)
-  with _step(seconds, "register", path):
-    fit = registration.register_to_template(
-        image, registration.load_template(_REGISTRATION_TEMPLATE_MM), kind)
-  template = _template_for(affine)
-  with _step(seconds, "skull_strip", path):
-    mask = skull_strip.brain_mask(image, fit.transform, template)
-  with _step(seconds, "bias_field", path):
-    correction = bias_field.correct(image, mask)
-  return NativeSteps(fit, mask, correction)
-
-
-def _template_for(affine: np.ndarray) -> registration.Template:
-  """The template (1 or 2 mm) whose brain mask a scan is stripped with."""
-  finest = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).min()
-  return registration.load_template(1 if finest < _FINE_SCAN_MM else 2)
-
-
-def _transform_name(pid: str, modality: str, reference: str) -> str:
-  source = "native" if modality == reference else modality
-  return f"{pid}_from-{source}_to-{registration.TEMPLATE_SPACE}_xfm.tfm"
-
-
-def _record_name(pid: str) -> str:
-  return f"{pid}_desc-preprocessing.json"
-
-
-def _lesion_dir(out_dir: Path, pid: str) -> Path:
-  return out_dir / "derivatives" / "lesions" / pid
-
-
-@contextlib.contextmanager
-def _step(seconds: dict[str, float], name: str, path: Path) -> Iterator[None]:
-  """Times a step; a library error in it becomes an InputError naming `path`.
-
-  SimpleITK raises RuntimeError (and the numpy helpers ValueError) when a
-  scan cannot be processed, e.g. a constant image that registration cannot
-  align; the user needs to know which file and which step.
-  """
-  start = time.perf_counter()
-  try:
-    yield
-  except InputError:
-    raise
-  except (RuntimeError, ValueError) as err:
-    raise InputError(f"{path}: {name.replace('_', ' ')} failed: "
-                     f"{str(err).strip().splitlines()[-1]}") from err
-  finally:
-    seconds[name] += time.perf_counter() - start
-
-
 def _white_matter(image: sitk.Image, to_native: sitk.Transform,
-                  template: registration.Template) -> np.ndarray:
+                  template: Template) -> np.ndarray:
   """Template white matter (probability >= _WM_PROBABILITY) on `image`."""
   probability = sitk.Resample(template.white_matter, image,
                               to_native.GetInverse(), sitk.sitkLinear, 0.0,
                               sitk.sitkFloat32)
   return sitk.GetArrayFromImage(probability).T >= _WM_PROBABILITY
-
-
-def _brain_grid(native_mask: sitk.Image, to_native: sitk.Transform,
-                spacing: float) -> tuple[sitk.Image, np.ndarray]:
-  """The cropped template grid and the brain mask on it.
-
-  The brain mask is carried into the full template grid first, so that the
-  images are only resampled inside its bounding box.
-  """
-  full = registration.template_grid(spacing)
-  brain = sitk.GetArrayFromImage(
-      registration.resample_mask(native_mask, full, to_native)).T > 0
-  start, stop = normalize.bounding_box(
-      brain, margin=normalize.BRAIN_CROP_MARGIN)
-  grid = sitk.RegionOfInterest(full, [b - a for a, b in zip(start, stop)],
-                               list(start))
-  crop = tuple(slice(a, b) for a, b in zip(start, stop))
-  return grid, brain[crop]
 
 
 def _run_parallel(todo: list[tuple[bids.Subject, str]], out_dir: Path,
@@ -580,8 +380,7 @@ def _prepare_output_dir(bids_dir: Path, out_dir: Path, params: Params) -> None:
                      f"{GENERATED_BY} (no {DESCRIPTION_FILE} naming it); "
                      "choose another folder")
   description = {
-      "Name": f"{bids_dir.name}, preprocessed into "
-              f"{registration.TEMPLATE_SPACE}",
+      "Name": f"{bids_dir.name}, preprocessed into {TEMPLATE_SPACE}",
       "BIDSVersion": "1.9.0",
       "DatasetType": "derivative",
       "GeneratedBy": [{
@@ -593,56 +392,5 @@ def _prepare_output_dir(bids_dir: Path, out_dir: Path, params: Params) -> None:
       "SourceDatasets": [{"URL": bids_dir.as_uri()}],
       "PipelineParameters": dataclasses.asdict(params),
   }
-  _write_if_changed(out_dir / DESCRIPTION_FILE,
-                    json.dumps(description, indent=2) + "\n")
-
-
-def _cached_record(out_dir: Path, pid: str, digest: str) -> dict | None:
-  """The subject's stored record if its outputs match `digest`, else None."""
-  try:
-    record = json.loads((out_dir / pid / _record_name(pid)).read_text())
-  except (OSError, ValueError):
-    return None
-  if record.get("inputs_hash") != digest or not _lesion_dir(out_dir,
-                                                            pid).is_dir():
-    return None
-  return record
-
-
-def _remove_outputs(out_dir: Path, pid: str) -> None:
-  """Deletes a subject's outputs, the completion marker (its folder) first."""
-  shutil.rmtree(out_dir / pid, ignore_errors=True)
-  shutil.rmtree(_lesion_dir(out_dir, pid), ignore_errors=True)
-  (out_dir / "qc" / f"{pid}.png").unlink(missing_ok=True)
-
-
-def _prune(out_dir: Path, keep: list[str]) -> None:
-  """Removes outputs of subjects not in `keep` (failed, or no longer raw)."""
-  found = {p.name for p in out_dir.glob("sub-*") if p.is_dir()}
-  found |= {p.name for p in (out_dir / "derivatives" / "lesions").glob("sub-*")}
-  found |= {p.stem for p in (out_dir / "qc").glob("sub-*.png")}
-  for pid in found - set(keep):
-    _remove_outputs(out_dir, pid)
-
-
-def _participants_rows(tsv: Path, keep: list[str]) -> str:
-  """participants.tsv restricted to `keep` (header and columns unchanged)."""
-  text = tsv.read_text(encoding="utf-8-sig")
-  rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t",
-                         quoting=csv.QUOTE_NONE))
-  header = [cell.strip() for cell in rows[0]]
-  id_index = header.index(bids.ID_COLUMN)
-  kept = [rows[0]] + [row for row in rows[1:]
-                      if len(row) > id_index and row[id_index].strip() in keep]
-  return "".join("\t".join(row) + "\n" for row in kept)
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-  """Writes atomically, but leaves an identical file untouched.
-
-  Training caches its TFDS records by the files' modification times; a rerun
-  that changes nothing must not make them look new.
-  """
-  if path.is_file() and path.read_text(encoding="utf-8") == text:
-    return
-  atomic_write_text(path, text)
+  outputs.write_if_changed(out_dir / DESCRIPTION_FILE,
+                           json.dumps(description, indent=2) + "\n")

@@ -8,7 +8,6 @@ brain volume, the white-matter coefficient of variation before and after N4,
 and the lesion volume before and after resampling.
 """
 
-import csv
 import io
 import os
 
@@ -20,6 +19,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 
+from preprocessing.io import tables
 from preprocessing.io.atomic import atomic_write_bytes
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -94,14 +94,9 @@ def write_figure(path: str | os.PathLike, native: np.ndarray,
 
 def format_steps_csv(rows: list[dict[str, object]]) -> str:
   """The text of `steps.csv`: columns `COLUMNS`, numbers to 4 digits."""
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=COLUMNS, restval="",
-                          lineterminator="\n")
-  writer.writeheader()
-  for row in rows:
-    writer.writerow({key: f"{value:.4g}" if isinstance(value, float)
-                     else value for key, value in row.items()})
-  return buffer.getvalue()
+  return tables.csv_text(
+      rows, columns=COLUMNS,
+      fmt=lambda value: f"{value:.4g}" if isinstance(value, float) else value)
 
 
 def _as_ras(affine: np.ndarray, *volumes: np.ndarray) -> list[np.ndarray]:

@@ -1,38 +1,29 @@
 """Registration of native scans to the MNI152 2009c template (SimpleITK).
 
-Spaces and conventions:
-  * NIfTI affines (nibabel) map voxels to RAS+ millimetres; SimpleITK images
-    and transforms live in LPS millimetres. `image_from_array` and
-    `array_from_image` convert between the two, so everything handed to
-    SimpleITK carries the scan's true geometry.
-  * Registration is template (fixed) <- native scan (moving). The resulting
-    transform maps TEMPLATE physical points to NATIVE physical points (LPS),
-    which is what `sitk.Resample(native_image, template_grid, transform)`
-    needs to pull native intensities into template space. Its inverse
-    (`transform.GetInverse()`, always defined for an affine) maps native
-    points to template points and takes template-space images, e.g. network
-    predictions, back to a native grid:
-    `sitk.Resample(prediction, native_image, transform.GetInverse(),
-    sitk.sitkNearestNeighbor)`. BIDS names it `from-native_to-<template>`
-    (the direction images travel, as in fMRIPrep/ANTs); the ITK file itself
-    holds the point mapping template -> native.
+Registration is template (fixed) <- native scan (moving). The resulting
+transform maps TEMPLATE physical points to NATIVE physical points (LPS mm;
+see `geometry` for the RAS/LPS conventions), which is what
+`sitk.Resample(native_image, template_grid, transform)` needs to pull native
+intensities into template space. Its inverse (`transform.GetInverse()`,
+always defined for an affine) maps native points to template points and
+takes template-space images, e.g. network predictions, back to a native
+grid: `sitk.Resample(prediction, native_image, transform.GetInverse(),
+sitk.sitkNearestNeighbor)`. BIDS names it `from-native_to-<template>` (the
+direction images travel, as in fMRIPrep/ANTs); the ITK file itself holds the
+point mapping template -> native.
 
-The template is the MNI152 2009c nonlinear asymmetric T1 that nilearn ships
-(skull-stripped, 1 or 2 mm), with its brain mask and white-matter map.
+The template itself, and the grids derived from it, are in `template`.
 """
 
 import dataclasses
-import functools
 import itertools
 
 import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import bias_field
+from preprocessing.template import Template
 
-TEMPLATE_SPACE = "MNI152NLin2009cAsym"
-# RAS <-> LPS: negate the first two world axes.
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 # Mattes MI: the FLAIR-like scans have grey matter brighter than white matter
 # (the T1 template the other way round), so only an information metric can
 # compare them.
@@ -88,22 +79,6 @@ _DEFORMABLE_SAMPLING = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
-class Template:
-  """The registration target and the maps propagated from it.
-
-  Attributes:
-    t1: the skull-stripped T1 (float32).
-    brain_mask: brain mask (uint8, 0/1) on the T1's grid.
-    white_matter: white-matter probability map (float32) on the same grid.
-    resolution_mm: the grid's voxel size (1 or 2).
-  """
-  t1: sitk.Image
-  brain_mask: sitk.Image
-  white_matter: sitk.Image
-  resolution_mm: int
-
-
-@dataclasses.dataclass(frozen=True)
 class Registration:
   """The result of `register_to_template`.
 
@@ -115,115 +90,6 @@ class Registration:
   """
   transform: sitk.AffineTransform
   metric_value: float
-
-
-@functools.lru_cache(maxsize=2)
-def load_template(resolution_mm: int) -> Template:
-  """Loads nilearn's MNI152 2009c template at 1 or 2 mm (cached per process).
-
-  Args:
-    resolution_mm: 1 or 2.
-
-  Returns:
-    The template images as SimpleITK images in LPS geometry.
-  """
-  # Imported here: nilearn takes seconds to import, and only the processes
-  # that register scans need it.
-  from nilearn import datasets  # pylint: disable=g-import-not-at-top
-  images = {
-      "t1": datasets.load_mni152_template(resolution=resolution_mm),
-      "brain_mask": datasets.load_mni152_brain_mask(resolution=resolution_mm),
-      "white_matter": datasets.load_mni152_wm_template(
-          resolution=resolution_mm),
-  }
-  dtypes = {"t1": np.float32, "brain_mask": np.uint8,
-            "white_matter": np.float32}
-  return Template(
-      resolution_mm=resolution_mm,
-      **{name: image_from_array(np.asarray(img.get_fdata(), dtypes[name]),
-                                img.affine)
-         for name, img in images.items()})
-
-
-@functools.lru_cache(maxsize=2)
-def template_grid(spacing_mm: float) -> sitk.Image:
-  """An empty uint8 image on the template's field of view at `spacing_mm`.
-
-  The grid shares the 1 mm template's first voxel centre and direction, so
-  at 1 and 2 mm it is exactly nilearn's 1 and 2 mm template grid.
-
-  Args:
-    spacing_mm: isotropic voxel size of the grid.
-
-  Returns:
-    A reference image for `sitk.Resample`.
-  """
-  from nilearn import datasets  # pylint: disable=g-import-not-at-top
-  template = datasets.load_mni152_brain_mask(resolution=1)
-  extent = (np.asarray(template.shape) - 1) * template.header.get_zooms()[:3]
-  size = [int(n) for n in np.floor(extent / spacing_mm + 1e-6) + 1]
-  affine = template.affine @ np.diag([spacing_mm / z for z in
-                                      template.header.get_zooms()[:3]] + [1])
-  return image_from_array(np.zeros(size, np.uint8), affine)
-
-
-def image_from_array(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
-  """A SimpleITK image of `data` (nibabel voxel order) with a RAS affine.
-
-  Args:
-    data: 3D array indexed (i, j, k) as nibabel returns it.
-    affine: 4x4 voxel-to-RAS+ affine.
-
-  Returns:
-    The image, with spacing, direction and origin in LPS.
-  """
-  # SimpleITK's arrays are indexed (k, j, i).
-  image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).T))
-  linear = _RAS_TO_LPS @ np.asarray(affine, np.float64)[:3, :3]
-  spacing = np.linalg.norm(linear, axis=0)
-  image.SetSpacing(spacing.tolist())
-  image.SetDirection((linear / spacing).ravel().tolist())
-  image.SetOrigin((_RAS_TO_LPS @ np.asarray(affine)[:3, 3]).tolist())
-  return image
-
-
-def array_from_image(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-  """The inverse of `image_from_array`: (data in (i, j, k) order, affine)."""
-  data = sitk.GetArrayFromImage(image).T
-  return data, image_affine(image)
-
-
-def image_affine(image: sitk.Image) -> np.ndarray:
-  """The 4x4 voxel-to-RAS+ affine of a SimpleITK image's grid."""
-  direction = np.asarray(image.GetDirection()).reshape(3, 3)
-  affine = np.eye(4)
-  affine[:3, :3] = _RAS_TO_LPS @ direction @ np.diag(image.GetSpacing())
-  affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.GetOrigin())
-  return affine
-
-
-def resample_mask(mask: sitk.Image, reference: sitk.Image,
-                  transform: sitk.Transform) -> sitk.Image:
-  """Carries a binary mask onto `reference`'s grid.
-
-  The 0/1 mask is interpolated linearly and thresholded at 0.5 (as nnU-Net
-  resamples segmentations), which puts the boundary between voxels instead
-  of snapping it to the source grid: on 20 test subjects, lesion masks taken
-  from a 1 x 1.2 x 1.4 mm native grid to the 1 mm template kept 0.944 Dice
-  with the template-space truth, against 0.919 by nearest neighbour (0.920
-  by SimpleITK's label-Gaussian interpolator, 40 times slower).
-
-  Args:
-    mask: the mask (any integer or real pixel type, 0/1).
-    reference: the target grid.
-    transform: maps `reference` points to `mask` points.
-
-  Returns:
-    uint8 0/1 mask on the reference grid.
-  """
-  fraction = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), reference,
-                           transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-  return sitk.Cast(fraction >= 0.5, sitk.sitkUInt8)
 
 
 def register_to_template(image: sitk.Image, template: Template,
@@ -241,7 +107,7 @@ def register_to_template(image: sitk.Image, template: Template,
 
   Args:
     image: the native scan, float32.
-    template: the target, from `load_template`.
+    template: the target, from `template.load_template`.
     kind: what the pose is, one of `KINDS`.
 
   Returns:

@@ -1,7 +1,7 @@
 """Skull stripping: the template's brain mask carried into native space.
 
 The brain mask of the MNI152 template is resampled through the inverse of the
-native -> template registration (`registration.resample_mask`), then cleaned
+native -> template registration (`geometry.resample_mask`), then cleaned
 up: only the largest connected component is kept and holes are filled, so
 that no island outside the brain and no hole inside it comes from the
 interpolation.
@@ -9,11 +9,12 @@ interpolation.
 
 import SimpleITK as sitk
 
-from preprocessing import registration
+from preprocessing import geometry
+from preprocessing.template import Template
 
 
 def brain_mask(image: sitk.Image, to_native: sitk.Transform,
-               template: registration.Template) -> sitk.Image:
+               template: Template) -> sitk.Image:
   """The brain mask of a native scan.
 
   Args:
@@ -29,8 +30,8 @@ def brain_mask(image: sitk.Image, to_native: sitk.Transform,
       registered template brain).
   """
   # Resampling onto the native grid needs native -> template points.
-  mask = registration.resample_mask(template.brain_mask, image,
-                                    to_native.GetInverse())
+  mask = geometry.resample_mask(template.brain_mask, image,
+                                to_native.GetInverse())
   components = sitk.ConnectedComponent(mask)
   if sitk.GetArrayViewFromImage(components).max() == 0:
     raise ValueError("the registered template brain does not overlap the "

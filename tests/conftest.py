@@ -110,8 +110,8 @@ RAW_COHORT_SEED = 1
 @pytest.fixture(scope="session")
 def raw_cohort(tmp_path_factory):
   """Two raw-space synthetic subjects at 2 mm, FLAIR and T1w (read-only)."""
-  from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.generate_cohort(
+  from preprocessing.synthetic import cohort  # pylint: disable=g-import-not-at-top
+  return cohort.generate_cohort(
       tmp_path_factory.mktemp("raw") / "cohort", 2, seed=RAW_COHORT_SEED,
       num_workers=2, progress=False, space="raw",
       modalities=("FLAIR", "T1w"))

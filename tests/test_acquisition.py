@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from preprocessing import acquisition
-from preprocessing import registration
+from preprocessing import geometry
+from preprocessing.synthetic import acquisition
 
 # A 2 mm template grid: a 48 mm ball of brain, a 12 mm ball of lesion.
 _TEMPLATE_MM = 2.0
@@ -45,7 +45,7 @@ def test_native_voxel_size_follows_scale_spacings(scale, expected_mm):
 def test_finer_scanner_grid_keeps_more_of_the_lesion():
   """The lesion carried back by the true pose: a finer grid loses less."""
   subject = _subject()
-  template = registration.image_from_array(
+  template = geometry.image_from_array(
       subject.lesion.astype(np.uint8), subject.affine)
   dice = {}
   for scale in (True, False):
@@ -54,8 +54,8 @@ def test_finer_scanner_grid_keeps_more_of_the_lesion():
         scale_spacings=scale)
     scan = acquisition.acquire(np.random.default_rng(0), subject,
                                (0.05, 0.05), params)
-    back = sitk.GetArrayFromImage(registration.resample_mask(
-        registration.image_from_array(scan.lesion, scan.affine), template,
+    back = sitk.GetArrayFromImage(geometry.resample_mask(
+        geometry.image_from_array(scan.lesion, scan.affine), template,
         scan.to_native)).T > 0
     dice[scale] = 2 * (back & subject.lesion).sum() / (
         back.sum() + subject.lesion.sum())

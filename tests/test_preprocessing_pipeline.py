@@ -2,7 +2,7 @@
 
 The raw cohort is the generator's raw mode (`raw_cohort` in conftest.py: two
 subjects at 2 mm, one with thick slices), whose ground truth
-`preprocessing.benchmark` scores the steps against.
+`benchmarks.preprocessing` scores the steps against.
 """
 
 import hashlib
@@ -19,17 +19,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from preprocessing import benchmark
+from benchmarks import preprocessing as benchmark
 from preprocessing import bids
-from preprocessing.io import nifti
+from preprocessing import geometry
 from preprocessing import pipeline
 from preprocessing import qc
-from preprocessing import registration
-from preprocessing import synthetic
+from preprocessing import template
+from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
+from preprocessing.synthetic import cohort
+from preprocessing.synthetic.params import CohortParams
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = registration.TEMPLATE_SPACE
+SPACE = template.TEMPLATE_SPACE
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -78,7 +80,7 @@ def prep(raw_cohort, tmp_path_factory):
 def test_image_conversion_matches_itk_geometry(raw_cohort):
   path = raw_cohort / "sub-001" / "anat" / "sub-001_FLAIR.nii.gz"
   data, affine = nifti.load_volume(path)
-  image = registration.image_from_array(data, affine)
+  image = geometry.image_from_array(data, affine)
   itk = sitk.ReadImage(str(path))
   np.testing.assert_allclose(image.GetOrigin(), itk.GetOrigin(), atol=1e-3)
   np.testing.assert_allclose(image.GetDirection(), itk.GetDirection(),
@@ -86,7 +88,7 @@ def test_image_conversion_matches_itk_geometry(raw_cohort):
   np.testing.assert_allclose(image.GetSpacing(), itk.GetSpacing(), rtol=1e-6)
   np.testing.assert_array_equal(sitk.GetArrayFromImage(image),
                                 sitk.GetArrayFromImage(itk))
-  back, back_affine = registration.array_from_image(image)
+  back, back_affine = geometry.array_from_image(image)
   np.testing.assert_array_equal(back, data)
   np.testing.assert_allclose(back_affine, affine, atol=1e-9)
 
@@ -95,9 +97,9 @@ def test_template_grid_is_nilearns():
   from nilearn import datasets  # pylint: disable=g-import-not-at-top
   for mm in (1, 2):
     nilearn_mask = datasets.load_mni152_brain_mask(resolution=mm)
-    grid = registration.template_grid(float(mm))
+    grid = template.template_grid(float(mm))
     assert grid.GetSize() == nilearn_mask.shape
-    np.testing.assert_allclose(registration.image_affine(grid),
+    np.testing.assert_allclose(geometry.image_affine(grid),
                                nilearn_mask.affine)
 
 
@@ -112,7 +114,7 @@ def test_cli_writes_the_layout(prep, raw_cohort):
   assert description["SourceDatasets"] == [{"URL": raw_cohort.as_uri()}]
   assert ((out / "participants.tsv").read_text()
           == (raw_cohort / "participants.tsv").read_text())
-  grid = registration.template_grid(2.0)
+  grid = template.template_grid(2.0)
   for pid in ("sub-001", "sub-002"):
     image, affine = nifti.load_volume(
         out / pid / "anat" / f"{pid}_FLAIR.nii.gz")
@@ -125,7 +127,7 @@ def test_cli_writes_the_layout(prep, raw_cohort):
                        reference_affine=affine)
     assert nib.load(lesion_path).get_data_dtype() == np.uint8
     # A crop of the 2 mm template grid: same axes, origin on a grid voxel.
-    full = registration.image_affine(grid)
+    full = geometry.image_affine(grid)
     np.testing.assert_allclose(affine[:3, :3], full[:3, :3])
     start = np.linalg.solve(full[:3, :3], affine[:3, 3] - full[:3, 3])
     np.testing.assert_allclose(start, np.round(start), atol=1e-4)
@@ -226,8 +228,8 @@ def test_transform_takes_masks_back_to_native(prep, raw_cohort):
                                       f"{pid}_desc-brain_mask.nii.gz")
   scan, scan_affine = nifti.load_volume(raw_cohort / pid / "anat" /
                                            f"{pid}_FLAIR.nii.gz")
-  back = sitk.Resample(registration.image_from_array(data, affine),
-                       registration.image_from_array(scan, scan_affine),
+  back = sitk.Resample(geometry.image_from_array(data, affine),
+                       geometry.image_from_array(scan, scan_affine),
                        transform.GetInverse(), sitk.sitkNearestNeighbor)
   back = sitk.GetArrayFromImage(back).T > 0
   native = nifti.load_mask(out / pid / "native" /
@@ -462,15 +464,15 @@ def test_unsafe_output_folder_refused(where, raw_cohort, tmp_path):
 @pytest.mark.slow
 def test_benchmark_at_1mm(tmp_path):
   """The targets on three 1 x 1 x 1.2 mm synthetic scans, through the CLIs."""
-  raw = synthetic.generate_cohort(
+  raw = cohort.generate_cohort(
       tmp_path / "raw", 3, seed=11,
-      params=synthetic.CohortParams(resolution_mm=1), num_workers=2,
+      params=CohortParams(resolution_mm=1), num_workers=2,
       progress=False)
   out = tmp_path / "prep"
   result = _run_cli(f"--bids={raw}", f"--out={out}")
   assert result.returncode == 0, result.stderr
   table = subprocess.run(
-      [sys.executable, "-m", "preprocessing.benchmark", f"--bids={raw}",
+      [sys.executable, "-m", "benchmarks.preprocessing", f"--bids={raw}",
        f"--prep={out}"], cwd=REPO, capture_output=True, text=True,
       timeout=600, check=True).stdout
   print(table)

@@ -7,11 +7,12 @@ from scipy.spatial.transform import Rotation
 import SimpleITK as sitk
 
 from preprocessing import registration
+from preprocessing import template
 
 
 @pytest.fixture(scope="module")
 def brain():
-  return registration.load_template(2).brain_mask
+  return template.load_template(2).brain_mask
 
 
 def _points(brain: sitk.Image, step: int = 1) -> np.ndarray:

@@ -16,22 +16,27 @@ from scipy import ndimage
 import SimpleITK as sitk
 
 from preprocessing import bids
+from preprocessing import geometry
+from preprocessing import template as template_lib
 from preprocessing.io import nifti
-from preprocessing import registration
-from preprocessing import synthetic
 from preprocessing.io.errors import InputError
+from preprocessing.synthetic import anatomy
+from preprocessing.synthetic import cohort as cohort_lib
+from preprocessing.synthetic import lesions
+from preprocessing.synthetic import subject as subject_lib
+from preprocessing.synthetic.params import CohortParams
 
 NUM_SUBJECTS = 3
 SEED = 1  # conftest.RAW_COHORT_SEED: raw_cohort holds the same subjects
-SPACE = registration.TEMPLATE_SPACE
+SPACE = template_lib.TEMPLATE_SPACE
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
   out = tmp_path_factory.mktemp("synthetic") / "cohort"
-  return synthetic.generate_cohort(out, NUM_SUBJECTS, seed=SEED,
-                                   num_workers=2, progress=False,
-                                   space="template")
+  return cohort_lib.generate_cohort(out, NUM_SUBJECTS, seed=SEED,
+                                    num_workers=2, progress=False,
+                                    space="template")
 
 
 def _digests(root):
@@ -53,7 +58,7 @@ def test_bids_layout_loads(cohort):
 
 
 def test_volumes_are_in_template_space(cohort):
-  template = synthetic.load_template(2)
+  template = anatomy.load_template(2)
   for path in cohort.rglob("*.nii.gz"):
     data, affine = nifti.load_volume(path)
     assert data.shape == template.brain.shape == (99, 117, 95)
@@ -61,7 +66,7 @@ def test_volumes_are_in_template_space(cohort):
 
 
 def test_lesions_are_periventricular_and_bright(cohort):
-  template = synthetic.load_template(2)
+  template = anatomy.load_template(2)
   for subject in bids.load_cohort(cohort):
     lesion = nifti.load_mask(subject.lesion_mask_path)
     brain = nifti.load_mask(subject.brain_mask_path)
@@ -84,9 +89,9 @@ def test_every_subject_has_a_visible_lesion():
   # A PVL cohort: each subject's first lesion is of the medium or large class
   # (radius >= 0.7 * 3.2 mm, so well over 8 voxels of 2 mm unless the
   # ventricles or the brain edge cut it), whatever the seed.
-  params = synthetic.CohortParams()
+  params = CohortParams()
   for seed in np.random.SeedSequence(7).spawn(4):
-    lesion = synthetic.generate_subject(params, seed)["lesion"]
+    lesion = subject_lib.generate_subject(params, seed)["lesion"]
     labels, count = ndimage.label(lesion, np.ones((3, 3, 3)))
     assert count >= 1
     assert np.bincount(labels.ravel())[1:].max() >= 8
@@ -95,9 +100,9 @@ def test_every_subject_has_a_visible_lesion():
 def test_same_seed_same_bytes_and_labels_whatever_the_cohort_size(
     cohort, tmp_path):
   # Subjects 1-2 of a 2-subject cohort are those of the 3-subject cohort.
-  smaller = synthetic.generate_cohort(tmp_path / "two", 2, seed=SEED,
-                                      num_workers=1, progress=False,
-                                      space="template")
+  smaller = cohort_lib.generate_cohort(tmp_path / "two", 2, seed=SEED,
+                                       num_workers=1, progress=False,
+                                       space="template")
   full, small = _digests(cohort), _digests(smaller)
   for name, digest in small.items():
     if name.startswith(("sub-", "derivatives/lesions/sub-")):
@@ -107,8 +112,8 @@ def test_same_seed_same_bytes_and_labels_whatever_the_cohort_size(
 
 
 def test_other_seed_differs(cohort, tmp_path):
-  other = synthetic.generate_cohort(tmp_path / "other", 1, seed=SEED + 1,
-                                    progress=False, space="template")
+  other = cohort_lib.generate_cohort(tmp_path / "other", 1, seed=SEED + 1,
+                                     progress=False, space="template")
   name = "sub-001/anat/sub-001_FLAIR.nii.gz"
   assert _digests(other)[name] != _digests(cohort)[name]
 
@@ -123,47 +128,47 @@ def test_generator_json_records_label_model(cohort):
 
 
 def test_deformation_moves_the_brain_only_when_asked():
-  brain = synthetic.load_template(2).brain
+  brain = anatomy.load_template(2).brain
   seed = np.random.SeedSequence(SEED)
-  rigid = synthetic.generate_subject(synthetic.CohortParams(deform_mm=0.0),
-                                     seed)["brain"] > 0
+  rigid = subject_lib.generate_subject(CohortParams(deform_mm=0.0),
+                                       seed)["brain"] > 0
   np.testing.assert_array_equal(rigid, brain)
-  deformed = synthetic.generate_subject(synthetic.CohortParams(), seed)[
+  deformed = subject_lib.generate_subject(CohortParams(), seed)[
       "brain"] > 0
   assert 0.9 < _dice(deformed, brain) < 0.99
 
 
 def test_label_probability_is_monotone_and_centred():
-  params = synthetic.CohortParams()
-  p = synthetic.label_probability([0.0, params.label_threshold_ml - 0.01,
-                                   params.label_threshold_ml * 10], params)
+  params = CohortParams()
+  p = lesions.label_probability([0.0, params.label_threshold_ml - 0.01,
+                                 params.label_threshold_ml * 10], params)
   assert p[0] < p[1] < p[2]
   assert p[1] == pytest.approx(0.5)
 
 
 def test_bad_arguments(tmp_path, cohort):
   with pytest.raises(InputError, match="--num_subjects"):
-    synthetic.generate_cohort(tmp_path / "x", 0, seed=0)
+    cohort_lib.generate_cohort(tmp_path / "x", 0, seed=0)
   with pytest.raises(InputError, match="--resolution_mm"):
-    synthetic.generate_cohort(tmp_path / "x", 1, seed=0,
-                              params=synthetic.CohortParams(resolution_mm=3))
+    cohort_lib.generate_cohort(tmp_path / "x", 1, seed=0,
+                               params=CohortParams(resolution_mm=3))
   with pytest.raises(InputError, match="already exists"):
-    synthetic.generate_cohort(cohort, 1, seed=0)
+    cohort_lib.generate_cohort(cohort, 1, seed=0)
   with pytest.raises(InputError, match="--seed"):
-    synthetic.generate_cohort(tmp_path / "x", 1, seed=-1)
+    cohort_lib.generate_cohort(tmp_path / "x", 1, seed=-1)
   for deform_mm in (-1.0, 10.5):
     with pytest.raises(InputError, match=r"--deform_mm: must be in \[0, 10\]"):
-      synthetic.generate_cohort(
+      cohort_lib.generate_cohort(
           tmp_path / "x", 1, seed=0,
-          params=synthetic.CohortParams(deform_mm=deform_mm))
+          params=CohortParams(deform_mm=deform_mm))
   with pytest.raises(InputError, match="--num_workers"):
-    synthetic.generate_cohort(tmp_path / "x", 1, seed=0, num_workers=0)
+    cohort_lib.generate_cohort(tmp_path / "x", 1, seed=0, num_workers=0)
   with pytest.raises(InputError, match="--space"):
-    synthetic.generate_cohort(tmp_path / "x", 1, seed=0, space="native")
+    cohort_lib.generate_cohort(tmp_path / "x", 1, seed=0, space="native")
   for modalities in ((), ("FLAIR", "FLAIR"), ("FLAIR", "T2w")):
     with pytest.raises(InputError, match="--modalities"):
-      synthetic.generate_cohort(tmp_path / "x", 1, seed=0,
-                                modalities=modalities)
+      cohort_lib.generate_cohort(tmp_path / "x", 1, seed=0,
+                                 modalities=modalities)
   assert not (tmp_path / "x").exists()
 
 
@@ -218,7 +223,7 @@ def _true_and_shifted(truth, pid):
 def test_raw_cohort_loads_with_native_ground_truth(raw_cohort):
   subjects = bids.load_cohort(raw_cohort, modalities=("FLAIR", "T1w"))
   assert [s.participant_id for s in subjects] == ["sub-001", "sub-002"]
-  template = synthetic.load_template(2)
+  template = anatomy.load_template(2)
   for subject in subjects:
     pid = subject.participant_id
     flair, _, affine, truth, record = _raw_subject(raw_cohort, pid)
@@ -274,13 +279,13 @@ def test_raw_and_template_cohorts_hold_the_same_subjects(raw_cohort, cohort):
 
 
 def test_transform_carries_template_brain_into_native_brain(raw_cohort):
-  template = registration.load_template(2)
+  template = template_lib.load_template(2)
   for pid in ("sub-001", "sub-002"):
     flair, _, affine, truth, _ = _raw_subject(raw_cohort, pid)
-    native = registration.image_from_array(flair, affine)
+    native = geometry.image_from_array(flair, affine)
     brain = nifti.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz")
     pose = _truth_transform(truth, pid)
-    dice = {name: _dice(sitk.GetArrayFromImage(registration.resample_mask(
+    dice = {name: _dice(sitk.GetArrayFromImage(geometry.resample_mask(
         template.brain_mask, native, transform.GetInverse())).T > 0, brain)
             for name, transform in _true_and_shifted(truth, pid).items()}
     # The subject's brain is the template's, smoothly deformed (3 mm).
@@ -291,12 +296,12 @@ def test_transform_carries_template_brain_into_native_brain(raw_cohort):
 def test_native_lesion_mask_is_the_template_mask_carried(raw_cohort):
   for pid in ("sub-001", "sub-002"):
     flair, _, affine, truth, _ = _raw_subject(raw_cohort, pid)
-    native = registration.image_from_array(flair, affine)
+    native = geometry.image_from_array(flair, affine)
     lesion = nifti.load_mask(raw_cohort / "derivatives" / "lesions" / pid /
                                 "anat" / f"{pid}_label-lesion_mask.nii.gz")
-    template_lesion = registration.image_from_array(*nifti.load_volume(
+    template_lesion = geometry.image_from_array(*nifti.load_volume(
         truth / f"{pid}_space-{SPACE}_label-lesion_mask.nii.gz"))
-    dice = {name: _dice(sitk.GetArrayFromImage(registration.resample_mask(
+    dice = {name: _dice(sitk.GetArrayFromImage(geometry.resample_mask(
         template_lesion, native, transform.GetInverse())).T > 0, lesion)
             for name, transform in _true_and_shifted(truth, pid).items()}
     assert lesion.sum() > 50

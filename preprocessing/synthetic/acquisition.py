@@ -1,12 +1,12 @@
 """Simulated MR acquisition: a clean template-space brain -> raw scans.
 
-The synthetic generator (`preprocessing.synthetic`) builds each subject's
-brain on the MNI152 template grid, clean: partial volume, but no bias field
-and no noise. A scanner sees the whole head, in some pose, through a voxel
-grid of its own, with the receive coil's bias and thermal noise. This module
-simulates that, so that the raw preprocessing pipeline
-(`preprocessing.pipeline`) gets scans that need every one of its steps, and
-ground truth to be scored against (`preprocessing.benchmark`).
+The synthetic generator (`subject`) builds each subject's brain on the
+MNI152 template grid, clean: partial volume, but no bias field and no noise.
+A scanner sees the whole head, in some pose, through a voxel grid of its
+own, with the receive coil's bias and thermal noise. This module simulates
+that, so that the raw preprocessing pipeline (`preprocessing.pipeline`) gets
+scans that need every one of its steps, and ground truth to be scored
+against (`benchmarks.preprocessing`).
 
 Per subject, from the subject's own random stream (the ranges are
 `AcquisitionParams` fields):
@@ -31,9 +31,10 @@ Per subject, from the subject's own random stream (the ranges are
    The field is the receive coil's, so all modalities share it; each
    modality draws its own noise level.
 
-Geometry conventions are `preprocessing.registration`'s: the pose maps
-TEMPLATE points to NATIVE points in LPS millimetres, as registration
-estimates it, and NIfTI affines are voxel -> RAS millimetres.
+Geometry conventions are `preprocessing.registration`'s and
+`preprocessing.geometry`'s: the pose maps TEMPLATE points to NATIVE points
+in LPS millimetres, as registration estimates it, and NIfTI affines are
+voxel -> RAS millimetres.
 """
 
 import dataclasses
@@ -42,8 +43,8 @@ import numpy as np
 from scipy import ndimage
 import SimpleITK as sitk
 
-from preprocessing import random_fields
-from preprocessing import registration
+from preprocessing import geometry
+from preprocessing.synthetic import random_fields
 
 # Shell intensities (CSF, bone, scalp), as multiples of the modality's
 # white-matter intensity: CSF is nulled in FLAIR and dark in T1w, cortical
@@ -52,7 +53,6 @@ SHELL_CONTRAST = {"FLAIR": (0.23, 0.06, 2.0), "T1w": (0.2, 0.06, 1.3)}
 # Nibabel axis codes: the world direction (RAS) each letter points to.
 _AXIS_DIRECTIONS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0),
                     "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ class AcquisitionParams:
     csf_mm, bone_mm, scalp_mm: (min, max) thickness of the head's layers.
     margin_mm: air around the head in the field of view.
     bias_strength: standard deviation of the log bias field, as
-      `synthetic.CohortParams.bias_strength`, but larger: that one models
+      `params.CohortParams.bias_strength`, but larger: that one models
       what is left of the bias in template-space (preprocessed) scans, this
       one the whole field of a phased-array receive coil.
   """
@@ -156,7 +156,7 @@ def acquire(rng: np.random.Generator, subject: TemplateSubject,
     rng: the subject's acquisition stream.
     subject: the clean template-space subject.
     noise_level: (low, high) Rician sigma relative to white matter, as
-      `synthetic.CohortParams.noise_level`.
+      `params.CohortParams.noise_level`.
     params: the acquisition ranges.
 
   Returns:
@@ -164,8 +164,8 @@ def acquire(rng: np.random.Generator, subject: TemplateSubject,
   """
   voxel_mm = float(np.linalg.norm(subject.affine[:3, 0]))
   heads, in_head = _heads(rng, subject, params, voxel_mm)
-  template = registration.image_from_array(subject.brain.astype(np.float32),
-                                           subject.affine)
+  template = geometry.image_from_array(subject.brain.astype(np.float32),
+                                       subject.affine)
   centre = template.TransformContinuousIndexToPhysicalPoint(
       [float(c) for c in ndimage.center_of_mass(subject.brain)])
   rotation = rng.uniform(-params.rotation_deg, params.rotation_deg, 3)
@@ -186,8 +186,8 @@ def acquire(rng: np.random.Generator, subject: TemplateSubject,
   to_template = pose.GetInverse()
 
   def sample(volume: np.ndarray) -> np.ndarray:
-    image = registration.image_from_array(volume.astype(np.float32),
-                                          subject.affine)
+    image = geometry.image_from_array(volume.astype(np.float32),
+                                      subject.affine)
     return _sample(image, grid, to_template, factors)
 
   shape = tuple(grid.GetSize())
@@ -204,7 +204,7 @@ def acquire(rng: np.random.Generator, subject: TemplateSubject,
       lesion=(sample(subject.lesion) >= 0.5).astype(np.uint8),
       brain=(sample(subject.brain) >= 0.5).astype(np.uint8),
       bias=bias.astype(np.float32),
-      affine=registration.image_affine(grid),
+      affine=geometry.image_affine(grid),
       to_native=pose,
       record={"spacing_mm": spacing.tolist(), "orientation": orientation,
               "oblique_deg": tilt.tolist(), "rotation_deg": rotation.tolist(),
@@ -247,7 +247,7 @@ def _native_grid(template: sitk.Image, in_head: np.ndarray,
   tilt = sitk.Euler3DTransform()
   tilt.SetRotation(*np.deg2rad(tilt_deg).tolist())
   direction = (np.asarray(tilt.GetMatrix()).reshape(3, 3)
-               @ _RAS_TO_LPS @ axes)
+               @ geometry.RAS_TO_LPS @ axes)
   voxels = np.argwhere(in_head)
   corners = np.array(np.meshgrid(*zip(voxels.min(0), voxels.max(0))))
   native = np.array([

@@ -1,7 +1,7 @@
 r"""Scores each preprocessing step against a synthetic cohort's ground truth.
 
-Usage:
-  python -m preprocessing.benchmark --bids=RAW_DIR --prep=PREP_DIR \
+Usage (from the repository root):
+  python -m benchmarks.preprocessing --bids=RAW_DIR --prep=PREP_DIR \
       [--run=RUN_DIR]
 
 RAW_DIR is a raw-space synthetic cohort (`python -m preprocessing.synthetic
@@ -42,7 +42,6 @@ references, the preprocessed masks: the end-to-end figure that the masks'
 trip through the scan's grid does not flatter or penalise.
 """
 
-import json
 from pathlib import Path
 
 from absl import app
@@ -51,12 +50,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import bids
-from preprocessing.io import nifti
+from preprocessing import geometry
 from preprocessing import pipeline
 from preprocessing import qc
-from preprocessing import registration
+from preprocessing import template
+from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
-from pvl_jax import compare
+from preprocessing.io.json_files import read_json
+from pvl_jax.evaluation import compare
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bids", None, "Raw synthetic cohort (with ground truth).",
@@ -67,7 +68,7 @@ flags.DEFINE_string("modality", "FLAIR", "The reference modality.")
 flags.DEFINE_string("run", None, "Optional pvl_jax.main workdir trained on "
                     "--prep: score its test predictions against the truth.")
 
-SPACE = registration.TEMPLATE_SPACE
+SPACE = template.TEMPLATE_SPACE
 # (column, target, whether larger is better): registration within 1 mm,
 # brain masks of Dice 0.95, N4 halving the white matter's variation, lesion
 # masks of Dice 0.95, 20 s of wall time per subject (`format_table`).
@@ -88,7 +89,7 @@ def score_subject(raw_dir: Path, prep_dir: Path, pid: str,
       str(truth / f"{pid}_from-{SPACE}_to-native_xfm.tfm"))
   xfm = sitk.ReadTransform(
       str(out / "xfm" / f"{pid}_from-native_to-{SPACE}_xfm.tfm"))
-  template = registration.load_template(2)
+  mni = template.load_template(2)
   scan_path = raw_dir / pid / "anat" / f"{pid}_{modality}.nii.gz"
   scan, affine = nifti.load_volume(scan_path)
   true_brain = nifti.load_mask(truth / f"{pid}_desc-brain_mask.nii.gz",
@@ -103,17 +104,17 @@ def score_subject(raw_dir: Path, prep_dir: Path, pid: str,
   lesion = nifti.load_mask(raw_dir / "derivatives" / "lesions" / pid /
                               "anat" / f"{pid}_label-lesion_mask.nii.gz",
                               threshold=0.5)
-  native = registration.image_from_array(scan, affine)
+  native = geometry.image_from_array(scan, affine)
   white_matter = sitk.GetArrayFromImage(sitk.Resample(
-      template.white_matter, native, true_xfm.GetInverse(), sitk.sitkLinear,
+      mni.white_matter, native, true_xfm.GetInverse(), sitk.sitkLinear,
       0.0, sitk.sitkFloat32)).T >= _WM_PROBABILITY
   white_matter &= brain & true_brain & ~lesion
   cv_raw = qc.white_matter_cv(scan, white_matter)
   cv_n4 = qc.white_matter_cv(scan / np.where(brain, bias, 1), white_matter)
-  record = json.loads((out / f"{pid}_desc-preprocessing.json").read_text())
+  record = read_json(out / f"{pid}_desc-preprocessing.json")
   true_lesion = _true_lesion_path(raw_dir, pid)
   return {
-      "reg_mm": _transform_error(true_xfm, xfm, template.brain_mask),
+      "reg_mm": _transform_error(true_xfm, xfm, mni.brain_mask),
       "brain_dice": _dice(brain, true_brain),
       "cv_raw": cv_raw, "cv_n4": cv_n4,
       "cv_true": qc.white_matter_cv(scan / true_bias, white_matter),
@@ -186,7 +187,7 @@ def wall_seconds_per_subject(prep_dir: Path) -> float | None:
   path = prep_dir / pipeline.RUN_FILE
   if not path.is_file():
     return None
-  run = json.loads(path.read_text(encoding="utf-8"))
+  run = read_json(path)
   return run["seconds"] / run["subjects_computed"]
 
 
@@ -266,9 +267,9 @@ def _lesion_ceiling(lesion: np.ndarray, affine: np.ndarray,
                     true_xfm: sitk.Transform, true_path: Path) -> float:
   """Dice of the native lesion mask carried by the true transform."""
   true, true_affine = nifti.load_volume(true_path, kind="lesion mask")
-  carried = registration.resample_mask(
-      registration.image_from_array(lesion.astype(np.uint8), affine),
-      registration.image_from_array(true, true_affine), true_xfm)
+  carried = geometry.resample_mask(
+      geometry.image_from_array(lesion.astype(np.uint8), affine),
+      geometry.image_from_array(true, true_affine), true_xfm)
   return _dice(sitk.GetArrayFromImage(carried).T > 0, true > 0.5)
 
 
@@ -282,8 +283,8 @@ def _lesion_dice(path: Path, true_path: Path) -> float:
   data, affine = nifti.load_volume(path, kind="lesion mask")
   true, true_affine = nifti.load_volume(true_path, kind="lesion mask")
   on_truth = sitk.Resample(
-      registration.image_from_array(data, affine),
-      registration.image_from_array(true, true_affine), sitk.Transform(),
+      geometry.image_from_array(data, affine),
+      geometry.image_from_array(true, true_affine), sitk.Transform(),
       sitk.sitkNearestNeighbor, 0.0)
   return _dice(sitk.GetArrayFromImage(on_truth).T > 0.5, true > 0.5)
 
@@ -291,22 +292,28 @@ def _lesion_dice(path: Path, true_path: Path) -> float:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  raw_dir, prep_dir = Path(FLAGS.bids), Path(FLAGS.prep)
+  try:
+    _report(Path(FLAGS.bids), Path(FLAGS.prep), FLAGS.modality,
+            Path(FLAGS.run) if FLAGS.run else None)
+  except InputError as e:
+    # A missing or unreadable file among the inputs the user named.
+    raise app.UsageError(str(e)) from e
+
+
+def _report(raw_dir: Path, prep_dir: Path, modality: str,
+            run_dir: Path | None) -> None:
+  """Prints the steps' table and, given a run, its predictions' table."""
   if not pipeline.is_preprocessed(prep_dir):
     raise app.UsageError(f"{prep_dir}: not a preprocessing.run output")
   subjects = bids.read_participants(prep_dir / bids.PARTICIPANTS_FILE)
-  scores = {pid: score_subject(raw_dir, prep_dir, pid, FLAGS.modality)
+  scores = {pid: score_subject(raw_dir, prep_dir, pid, modality)
             for pid in sorted(subjects)}
-  print(format_table(scores, {pid: voxel_size(raw_dir, pid, FLAGS.modality)
+  print(format_table(scores, {pid: voxel_size(raw_dir, pid, modality)
                               for pid in scores},
                      wall_seconds_per_subject(prep_dir)))
-  if FLAGS.run:
-    run_dir = Path(FLAGS.run)
+  if run_dir is not None:
     truth_dice = score_predictions(raw_dir, run_dir)
-    try:
-      test_results = compare.load_test_results(run_dir)
-    except InputError as e:
-      raise app.UsageError(str(e)) from e
+    test_results = compare.load_test_results(run_dir)
     reported = {row["subject_id"]: row["dice"]
                 for row in test_results["per_subject"]}
     print(f"\n{run_dir}: test predictions")
