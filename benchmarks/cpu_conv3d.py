@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import joint
-from pvl_jax.training import train
+from pvl_jax.training import parallel as parallel_lib
+from pvl_jax.training import steps
 from pvl_jax.models import unet
 from pvl_jax.models.depth_sliced_conv import depth_sliced_conv
 
@@ -71,14 +72,14 @@ def train_step_row() -> tuple[str, float, float]:
   batch = {"image": rng.normal(size=(2, *patch, 1)).astype(np.float32),
            "label": (rng.random((2, *patch)) < 0.05).astype(np.int32),
            "hand_function": np.array([0, 1], np.int32)}
-  parallel = train.DataParallel()
+  parallel = parallel_lib.DataParallel()
   times = []
   for depth_sliced in (False, True):
     model = unet.unet_from_config(config.model).clone(
         depth_sliced=depth_sliced)
-    state = train.create_train_state(config, model, jax.random.key(0), 1)
+    state = steps.create_train_state(config, model, jax.random.key(0), 1)
     # Not donating the state lets every timed call start from the same one.
-    step = parallel.jit(train.make_train_step(model, config.r,
+    step = parallel.jit(steps.make_train_step(model, config.r,
                                               config.batch_dice),
                         donate_state=False)
     global_batch = parallel.global_batch(batch)

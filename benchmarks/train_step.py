@@ -35,7 +35,8 @@ import numpy as np
 
 from configs import joint
 from pvl_jax.inference import sliding_window
-from pvl_jax.training import train
+from pvl_jax.training import parallel as parallel_lib
+from pvl_jax.training import steps
 from pvl_jax.models import flops
 from pvl_jax.models import unet
 
@@ -89,9 +90,9 @@ def jax_train_step() -> dict[str, float | None]:
   batch = {"image": rng.normal(size=(*shape, 1)).astype(np.float32),
            "label": (rng.random(shape) > 0.97).astype(np.int32),
            "hand_function": (np.arange(_BATCH.value) % 2).astype(np.int32)}
-  parallel = train.DataParallel()
-  state = train.create_train_state(config, model, jax.random.key(0), 1)
-  step = parallel.jit(train.make_train_step(model, config.r,
+  parallel = parallel_lib.DataParallel()
+  state = steps.create_train_state(config, model, jax.random.key(0), 1)
+  step = parallel.jit(steps.make_train_step(model, config.r,
                                             config.batch_dice))
   global_batch = parallel.global_batch(batch)
   start = time.perf_counter()

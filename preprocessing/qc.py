@@ -8,20 +8,14 @@ brain volume, the white-matter coefficient of variation before and after N4,
 and the lesion volume before and after resampling.
 """
 
-import io
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on compute nodes
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 
+from preprocessing.io import figures
 from preprocessing.io import tables
-from preprocessing.io.atomic import atomic_write_bytes
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 STEPS = ("load", "register", "skull_strip", "bias_field", "resample",
          "normalize_write")
@@ -85,11 +79,7 @@ def write_figure(path: str | os.PathLike, native: np.ndarray,
     ax.axis("off")
   fig.suptitle(title)
   fig.tight_layout()
-  buffer = io.BytesIO()
-  # No timestamp in the PNG, so identical figures are identical files.
-  fig.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
-  plt.close(fig)
-  atomic_write_bytes(path, buffer.getvalue())
+  figures.save_png(fig, path, dpi=80, tight=False)
 
 
 def format_steps_csv(rows: list[dict[str, object]]) -> str:

@@ -18,12 +18,14 @@ listed in qc/steps.csv instead, and the run exits 0 if any subject is left
 (problems with participants.tsv or missing files always stop the run).
 """
 
+from pathlib import Path
 import sys
 
 from absl import app
 from absl import flags
 
 from preprocessing import pipeline
+from preprocessing.io import console
 from preprocessing.io.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -50,6 +52,7 @@ flags.DEFINE_string("registration", "rigid", "What registration to the "
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.configure()
   params = pipeline.Params(target_spacing=FLAGS.target_spacing,
                            mask_threshold=FLAGS.mask_threshold,
                            modalities=tuple(FLAGS.modalities),
@@ -64,6 +67,9 @@ def main(argv):
   print(f"{len(summary.processed)} subjects in {FLAGS.out} "
         f"({len(summary.cached)} up to date already, {len(summary.failed)} "
         f"skipped) in {summary.seconds:.1f} s")
+  qc = Path(FLAGS.out) / "qc"
+  print(f"quality control: {qc / 'steps.csv'} (numbers per subject and "
+        f"step), {qc}/sub-*.png (overlays)")
 
 
 if __name__ == "__main__":

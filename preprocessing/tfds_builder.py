@@ -16,6 +16,7 @@ needed: build with `file_format="array_record"`, read with
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from array_record.python import array_record_module
@@ -46,6 +47,21 @@ class PVLCohortConfig(tfds.core.BuilderConfig):
   modalities: tuple[str, ...] = ("FLAIR",)
   mask_threshold: float | None = None
 
+
+class _DropCustomConfigNotice(logging.Filter):
+  """Hides TFDS's warning that a builder config is not predefined.
+
+  Every config here is built at run time from the training config (folds,
+  modalities, threshold), which is the intended use, so the warning TFDS
+  logs for each builder (twice per run) says nothing a user can act on.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(
+        "Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_DropCustomConfigNotice())
 
 class PVLCohort(tfds.core.GeneratorBasedBuilder):
   """A PVL cohort: images, lesion masks, brain masks and hand function."""

@@ -11,7 +11,7 @@ Per scan:
      one modality, a 4D file with the volumes in the run's
      `data.modalities` order for several), in any orientation;
   2. preprocess it as the training volumes were
-     (`preprocessing.pipeline.to_template`: registration to the MNI152
+     (`preprocessing.template_space.to_template`: registration to the MNI152
      template, skull stripping, N4, resampling to the run's template
      spacing, z-scoring, brain crop);
   3. predict with the run's latest checkpoint, sliding window overlap and
@@ -43,19 +43,18 @@ import dataclasses
 import os
 from pathlib import Path
 import sys
+import time
 from typing import TextIO
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
-import SimpleITK as sitk
 import tqdm
 
+from preprocessing.io import console
 from preprocessing.io import nifti
-from preprocessing import pipeline
-from preprocessing import registration
 from preprocessing.io.errors import InputError
+from pvl_jax.inference import native_space
 from pvl_jax.inference import trained_run
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -69,20 +68,6 @@ class Job:
   probabilities: Path | None
 
 
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-  """A scan's segmentation, on the scan's own grid.
-
-  Attributes:
-    mask: uint8 0/1 lesion mask.
-    probabilities: float32 lesion probability (after postprocessing).
-    affine: the scan's affine.
-    hand_function_prob: P(bad hand function); meaningful only for r > 0.
-  """
-  mask: np.ndarray
-  probabilities: np.ndarray
-  affine: np.ndarray
-  hand_function_prob: float
 
 
 def plan_jobs(input_path: str | os.PathLike, output: str | os.PathLike,
@@ -135,61 +120,9 @@ def plan_jobs(input_path: str | os.PathLike, output: str | os.PathLike,
   return jobs
 
 
-def load_scan(run: trained_run.TrainedRun, path: Path
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """A scan as (X, Y, Z, channels) and its affine, checked for the run.
-
-  Raises:
-    InputError: naming the file: unreadable, not one volume per modality of
-      the run, a single slice, empty or constant.
-  """
-  data, affine = nifti.load_channels(
-      path, len(run.modalities), kind=f"{'/'.join(run.modalities)} image")
-  for channel in range(data.shape[-1]):
-    pipeline.check_scan(path, data[..., channel])
-  return data, affine
 
 
-def segment(run: trained_run.TrainedRun, path: Path) -> Prediction:
-  """Preprocesses, segments and maps back one scan (steps 1-4 above)."""
-  data, affine = load_scan(run, path)
-  scans = pipeline.to_template(
-      {m: (path, data[..., c], affine) for c, m in enumerate(run.modalities)},
-      run.template_spacing)
-  image = np.stack([scans.images[m] for m in run.modalities], axis=-1)
-  probs, hand_function_prob = run.predict(image, scans.brain)
-  native = to_native(probs, scans.grid, scans.to_native, data.shape[:3],
-                     affine)
-  return Prediction(mask=(native > 0.5).astype(np.uint8),
-                    probabilities=native, affine=affine,
-                    hand_function_prob=hand_function_prob)
-
-
-def to_native(values: np.ndarray, grid: sitk.Image,
-              transform: sitk.Transform, shape: tuple[int, ...],
-              affine: np.ndarray) -> np.ndarray:
-  """Resamples values on a template grid onto a native grid (linear, 0 outside).
-
-  Args:
-    values: a volume on `grid`.
-    grid: the (cropped) template grid, as `to_template` returns it.
-    transform: template points -> native points, as registration gives it.
-    shape: the native grid's shape.
-    affine: the native grid's affine.
-
-  Returns:
-    float32 volume of `shape`.
-  """
-  source = registration.image_from_array(values.astype(np.float32),
-                                         registration.image_affine(grid))
-  reference = registration.image_from_array(np.zeros(shape, np.uint8), affine)
-  # Resampling onto the native grid needs native -> template points.
-  resampled = sitk.Resample(source, reference, transform.GetInverse(),
-                            sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-  return sitk.GetArrayFromImage(resampled).T
-
-
-def write(prediction: Prediction, job: Job) -> None:
+def write(prediction: native_space.Prediction, job: Job) -> None:
   """Writes a job's outputs; on failure none of them is left behind.
 
   Raises:
@@ -213,7 +146,7 @@ def write(prediction: Prediction, job: Job) -> None:
 
 
 def hand_function_line(run: trained_run.TrainedRun,
-                       prediction: Prediction) -> str:
+                       prediction: native_space.Prediction) -> str:
   """`P(bad hand function) = p` and, with a validation threshold, the call."""
   prob = prediction.hand_function_prob
   if run.cls_threshold is None:
@@ -244,21 +177,28 @@ def predict_files(workdir: str | os.PathLike, input_path: str | os.PathLike,
     InputError: naming the file and the problem (see the module docstring).
   """
   jobs = plan_jobs(input_path, output, probabilities)
+  start = time.perf_counter()
   run = trained_run.load(workdir)
   print(f"{workdir}: checkpoint of step {run.step}, template spacing "
         f"{run.template_spacing:g} mm", file=stdout)
   if len(jobs) > 1:
     for job in tqdm.tqdm(jobs, desc="checking scans", unit="scan"):
-      load_scan(run, job.scan)
+      native_space.load_scan(run, job.scan)
   for job in tqdm.tqdm(jobs, desc="predicting", unit="scan",
                        disable=len(jobs) == 1):
-    prediction = segment(run, job.scan)
+    prediction = native_space.segment(run, job.scan)
     write(prediction, job)
     line = (f"{job.scan} -> {job.mask}: {int(prediction.mask.sum())} "
             "lesion voxels")
     if run.classifies:
       line += f"; {hand_function_line(run, prediction)}"
     tqdm.tqdm.write(line, file=stdout)
+  seconds = time.perf_counter() - start
+  print(f"{len(jobs)} scan(s) segmented in {seconds:.1f} s "
+        f"({seconds / len(jobs):.1f} s per scan, model loading included); "
+        f"masks: {output}" + (f", probabilities: {probabilities}"
+                              if probabilities is not None else ""),
+        file=stdout)
   return jobs
 
 
@@ -268,9 +208,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # orbax logs every step of a restore (and warns about metadata older
-  # checkpoints lack); the command's output is its result lines.
-  logging.set_verbosity(logging.ERROR)
+  console.configure()
   try:
     predict_files(FLAGS.workdir, FLAGS.input, FLAGS.output,
                   FLAGS.probabilities)

@@ -30,6 +30,8 @@ import pytest
 
 from preprocessing.io.errors import InputError
 from pvl_jax.training import preflight
+from pvl_jax.training import checkpointing
+from pvl_jax.training import steps
 from pvl_jax.training import train
 from tests.test_train import tiny_config
 
@@ -190,7 +192,7 @@ def _small_state(config, offset: float = 0.0) -> train_state.TrainState:
   """A train state with the real optimizer (cheap: no model to compile)."""
   params = {"w": jnp.arange(1000.0) + offset, "b": jnp.ones((3, 4)) * offset}
   return train_state.TrainState.create(apply_fn=None, params=params,
-                                       tx=train.make_optimizer(config))
+                                       tx=steps.make_optimizer(config))
 
 
 def _data_iter(position: int):
@@ -205,11 +207,11 @@ def _assert_step_restores(workdir: Path, config, step: int,
                           expected: train_state.TrainState,
                           position: int) -> None:
   """`step` is the latest checkpoint and restores exactly (state and data)."""
-  manager = train.checkpoint_manager(workdir, config)
+  manager = checkpointing.checkpoint_manager(workdir, config)
   try:
     assert manager.latest_step() == step
     data_iter = _data_iter(0)
-    restored = train._restore(manager, step, _small_state(config, -1.0),
+    restored = checkpointing.restore(manager, step, _small_state(config, -1.0),
                               data_iter)
   finally:
     manager.close()
@@ -220,12 +222,12 @@ def _assert_step_restores(workdir: Path, config, step: int,
 
 def _save_first_then_fail(workdir: Path, config, break_disk) -> None:
   """Saves step 2, calls break_disk(), then a step-4 save must fail."""
-  manager = train.checkpoint_manager(workdir, config)
-  train._save(manager, 2, _small_state(config), _data_iter(5))
+  manager = checkpointing.checkpoint_manager(workdir, config)
+  checkpointing.save(manager, 2, _small_state(config), _data_iter(5))
   manager.wait_until_finished()
   break_disk()
   with pytest.raises(OSError):
-    train._save(manager, 4, _small_state(config, 1.0), _data_iter(9))
+    checkpointing.save(manager, 4, _small_state(config, 1.0), _data_iter(9))
     manager.wait_until_finished()
   try:
     manager.close()
@@ -254,8 +256,8 @@ def test_failed_save_keeps_previous_checkpoint(monkeypatch, tmp_path):
   assert names == ["2", "4.orbax-checkpoint-tmp"], names
   _assert_step_restores(workdir, config, 2, _small_state(config), 5)
   # A rerun saves step 4 again over the leftover temporary directory.
-  manager = train.checkpoint_manager(workdir, config)
-  train._save(manager, 4, _small_state(config, 1.0), _data_iter(9))
+  manager = checkpointing.checkpoint_manager(workdir, config)
+  checkpointing.save(manager, 4, _small_state(config, 1.0), _data_iter(9))
   manager.close()
   _assert_step_restores(workdir, config, 4, _small_state(config, 1.0), 9)
 

@@ -21,14 +21,16 @@ import pytest
 import SimpleITK as sitk
 
 from configs import joint
-from preprocessing import acquisition
-from preprocessing.io import nifti
 from preprocessing import pipeline
-from preprocessing import registration
-from preprocessing import synthetic
+from preprocessing import template
+from preprocessing import template_space
+from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
-from pvl_jax.data import dataset
+from preprocessing.synthetic import acquisition
+from preprocessing.synthetic import cohort as synthetic_cohort
 from pvl_jax import predict
+from pvl_jax.data import dataset
+from pvl_jax.inference import native_space
 from pvl_jax.inference import trained_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +40,8 @@ NATIVE_LESIONS = Path("derivatives", "lesions", PID, "anat",
                       f"{PID}_label-lesion_mask.nii.gz")
 TRUTH = Path("derivatives", "synthetic", PID, "anat")
 TEMPLATE_LESIONS = TRUTH / (
-    f"{PID}_space-{registration.TEMPLATE_SPACE}_label-lesion_mask.nii.gz")
-POSE = TRUTH / f"{PID}_from-{registration.TEMPLATE_SPACE}_to-native_xfm.tfm"
+    f"{PID}_space-{template.TEMPLATE_SPACE}_label-lesion_mask.nii.gz")
+POSE = TRUTH / f"{PID}_from-{template.TEMPLATE_SPACE}_to-native_xfm.tfm"
 # A subject with lesions large enough to score (about 1000 native voxels).
 RAW_SEED = 1
 
@@ -54,7 +56,7 @@ def raw(tmp_path_factory) -> Path:
 
   Its grid is oblique, of 2 x 2 x 2.4 mm voxels stored L-I-A (not RAS).
   """
-  return synthetic.generate_cohort(
+  return synthetic_cohort.generate_cohort(
       tmp_path_factory.mktemp("raw") / "cohort", 1, seed=RAW_SEED,
       progress=False, acquisition_params=acquisition.AcquisitionParams(
           spacings_mm=((1.0, 1.0, 1.2),), spacing_probs=(1.0,),
@@ -79,16 +81,16 @@ def run_dir(tiny_run, tmp_path_factory) -> Path:
 
 
 def _record_to_template(patch: pytest.MonkeyPatch
-                        ) -> list[pipeline.TemplateScans]:
+                        ) -> list[template_space.TemplateScans]:
   """Makes every `to_template` result (predict's preprocessing) be kept."""
   results = []
-  to_template = pipeline.to_template
+  to_template = template_space.to_template
 
   def recorded(*args, **kwargs):
     results.append(to_template(*args, **kwargs))
     return results[-1]
 
-  patch.setattr(pipeline, "to_template", recorded)
+  patch.setattr(template_space, "to_template", recorded)
   return results
 
 
@@ -138,7 +140,7 @@ def test_back_transform_with_the_true_pose_is_exact(predicted, raw):
   """The geometry of the way back alone: grid, crop, affines, directions."""
   _, _, scans = predicted
   data, affine = nifti.load_volume(raw / SCAN)
-  back = predict.to_native(
+  back = native_space.to_native(
       _template_lesions_on(scans.grid, raw), scans.grid,
       sitk.ReadTransform(str(raw / POSE)), data.shape, affine) > 0.5
   assert _dice(back, nifti.load_mask(raw / NATIVE_LESIONS)) >= 0.95
@@ -148,7 +150,7 @@ def test_template_lesions_land_on_the_native_lesions(predicted, raw):
   """Predict's own way back, through the registration it estimated."""
   _, _, scans = predicted
   data, affine = nifti.load_volume(raw / SCAN)
-  back = predict.to_native(_template_lesions_on(scans.grid, raw), scans.grid,
+  back = native_space.to_native(_template_lesions_on(scans.grid, raw), scans.grid,
                            scans.to_native, data.shape, affine) > 0.5
   # Registration is off by about 1 mm on these scans (preprocessing.benchmark
   # scores it), which small lesions feel: 0.90 measured.
@@ -356,7 +358,7 @@ def test_cli_segments_a_folder(run_dir, raw, tmp_path):
 
 
 def test_failed_write_leaves_no_output(tmp_path):
-  prediction = predict.Prediction(
+  prediction = native_space.Prediction(
       mask=np.zeros((4, 4, 4), np.uint8),
       probabilities=np.zeros((4, 4, 4), np.float32), affine=np.eye(4),
       hand_function_prob=0.5)

@@ -8,8 +8,10 @@ only, unless the user passes absl's `--verbosity` (e.g. `--verbosity=0` for
 their INFO lines). Results go to stdout, everything else to stderr.
 """
 
+import contextlib
 import logging
 import sys
+from typing import Iterator
 
 from absl import logging as absl_logging
 import tqdm
@@ -70,3 +72,23 @@ def configure(verbose: bool | None = None) -> None:
 def is_interactive() -> bool:
   """Whether stderr is a terminal (progress bars) or a log file (lines)."""
   return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def library_errors_only() -> Iterator[None]:
+  """Within the block, library warnings are hidden too (errors still show).
+
+  For library calls whose warnings are known to be harmless here, e.g.
+  orbax's "Metadata file does not exist" when reading one item of a
+  checkpoint written by a CheckpointManager. `--verbosity` shows them.
+  """
+  if verbosity_requested():
+    yield
+    return
+  absl_logger = logging.getLogger("absl")
+  previous = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(previous)

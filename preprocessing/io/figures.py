@@ -22,7 +22,9 @@ def save_png(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100,
     tight: crop the margins (`bbox_inches="tight"`).
   """
   buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=dpi,
+  # No "Software" (version) text in the PNG: identical figures, identical
+  # files.
+  fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None},
               bbox_inches="tight" if tight else None)
   plt.close(fig)
   atomic_write_bytes(path, buffer.getvalue())

@@ -41,7 +41,7 @@ The model, per subject (every number is a `params.CohortParams` field):
    generator.json records it for the cohort.
 
 `subject` draws one subject through steps 1-4 on the template grid. Output
-(`cohort`) is a BIDS dataset (see README) in one of two spaces: "raw" scans
+(`cohort`) is a BIDS dataset (see docs/preprocessing.md) in one of two spaces: "raw" scans
 as a scanner would write them, each subject with its own pose, voxel grid,
 skull, bias field and noise, plus the ground truth that preprocessing is
 scored against (`acquisition`), or "template" scans on the template grid,

@@ -61,10 +61,11 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
   """Generates (once) and returns the embedded synthetic cohort directory."""
   # Imported here: the generator pulls in nilearn (seconds to import), which
   # a run on a user's cohort never needs.
-  from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
+  from preprocessing.synthetic import cohort as synthetic_cohort_lib  # pylint: disable=g-import-not-at-top
+  from preprocessing.synthetic import params as synthetic_params  # pylint: disable=g-import-not-at-top
   spec = config.data.synthetic
-  params = synthetic.CohortParams(resolution_mm=spec.resolution_mm)
-  key = _digest(repr((synthetic.GENERATOR_VERSION, spec.num_subjects,
+  params = synthetic_params.CohortParams(resolution_mm=spec.resolution_mm)
+  key = _digest(repr((synthetic_cohort_lib.GENERATOR_VERSION, spec.num_subjects,
                       spec.seed, dataclasses.asdict(params))))
   out = (cache_root(config) / "cohorts" /
          f"synthetic-n{spec.num_subjects}-seed{spec.seed}-"
@@ -75,7 +76,7 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
                    spec.num_subjects, out)
       # Template space: ready for training as it is (raw scans would need
       # the preprocessing pipeline first).
-      synthetic.generate_cohort(out, spec.num_subjects, spec.seed, params,
+      synthetic_cohort_lib.generate_cohort(out, spec.num_subjects, spec.seed, params,
                                 num_workers=max(os.cpu_count() or 1, 1),
                                 space="template")
   return out

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from preprocessing.io import console
 from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import read_json
 from pvl_jax.data import dataset
@@ -159,15 +160,17 @@ def _restore_params(checkpoints: Path) -> tuple[int, dict]:
   path = Path(latest.path) / "state"
   checkpointer = ocp.PyTreeCheckpointer()
   try:
-    stored = checkpointer.metadata(path).item_metadata["params"]
+    with console.library_errors_only():
+      stored = checkpointer.metadata(path).item_metadata["params"]
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {"params": jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=device), stored)}
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=target,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+    with console.library_errors_only():
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=target,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
   except (OSError, ValueError, KeyError) as err:
     raise InputError(f"{path}: unreadable checkpoint ({err})") from err
   return latest.step, restored["params"]

@@ -4,9 +4,9 @@ XLA's CPU backend lowers 3D convolutions to a slow generic loop, while its 2D
 convolutions use a fast blocked kernel. On the 2-core CPU machine a 3x3x3
 convolution of a (2, 32, 32, 32, 16) batch to 8 features took 56-92 ms forward
 and 161 ms for input + weight gradients; the same convolution written as three
-2D convolutions over depth slices took 11 ms and 32 ms (benchmarks are in the
-README). The result is the same function of the same kernel, so parameters and
-checkpoints do not depend on which form computed them.
+2D convolutions over depth slices took 11 ms and 32 ms (measurements in
+docs/results.md). The result is the same function of the same kernel, so
+parameters and checkpoints do not depend on which form computed them.
 
 `depth_sliced_conv` has `lax.conv_general_dilated`'s signature, so a flax
 `nn.Conv(..., conv_general_dilated=depth_sliced_conv)` uses it.

@@ -2,15 +2,16 @@
 
 The topology follows nnU-Net's PlainConvUNet: per stage two conv-norm-LeakyReLU
 blocks, strided-conv downsampling, and one segmentation head per decoder stage
-(deep supervision). Two deliberate departures, both measured (DESIGN.md):
+(deep supervision). Two deliberate departures, both measured
+(docs/design.md, "Two deliberate departures, both measured"):
 
 * Upsampling is a 1x1 conv to prod(stride) * C channels followed by
   depth-to-space. It computes the same family of functions as a stride-s,
   kernel-s transposed convolution, but XLA differentiates it ~10x faster in 3D.
-* Convolutions feeding a normalisation carry no bias (the norm removes it).
+* On the CPU backend 3D convolutions are computed as sums of 2D convolutions
+  (`depth_sliced_conv`), ~5x faster there; the parameters are the same.
 
-On the CPU backend 3D convolutions are computed as sums of 2D convolutions
-(`depth_sliced_conv`), ~5x faster there; the parameters are the same.
+Convolutions feeding a normalisation carry no bias (the norm removes it).
 
 The classification head maps two summaries of the input through a small MLP to
 one logit (bad hand function): the global average of the bottleneck features
@@ -18,7 +19,8 @@ and the log of the soft lesion volume (the summed foreground probability of the
 finest segmentation output). The second one is there because instance
 normalisation sets each channel's spatial mean to zero, so the pooled
 bottleneck carries lesion load only through the shape of its distribution.
-Measured on a joint model trained on brain-sized patches (README): logistic
+Measured on a joint model trained on brain-sized patches (docs/design.md,
+"The hand-function head"): logistic
 regression on its pooled features reached a cross-validated AUC of 0.65-0.73,
 its soft lesion volume alone 0.81, and its head on the pooled features alone
 did not lower its training loss from ln 2. Joint training lets the
