@@ -28,6 +28,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.r = arg.r  # weight of the hand-function loss; 0 = segmentation only
+  # The backend to train on: "" takes whatever JAX finds; "gpu" or "tpu"
+  # stops the run at once if that backend is not there (a GPU plugin that
+  # failed to load would otherwise fall back to the CPU).
+  config.platform = ""
+  # Accelerator memory per device (GB) that the preflight check compares the
+  # compiled train step's estimate with; 0: what the runtime reports.
+  config.device_memory_gb = 0.0
 
   config.data = ml_collections.ConfigDict()
   # A BIDS cohort; empty means the embedded synthetic cohort, generated once

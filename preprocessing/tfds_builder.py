@@ -14,10 +14,13 @@ needed: build with `file_format="array_record"`, read with
 `tfds.data_source` / `builder.as_data_source`.
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 from array_record.python import array_record_module
 import numpy as np
@@ -62,6 +65,17 @@ class _DropCustomConfigNotice(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropCustomConfigNotice())
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _tfds_progress_bars_off() -> Iterator[None]:
+  """TFDS's progress bars off within the block (they are global in TFDS)."""
+  tfds.disable_progress_bar()
+  try:
+    yield
+  finally:
+    tfds.enable_progress_bar()
 
 class PVLCohort(tfds.core.GeneratorBasedBuilder):
   """A PVL cohort: images, lesion masks, brain masks and hand function."""
@@ -235,9 +249,16 @@ def build(cohort_dir: str | Path, data_dir: str | Path,
   _check_dataset_info(
       Path(data_dir) / PVLCohort.name / name / str(PVLCohort.VERSION), data_dir)
   builder = PVLCohort(data_dir=str(data_dir), config=config)
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=str(cohort_dir)))
+  if not (Path(builder.data_dir) / "dataset_info.json").exists():
+    log.info("building the TFDS records of %s in %s", cohort_dir,
+             builder.data_dir)
+  # TFDS's own progress bars (a dozen per build) and its "Downloading and
+  # preparing" banner on stdout are library internals here.
+  with contextlib.redirect_stdout(io.StringIO()), _tfds_progress_bars_off():
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(cohort_dir)))
   for split in builder.info.splits.values():
     for path, num_records in zip(split.filepaths, split.shard_lengths):
       _check_shard(Path(path), num_records, data_dir)

@@ -29,6 +29,15 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and "
                     "results.json.", required=True)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
                   "(multi-host: Slurm or a TPU VM fills in the addresses).")
+flags.DEFINE_string("coordinator_address", None, "With --distributed, where "
+                    "no cluster tells JAX: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "With --distributed, where no "
+                     "cluster tells JAX: the number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed, where no "
+                     "cluster tells JAX: this process's index.")
+flags.DEFINE_bool("preflight", False, "Prepare the data, plan, compile the "
+                  "train step and check its memory, print the report and exit "
+                  "without training.")
 config_flags.DEFINE_config_file("config", "configs/joint.py",
                                 "Training config file (see configs/).",
                                 lock_config=True)
@@ -38,13 +47,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
   console.configure()
   log.info("JAX: %d %s device(s) (%s), process %d of %d", jax.device_count(),
            jax.default_backend(), jax.devices()[0].device_kind,
            jax.process_index() + 1, jax.process_count())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                             preflight_only=FLAGS.preflight)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

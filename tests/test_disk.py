@@ -1,7 +1,7 @@
 """Disk trouble: a read-only or full workdir, and failed checkpoint saves.
 
 A read-only or full workdir (or data cache) must stop the run with a clear
-message before any data or training work (`pvl_jax.training.preflight`, called by
+message before any data or training work (`pvl_jax.training.disk_checks`, called by
 `train.prepare_run`). A disk that fills up or turns read-only later makes a
 checkpoint save fail; that must never damage the previous checkpoint, which a
 rerun then restores.
@@ -29,7 +29,7 @@ from orbax.checkpoint._src.multihost import multihost as orbax_multihost
 import pytest
 
 from preprocessing.io.errors import InputError
-from pvl_jax.training import preflight
+from pvl_jax.training import disk_checks
 from pvl_jax.training import checkpointing
 from pvl_jax.training import steps
 from pvl_jax.training import train
@@ -137,7 +137,7 @@ def test_full_disk_simulated(monkeypatch, tiny_cohort, tmp_path):
   def nearly_full(path):
     return real(path)._replace(free=10 * 2**20)
 
-  monkeypatch.setattr(preflight.shutil, "disk_usage", nearly_full)
+  monkeypatch.setattr(disk_checks.shutil, "disk_usage", nearly_full)
   config = tiny_config(tiny_cohort, tmp_path / "cache")
   with pytest.raises(InputError,
                      match=r"only 10\.0 MiB free .* needs at least 6[4-9]\."):
@@ -147,26 +147,26 @@ def test_full_disk_simulated(monkeypatch, tiny_cohort, tmp_path):
 
 def test_required_space_counts_checkpoints(tmp_path):
   config = tiny_config(tmp_path, tmp_path)
-  per_checkpoint = preflight.checkpoint_bytes(config)
+  per_checkpoint = disk_checks.checkpoint_bytes(config)
   # Params plus AdamW's two moments, float32: about 3 x 4 bytes per parameter
   # of this ~22k-parameter U-Net.
   assert 150_000 < per_checkpoint < 500_000
-  fresh = preflight.required_free_bytes(config, tmp_path)
-  assert fresh == preflight.MIN_FREE_BYTES + (
+  fresh = disk_checks.required_free_bytes(config, tmp_path)
+  assert fresh == disk_checks.MIN_FREE_BYTES + (
       config.max_checkpoints_to_keep + 1) * per_checkpoint
   for step in ("2", "4", "6"):
     (tmp_path / "checkpoints" / step).mkdir(parents=True)
   (tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp").mkdir()
-  resumed = preflight.required_free_bytes(config, tmp_path)
-  assert resumed == preflight.MIN_FREE_BYTES + per_checkpoint
+  resumed = disk_checks.required_free_bytes(config, tmp_path)
+  assert resumed == disk_checks.MIN_FREE_BYTES + per_checkpoint
 
 
 def test_planned_model_checks_only_the_fixed_allowance(tmp_path):
   config = tiny_config(tmp_path, tmp_path)
   config.model.features = ()  # left for the planner
-  assert preflight.checkpoint_bytes(config) is None
-  assert preflight.required_free_bytes(config, tmp_path) == (
-      preflight.MIN_FREE_BYTES)
+  assert disk_checks.checkpoint_bytes(config) is None
+  assert disk_checks.required_free_bytes(config, tmp_path) == (
+      disk_checks.MIN_FREE_BYTES)
 
 
 @pytest.mark.slow

@@ -7,6 +7,10 @@ from preprocessing.io.errors import InputError
 from pvl_jax.planning import config_plan
 
 
+# config.platform values: "" accepts whatever JAX finds.
+PLATFORMS = ("", "cpu", "gpu", "tpu")
+
+
 def _require(condition: bool, key: str, problem: str) -> None:
   if not condition:
     raise InputError(f"config.{key}: {problem}")
@@ -31,6 +35,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be 'stop' or 'skip' (got {config.nonfinite!r})")
   _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate",
            f"must be > 0 (got {config.optimizer.learning_rate})")
+  _validate_platform(config.platform)
+  _require(config.device_memory_gb >= 0, "device_memory_gb",
+           f"must be >= 0 (0: ask the runtime; got {config.device_memory_gb})")
 
   data = config.data
   _require(len(data.modalities) >= 1, "data.modalities", "is empty")
@@ -91,6 +98,26 @@ def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
            "data.patch_size",
            f"{tuple(data.patch_size)} must be divisible by the network's "
            f"total stride {tuple(total_stride)}")
+
+
+def backend_name() -> str:
+  """JAX's default backend as a platform name: cpu, gpu or tpu."""
+  backend = jax.default_backend()
+  return "gpu" if backend in ("cuda", "rocm", "gpu") else backend
+
+
+def _validate_platform(platform: str) -> None:
+  """A requested platform must be the one JAX found (no silent CPU run)."""
+  _require(platform in PLATFORMS, "platform",
+           f"must be one of {PLATFORMS} (got {platform!r})")
+  if platform:
+    found = backend_name()
+    _require(found == platform, "platform",
+             f"'{platform}' requested but JAX found {found} devices only "
+             f"({', '.join(sorted({d.device_kind for d in jax.devices()}))})"
+             "; is JAX's GPU/TPU plugin installed and working (e.g. "
+             "pip install 'jax[cuda12]'; python -c 'import jax; "
+             "print(jax.devices())')?")
 
 
 def _validate_mirror_axes(axes) -> None:

@@ -57,6 +57,8 @@ class TrainingProgress:
     if self._show_cls:
       parts += f", cls {summary['train/cls_loss']:.4f}"
     parts += ")"
+    if "train/data_wait" in summary:
+      parts += f", data wait {100 * summary['train/data_wait']:.0f}%"
     if self._bar is not None:
       self._bar.set_postfix_str(parts, refresh=False)
       return

@@ -37,13 +37,23 @@ def make_optimizer(config: ml_collections.ConfigDict
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
-                       rng: jax.Array, num_channels: int
+                       rng: jax.Array, num_channels: int,
+                       tx: optax.GradientTransformation | None = None
                        ) -> train_state.TrainState:
-  """Initialises parameters and optimizer state."""
+  """Initialises parameters and optimizer state.
+
+  Args:
+    config: the training config.
+    model: the U-Net.
+    rng: initialisation key.
+    num_channels: input channels.
+    tx: the optimizer; None: `make_optimizer(config)`. A step compiled for
+      one state accepts only states with the same optimizer object.
+  """
   sample = jnp.zeros((1, *config.data.patch_size, num_channels), jnp.float32)
   params = jax.jit(model.init)(rng, sample)["params"]
   return train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=make_optimizer(config))
+                                       tx=tx or make_optimizer(config))
 
 
 def make_train_step(model: unet.UNet, r: float, batch_dice: bool):

@@ -27,10 +27,11 @@ from pvl_jax.evaluation import run_summary
 from pvl_jax.models import unet
 from pvl_jax.planning import config_plan
 from pvl_jax.training import checkpointing
+from pvl_jax.training import compiled_step
 from pvl_jax.training import config_validation
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import preemption
-from pvl_jax.training import preflight
+from pvl_jax.training import disk_checks
 from pvl_jax.training import progress
 from pvl_jax.training import steps
 
@@ -53,7 +54,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
     (config with the plan applied, split name -> data source).
   """
   config_validation.validate_config(config)
-  preflight.check_run_dirs(workdir, config)
+  disk_checks.check_run_dirs(workdir, config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   atomic_write_text(workdir / "config.json",
@@ -76,26 +77,43 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   return config, sources
 
 
+def preflight(config: ml_collections.ConfigDict
+              ) -> tuple[unet.UNet, parallel_lib.DataParallel,
+                         compiled_step.CompiledStep]:
+  """Compiles the planned train step ahead of time and checks its memory.
+
+  Raises:
+    InputError: the step does not fit the device's memory (exit 2).
+  """
+  model = unet.unet_from_config(config.model)
+  parallel = parallel_lib.DataParallel()
+  step = compiled_step.compile_train_step(config, model, parallel)
+  compiled_step.report(step, config)
+  return model, parallel, step
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path,
-          sources: dict[str, Any]) -> Any:
+          sources: dict[str, Any],
+          compiled: tuple[unet.UNet, parallel_lib.DataParallel,
+                          compiled_step.CompiledStep] | None = None) -> Any:
   """Trains (resuming from `workdir`'s latest checkpoint) and returns params.
 
   Args:
     config: the prepared config (from `prepare_run`).
     workdir: where checkpoints, TensorBoard events and metrics.jsonl go.
     sources: split name -> data source (from `prepare_run`).
+    compiled: what `preflight` returned; None: run it here.
 
   Returns:
     The final parameters (replicated over the devices).
   """
   workdir = Path(workdir)
-  model = unet.unet_from_config(config.model)
-  parallel = parallel_lib.DataParallel()
+  model, parallel, step_compiled = compiled or preflight(config)
+  train_step = step_compiled.executable
   state = steps.create_train_state(config, model, unet.init_key(config.seed),
-                                   len(config.data.modalities))
+                                   len(config.data.modalities),
+                                   step_compiled.tx)
   state = jax.device_put(state, parallel.replicated)
-  train_step = parallel.jit(steps.make_train_step(model, config.r,
-                                                  config.batch_dice))
   eval_step = parallel.jit(steps.make_eval_step(model, config.r,
                                                 config.batch_dice),
                            donate_state=False)
@@ -119,7 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   history_path = workdir / "metrics.jsonl"
   train_ids = records.subject_ids(sources["train"])
   train_metrics = None
-  window_start, window_steps = time.perf_counter(), 0
+  window_start, window_steps, data_wait = time.perf_counter(), 0, 0.0
   # The previous step's outputs, checked for NaN one step late so that the
   # host never waits for the device between steps.
   pending = None
@@ -128,7 +146,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
           progress.TrainingProgress(start_step, config.num_steps,
                                     show_cls=config.r > 0) as bar):
       for step in range(start_step + 1, config.num_steps + 1):
+        wait_start = time.perf_counter()
         local_batch_np = next(data_iter)
+        data_wait += time.perf_counter() - wait_start
         state, step_metrics = train_step(
             state, parallel.global_batch(local_batch_np))
         if pending is not None and config.nonfinite == "stop":
@@ -143,14 +163,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
         if step % config.log_every == 0 or step == config.num_steps:
           summary = {f"train/{k}": float(v)
                      for k, v in train_metrics.compute().items()}
-          summary["train/steps_per_s"] = window_steps / (
-              time.perf_counter() - window_start)
+          window_s = time.perf_counter() - window_start
+          summary["train/steps_per_s"] = window_steps / window_s
+          # Share of wall time the loop waited for the input pipeline.
+          summary["train/data_wait"] = data_wait / window_s
           if config.nonfinite == "skip":
             summary["train/skipped_nonfinite"] = float(
                 state.opt_state.total_notfinite)
           bar.train_summary(step, summary)
           _write_scalars(writer, history_path, step, summary)
-          train_metrics, window_steps = None, 0
+          train_metrics, window_steps, data_wait = None, 0, 0.0
           window_start = time.perf_counter()
 
         if step % config.eval_every == 0 or step == config.num_steps:
@@ -159,12 +181,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
           bar.validation(step, summary)
           _write_scalars(writer, history_path, step, summary)
 
-        final = step == config.num_steps or guard.requested
+        stop = guard.should_stop(step)
+        final = step == config.num_steps or stop
         if step % config.checkpoint_every == 0 or final:
           if config.nonfinite == "stop":
             _check_finite(*pending, train_ids)  # never checkpoint a NaN state
           checkpointing.save(manager, step, state, data_iter)
-        if guard.requested:
+        if stop:
           raise preemption.Preempted(
               f"SIGTERM received: checkpoint saved at step {step} in "
               f"{workdir / 'checkpoints'}; rerun the same command to resume")
@@ -178,32 +201,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   return state.params
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
-                       ) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       preflight_only: bool = False) -> dict[str, Any]:
   """Trains the configured model, then evaluates it; resumes from workdir.
 
   Args:
     config: training config (see configs/joint.py).
     workdir: where checkpoints, TensorBoard events, metrics.jsonl, PNGs and
       results.json go.
+    preflight_only: stop after data preparation, planning and the compiled
+      step's memory check (`pvl_jax.main --preflight`).
 
   Returns:
-    The results dict also written to `<workdir>/results.json`.
+    The results dict also written to `<workdir>/results.json` (empty for
+    preflight_only and on processes other than 0).
   """
   workdir = Path(workdir)
   config, sources = prepare_run(config, workdir)
-  # Replicated parameters: every process holds them whole; evaluation runs
-  # on one process, on its local device.
-  params = jax.device_get(train(config, workdir, sources))
-  if jax.process_index() != 0:
+  compiled = preflight(config)
+  if preflight_only:
     return {}
-  model = unet.unet_from_config(config.model)
-  results = evaluate_run.evaluate_model(model, params, sources, config,
-                                        workdir)
-  plots.training_curves(workdir / "metrics.jsonl",
-                        workdir / "training_curves.png")
-  atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
-  print(run_summary.summary_text(results, workdir))
+  # Replicated parameters: every process holds them whole; evaluation runs
+  # on process 0, on its local device, while the others wait for it.
+  params = jax.device_get(train(config, workdir, sources, compiled))
+  results = {}
+  if jax.process_index() == 0:
+    model = unet.unet_from_config(config.model)
+    results = evaluate_run.evaluate_model(model, params, sources, config,
+                                          workdir)
+    plots.training_curves(workdir / "metrics.jsonl",
+                          workdir / "training_curves.png")
+    atomic_write_text(workdir / "results.json",
+                      json.dumps(results, indent=2))
+    print(run_summary.summary_text(results, workdir))
+  preemption.wait_for_all_processes("pvl_jax: evaluation finished")
   return results
 
 
