@@ -15,12 +15,13 @@ NUM_STEPS = 30
 KILLS = 5
 
 
-def _command(cohort, cache, workdir):
+def _command(cohort, cache, workdir, num_workers):
   return [sys.executable, "-m", "pvl_jax.main",
           "--config=configs/joint.py:demo", f"--workdir={workdir}",
           f"--config.data.cohort_dir={cohort}",
           f"--config.data.cache_dir={cache}",
-          "--config.data.patch_size=(16,16,16)", "--config.data.num_workers=0",
+          "--config.data.patch_size=(16,16,16)",
+          f"--config.data.num_workers={num_workers}",
           "--config.model.features=(4,8,16)", f"--config.num_steps={NUM_STEPS}",
           "--config.log_every=1", "--config.eval_every=1000",
           "--config.checkpoint_every=3", "--config.inference.batch_size=2"]
@@ -39,18 +40,21 @@ def _steps_logged(workdir):
 
 
 @pytest.mark.slow
-def test_five_sigkills_end_bitwise_equal(tiny_cohort, tmp_path, request):
+@pytest.mark.parametrize("num_workers", [0, 2])  # 2: grain worker processes
+def test_five_sigkills_end_bitwise_equal(tiny_cohort, tmp_path, request,
+                                         num_workers):
   cwd = request.config.rootpath
   cache = tmp_path / "cache"
   reference = tmp_path / "reference"
-  subprocess.run(_command(tiny_cohort, cache, reference), cwd=cwd,
-                 check=True, capture_output=True, timeout=600)
+  subprocess.run(_command(tiny_cohort, cache, reference, num_workers),
+                 cwd=cwd, check=True, capture_output=True, timeout=600)
 
   rng = random.Random(0)
   killed = tmp_path / "killed"
   kills = 0
   while kills < KILLS:
-    proc = subprocess.Popen(_command(tiny_cohort, cache, killed), cwd=cwd,
+    proc = subprocess.Popen(_command(tiny_cohort, cache, killed, num_workers),
+                            cwd=cwd,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     # Kill after a random number of further training steps are logged.
@@ -64,8 +68,8 @@ def test_five_sigkills_end_bitwise_equal(tiny_cohort, tmp_path, request):
     proc.wait()
     kills += 1
   assert kills == KILLS
-  subprocess.run(_command(tiny_cohort, cache, killed), cwd=cwd, check=True,
-                 capture_output=True, timeout=600)
+  subprocess.run(_command(tiny_cohort, cache, killed, num_workers), cwd=cwd,
+                 check=True, capture_output=True, timeout=600)
 
   step_a, expected = _latest_params(reference)
   step_b, got = _latest_params(killed)

@@ -67,14 +67,19 @@ def test_nonfinite_step_can_be_skipped_and_counted(
   assert skipped == [1.0]
 
 
+# Grain worker processes (the full config uses 8) must not keep a SIGTERM'd
+# run from checkpointing and exiting; with them the test takes longer.
+@pytest.mark.parametrize("num_workers", [
+    0, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigterm_writes_final_checkpoint_and_exits_cleanly(
-    tiny_cohort, tmp_path, request):
+    tiny_cohort, tmp_path, request, num_workers):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "pvl_jax.main",
          "--config=configs/joint.py:demo", f"--workdir={workdir}",
          f"--config.data.cohort_dir={tiny_cohort}",
          f"--config.data.cache_dir={tmp_path / 'cache'}",
-         "--config.data.patch_size=(16,16,16)", "--config.data.num_workers=0",
+         "--config.data.patch_size=(16,16,16)",
+         f"--config.data.num_workers={num_workers}",
          "--config.model.features=(4,8,16)", "--config.num_steps=100000",
          "--config.log_every=1", "--config.checkpoint_every=100000"]
   proc = subprocess.Popen(cmd, cwd=request.config.rootpath,
