@@ -16,9 +16,17 @@ from pvl_jax.training import train
 from tests.test_train import tiny_config
 
 
-def test_batch_spec_is_what_the_pipeline_yields(tiny_cohort, tmp_path):
-  config, sources = train.prepare_run(
-      tiny_config(tiny_cohort, tmp_path / "cache"), tmp_path / "run")
+@pytest.fixture(scope="module")
+def prepared(tiny_cohort, tmp_path_factory):
+  """(config, sources, cache) of a prepared tiny run, shared by the tests."""
+  tmp = tmp_path_factory.mktemp("preflight")
+  config, sources = train.prepare_run(tiny_config(tiny_cohort, tmp / "cache"),
+                                      tmp / "run")
+  return config, sources, tmp / "cache"
+
+
+def test_batch_spec_is_what_the_pipeline_yields(prepared):
+  config, sources, _ = prepared
   batch = next(iter(input_pipeline.train_dataset(
       sources["train"], config.data, config.batch_size, seed=0)))
   spec = compiled_step.batch_spec(config)
@@ -27,9 +35,8 @@ def test_batch_spec_is_what_the_pipeline_yields(tiny_cohort, tmp_path):
     assert (value.shape, value.dtype) == (spec[key].shape, spec[key].dtype), key
 
 
-def test_compiled_step_reports_parameters_and_memory(tiny_cohort, tmp_path):
-  config, _ = train.prepare_run(
-      tiny_config(tiny_cohort, tmp_path / "cache"), tmp_path / "run")
+def test_compiled_step_reports_parameters_and_memory(prepared):
+  config = prepared[0].copy_and_resolve_references()
   model = unet.unet_from_config(config.model)
   step = compiled_step.compile_train_step(config, model,
                                           parallel_lib.DataParallel())
@@ -49,11 +56,10 @@ def test_compiled_step_reports_parameters_and_memory(tiny_cohort, tmp_path):
         config, model, parallel_lib.DataParallel()), config)
 
 
-def test_training_runs_the_preflight_executable(tiny_cohort, tmp_path,
+def test_training_runs_the_preflight_executable(prepared, tmp_path,
                                                 monkeypatch):
   """The step is compiled once, by preflight, and training calls it."""
-  config, sources = train.prepare_run(
-      tiny_config(tiny_cohort, tmp_path / "cache"), tmp_path / "run")
+  config, sources, _ = prepared
   compiled = train.preflight(config)
   calls = []
   model, parallel, step = compiled
@@ -78,10 +84,10 @@ def _main(*args, cwd):
 
 
 def test_cli_preflight_reports_and_exits_without_training(
-    tiny_cohort, tmp_path, request):
+    tiny_cohort, prepared, tmp_path, request):
   common = ["--config=configs/joint.py:demo", f"--workdir={tmp_path / 'run'}",
             f"--config.data.cohort_dir={tiny_cohort}",
-            f"--config.data.cache_dir={tmp_path / 'cache'}",
+            f"--config.data.cache_dir={prepared[2]}",
             "--config.data.patch_size=(16,16,16)",
             "--config.model.features=(4,8,16)", "--preflight"]
   ok = _main(*common, cwd=request.config.rootpath)
