@@ -1,5 +1,8 @@
 """Sliding-window inference: tiling, weighting, stitching, mirroring."""
 
+from collections.abc import Iterator
+import contextlib
+import dataclasses
 import functools
 import itertools
 
@@ -8,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import joint
+from pvl_jax.evaluation import evaluate_run
 from pvl_jax.inference import sliding_window
 from pvl_jax.models import unet
 
@@ -40,23 +45,23 @@ def _pointwise_window_fn(images):
 @pytest.mark.parametrize("shape,window", [
     ((20, 23, 17), (8, 8, 8)),     # several windows per axis
     ((5, 9, 6), (8, 8, 8)),        # smaller than the window: padded
-    ((30, 11), (16, 16))])         # 2D
+    ((30, 11, 3), (16, 16))])      # 2D, slice by slice
 def test_stitching_reproduces_a_pointwise_function(shape, window):
   rng = np.random.default_rng(0)
   image = rng.normal(size=shape + (1,)).astype(np.float32)
-  (probs,), _ = sliding_window.sliding_window_predict(
-      jax.jit(_pointwise_window_fn), [image], window, 0.5, batch_size=3)
+  probs, _ = sliding_window.predict_volume(
+      jax.jit(_pointwise_window_fn), image, window, 0.5, batch_size=3)
   assert probs.shape == shape
   np.testing.assert_allclose(probs, jax.nn.sigmoid(image[..., 0]), atol=1e-6)
 
 
-def test_several_images_share_batches_and_logit_is_window_mean():
-  images = [np.full((8, 8, 1), v, np.float32) for v in (1.0, 3.0)]
-  maps, logit = sliding_window.sliding_window_predict(
-      jax.jit(_pointwise_window_fn), images, (8, 8), 0.5, batch_size=4)
-  assert [m.shape for m in maps] == [(8, 8), (8, 8)]
-  np.testing.assert_allclose(maps[1], jax.nn.sigmoid(3.0), atol=1e-6)
-  assert logit == pytest.approx(2.0)  # one window each: mean of 1 and 3
+def test_logit_is_the_mean_over_windows_of_all_slices():
+  image = np.stack([np.full((8, 8), v, np.float32) for v in (1.0, 3.0)],
+                   axis=2)[..., None]
+  probs, logit = sliding_window.predict_volume(
+      jax.jit(_pointwise_window_fn), image, (8, 8), 0.5, batch_size=4)
+  np.testing.assert_allclose(probs[:, :, 1], jax.nn.sigmoid(3.0), atol=1e-6)
+  assert logit == pytest.approx(2.0)  # one window per slice: mean of 1 and 3
 
 
 def test_make_window_fn_returns_foreground_probability():
@@ -65,17 +70,137 @@ def test_make_window_fn_returns_foreground_probability():
     logits = jnp.stack([jnp.zeros_like(x[..., 0]), x[..., 0]], axis=-1)
     return [logits], jnp.zeros(x.shape[0])
   window_fn = sliding_window.make_window_fn(apply_fn, {})
-  probs, _ = window_fn(jnp.full((1, 4, 4, 1), 2.0))
+  probs, _ = window_fn.apply(window_fn.variables, jnp.full((1, 4, 4, 1), 2.0))
   np.testing.assert_allclose(probs, jax.nn.sigmoid(2.0), atol=1e-6)
 
 
 @functools.cache  # initialising takes seconds on CPU
-def _random_unet(ndim: int):
+def _random_unet(ndim: int, seed: int = 0):
   """A small randomly initialised U-Net (not flip-equivariant) and its vars."""
   model = unet.UNet(features=(4, 8), strides=((1,) * ndim, (2,) * ndim),
                     kernel_sizes=((3,) * ndim,) * 2, cls_hidden=4)
   sample = jnp.zeros((1,) + (8,) * ndim + (2,))
-  return model, jax.jit(model.init)(unet.init_key(0), sample)
+  return model, jax.jit(model.init)(unet.init_key(seed), sample)
+
+
+def _host_reference(window_fn, image, window, overlap, batch_size):
+  """The accumulation on the host that device-resident sums replaced.
+
+  Each image (the volume, or for a 2D window each slice) is zero-padded up to
+  the window, its windows batched (the last batch filled with zeros), and
+  the weighted probabilities summed in numpy, window after window.
+  """
+  apply = jax.jit(window_fn.apply)
+  images = ([image] if len(window) == 3
+            else [image[:, :, z] for z in range(image.shape[2])])
+  weights = sliding_window.gaussian_importance(window)
+  padded, prob_sums, weight_sums, jobs = [], [], [], []
+  for index, one in enumerate(images):
+    pads = [(0, max(w - s, 0)) for s, w in zip(one.shape[:-1], window)]
+    padded.append(np.pad(one, pads + [(0, 0)]))
+    shape = padded[-1].shape[:-1]
+    prob_sums.append(np.zeros(shape, np.float32))
+    weight_sums.append(np.zeros(shape, np.float32))
+    jobs += [(index, start) for start in itertools.product(
+        *(sliding_window.window_starts(s, w, overlap)
+          for s, w in zip(shape, window)))]
+  logits = []
+  for i in range(0, len(jobs), batch_size):
+    chunk = jobs[i:i + batch_size]
+    regions = [tuple(slice(s, s + w) for s, w in zip(start, window))
+               for _, start in chunk]
+    batch = np.zeros((batch_size, *window, image.shape[-1]), np.float32)
+    for j, ((index, _), region) in enumerate(zip(chunk, regions)):
+      batch[j] = padded[index][region]
+    probs, cls_logit = jax.device_get(apply(window_fn.variables, batch))
+    for j, ((index, _), region) in enumerate(zip(chunk, regions)):
+      prob_sums[index][region] += probs[j] * weights
+      weight_sums[index][region] += weights
+      logits.append(float(cls_logit[j]))
+  maps = [(p / w)[tuple(slice(0, s) for s in one.shape[:-1])]
+          for p, w, one in zip(prob_sums, weight_sums, images)]
+  volume = maps[0] if len(window) == 3 else np.stack(maps, axis=2)
+  return volume, float(np.mean(logits))
+
+
+@pytest.mark.parametrize("ndim,mirror_axes,shape,batch_size", [
+    (3, (), (13, 7, 19), 5),          # 12 windows; y shorter than the window
+    (3, (0, 1, 2), (9, 6, 7), 3),     # 2 windows, 8 flips
+    (2, (), (11, 6, 5), 4),           # 10 slab windows
+    (2, (0, 1, 2), (6, 13, 3), 4),    # 9 slab windows, 4 flips
+])
+def test_predict_volume_matches_the_host_accumulation(ndim, mirror_axes,
+                                                      shape, batch_size):
+  model, variables = _random_unet(ndim)
+  window_fn = sliding_window.make_window_fn(model.apply, variables,
+                                            mirror_axes)
+  image = np.random.default_rng(3).normal(
+      size=shape + (2,)).astype(np.float32)
+  window = (8,) * ndim
+  probs, logit = sliding_window.predict_volume(window_fn, image, window, 0.5,
+                                               batch_size)
+  expected, expected_logit = _host_reference(window_fn, image, window, 0.5,
+                                             batch_size)
+  assert probs.shape == shape
+  np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(probs > 0.5, expected > 0.5)
+  assert logit == pytest.approx(expected_logit, rel=1e-5, abs=1e-6)
+
+
+@contextlib.contextmanager
+def _counting_compiles() -> Iterator[list[str]]:
+  """Collects an entry per XLA compilation while the context is open."""
+  compiles = []
+
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_parameters_are_arguments_not_compiled_constants():
+  model, _ = _random_unet(3)
+  window_fn = sliding_window.make_window_fn(model.apply, None)
+  image = np.random.default_rng(4).normal(size=(9, 8, 8, 2)).astype(
+      np.float32)
+
+  def predict(variables) -> np.ndarray:
+    return sliding_window.predict_volume(
+        dataclasses.replace(window_fn, variables=variables), image,
+        (8, 8, 8), 0.5, batch_size=2)[0]
+
+  first = predict(_random_unet(3, 0)[1])
+  other_variables = _random_unet(3, 1)[1]
+  with _counting_compiles() as compiles:
+    second = predict(other_variables)
+  assert not compiles  # the same program ran with other parameters
+  assert np.abs(first - second).max() > 1e-3
+
+
+def test_volumes_in_one_bucket_share_the_compiled_programs():
+  model, variables = _random_unet(3)
+  window_fn = sliding_window.make_window_fn(model.apply, variables)
+  rng = np.random.default_rng(5)
+
+  def predict(shape: tuple[int, ...]) -> None:
+    sliding_window.predict_volume(
+        window_fn, rng.normal(size=shape + (2,)).astype(np.float32),
+        (8, 8, 8), 0.5, batch_size=2)
+
+  bucket = sliding_window.BUCKET
+  predict((9, 8, 8))
+  with _counting_compiles() as compiles:
+    predict((bucket - 3, 16, 11))  # another shape in the same bucket
+  assert not compiles
+  with _counting_compiles() as compiles:
+    predict((bucket + 1, 8, 8))  # a new bucket: the count does count
+  assert compiles
 
 
 def _numpy_mirrored(model, variables, images, axes):
@@ -92,6 +217,12 @@ def _numpy_mirrored(model, variables, images, axes):
   return np.mean(probs, axis=0), np.mean(logits, axis=0)
 
 
+def _apply_window_fn(model, variables, mirror_axes, images):
+  window_fn = sliding_window.make_window_fn(model.apply, variables,
+                                            mirror_axes)
+  return jax.jit(window_fn.apply)(window_fn.variables, jnp.asarray(images))
+
+
 @pytest.mark.parametrize("ndim,mirror_axes,model_axes", [
     (3, (0, 1, 2), (0, 1, 2)),
     (3, (2, 0), (0, 2)),
@@ -102,14 +233,12 @@ def test_mirroring_averages_the_flipped_softmax(ndim, mirror_axes,
   model, variables = _random_unet(ndim)
   images = np.random.default_rng(1).normal(
       size=(3,) + (8,) * ndim + (2,)).astype(np.float32)
-  probs, logits = sliding_window.make_window_fn(model.apply, variables,
-                                           mirror_axes)(jnp.asarray(images))
+  probs, logits = _apply_window_fn(model, variables, mirror_axes, images)
   expected_probs, expected_logits = _numpy_mirrored(model, variables, images,
                                                     model_axes)
   np.testing.assert_allclose(probs, expected_probs, atol=1e-5)
   np.testing.assert_allclose(logits, expected_logits, atol=1e-5)
-  plain, _ = sliding_window.make_window_fn(model.apply, variables)(
-      jnp.asarray(images))
+  plain, _ = _apply_window_fn(model, variables, (), images)
   assert np.abs(np.asarray(plain) - expected_probs).max() > 1e-3  # not moot
 
 
@@ -123,7 +252,27 @@ def test_no_mirror_axes_is_the_plain_prediction():
     seg_logits, cls_logit = model.apply(variables, x)
     return jax.nn.softmax(seg_logits[0], axis=-1)[..., 1], cls_logit
 
-  probs, logits = sliding_window.make_window_fn(model.apply, variables, ())(images)
+  probs, logits = _apply_window_fn(model, variables, (), images)
   expected_probs, expected_logits = plain(images)
   np.testing.assert_array_equal(probs, expected_probs)
   np.testing.assert_array_equal(logits, expected_logits)
+
+
+def test_predict_split_records_inference_seconds():
+  rng = np.random.default_rng(6)
+  records = [{"image": rng.normal(size=shape + (1,)).astype(np.float32),
+              "lesion_mask": np.ones(shape, np.uint8),
+              "brain_mask": np.ones(shape, np.uint8), "hand_function": 0,
+              "subject_id": f"sub-{i}".encode(),
+              "spacing": np.ones(3, np.float32)}
+             for i, shape in enumerate(((9, 8, 8), (8, 10, 9), (8, 8, 8)))]
+  config = joint.get_config("demo")
+  config.data.patch_size = (8, 8, 8)
+  results = evaluate_run.segmentation_results(evaluate_run.predict_split(
+      jax.jit(_pointwise_window_fn), records, config, "test"))
+  seconds = [row["inference_s"] for row in results["per_subject"]]
+  assert all(s > 0 for s in seconds)
+  assert results["inference_s_mean"] == pytest.approx(np.mean(seconds))
+  assert results["inference_s_mean_after_first"] == pytest.approx(
+      np.mean(seconds[1:]))
+  assert "inference_s_std" not in results  # not aggregated as a metric

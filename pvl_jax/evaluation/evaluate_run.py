@@ -6,10 +6,13 @@ as the poster reports them (means over subjects). Predicted masks are
 restricted to the subject's brain mask. For r > 0 the hand-function
 probability of a subject is the sigmoid of its mean window logit; the decision
 threshold is chosen on the validation split and applied to the test split.
+Each subject's prediction time is recorded (`inference_s`), until its
+probability map is on the host.
 """
 
 from collections.abc import Mapping
 from pathlib import Path
+import time
 from typing import Any
 
 import ml_collections
@@ -28,20 +31,23 @@ from pvl_jax.evaluation import segmentation
 from pvl_jax.evaluation import threshold_baseline
 
 
-def predict_split(window_fn: sliding_window.WindowFn, source: Any,
-                  config: ml_collections.ConfigDict, name: str
-                  ) -> dict[str, Any]:
+def predict_split(
+    window_fn: sliding_window.WindowFn | sliding_window.ImagesFn, source: Any,
+    config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
   """Predicts every subject of a split (masks at probability 0.5)."""
   split = {"subjects": [], "predictions": {}, "references": {},
-           "spacings": {}, "logits": [], "labels": []}
+           "spacings": {}, "inference_s": {}, "logits": [], "labels": []}
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
-    probs, logit = sliding_window.predict_volume(window_fn, record["image"],
-                                  config.data.patch_size,
-                                  config.inference.overlap,
-                                  config.inference.batch_size)
+    start = time.perf_counter()
+    # predict_volume returns host arrays: the device work is inside the time.
+    probs, logit = sliding_window.predict_volume(
+        window_fn, record["image"], config.data.patch_size,
+        config.inference.overlap, config.inference.batch_size)
+    seconds = time.perf_counter() - start
     subject = records.subject_id(record)
     split["subjects"].append(subject)
+    split["inference_s"][subject] = seconds
     # Lesions lie in the brain by definition; what the network marks in the
     # dark background (it sees little of it in training) is discarded.
     split["predictions"][subject] = (probs > 0.5) & (record["brain_mask"] > 0)
@@ -55,11 +61,23 @@ def predict_split(window_fn: sliding_window.WindowFn, source: Any,
 
 
 def segmentation_results(split: Mapping[str, Any]) -> dict[str, Any]:
-  """Per-subject metrics and their aggregate for a predicted split."""
+  """Per-subject metrics and their aggregate for a predicted split.
+
+  Besides the metrics: `inference_s_mean`, the mean prediction time over the
+  split's subjects, and `inference_s_mean_after_first`, the same without the
+  first subject, whose time includes compiling in the first split predicted
+  (later subjects compile only if their padded shape,
+  `sliding_window.BUCKET`, is new; null for a single subject).
+  """
   rows = [{"subject_id": s, **segmentation.evaluate_subject(
-      split["predictions"][s], split["references"][s], split["spacings"][s])}
+      split["predictions"][s], split["references"][s], split["spacings"][s]),
+           "inference_s": split["inference_s"][s]}
           for s in split["subjects"]]
+  seconds = [row["inference_s"] for row in rows]
   return {**segmentation.aggregate([_metrics_only(row) for row in rows]),
+          "inference_s_mean": float(np.mean(seconds)),
+          "inference_s_mean_after_first": (
+              float(np.mean(seconds[1:])) if len(seconds) > 1 else None),
           "per_subject": rows}
 
 
@@ -74,7 +92,7 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
     for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
   """
   window_fn = sliding_window.make_window_fn(model.apply, {"params": params},
-                                       config.inference.mirror_axes)
+                                            config.inference.mirror_axes)
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
             "test": predict_split(window_fn, sources["test"], config, "test")}
@@ -148,4 +166,5 @@ def threshold_baseline_results(sources: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _metrics_only(row: Mapping[str, Any]) -> dict[str, float]:
-  return {k: v for k, v in row.items() if k != "subject_id"}
+  return {k: v for k, v in row.items()
+          if k not in ("subject_id", "inference_s")}

@@ -4,9 +4,25 @@ Windows of the training patch size tile the volume with the requested overlap
 (window starts spaced as nnU-Net's `compute_steps_for_sliding_window`); each
 window's softmax is weighted by a Gaussian importance map (sigma = 1/8 of the
 window, as nnU-Net) so that window borders, where the network sees less
-context, count less. Windows are evaluated in fixed-size batches by one jitted
-function (the last batch is padded, so nothing recompiles). The hand-function
-logit of a volume is the mean of its windows' logits.
+context, count less. The hand-function logit of a volume is the mean of its
+windows' logits.
+
+The volume and the sums stay on the device. One jitted function per batch cuts
+its windows out of the device-resident volume, runs the network and adds the
+weighted probabilities and the weights into device-resident sums; batches are
+dispatched without waiting for each other and only the normalised map comes
+back to the host, once per volume. The network's variables are an argument of
+that function, not constants of its compiled program (which would compile
+slowly and hold a second copy of the parameters). The volume is zero-padded to
+a bucketed shape (each axis a multiple of `BUCKET`, and at least the window)
+so that subjects of slightly different crops share one compiled program; the
+window starts are those of the real shape (an axis shorter than the window
+padded up to it), so the bucket does not change the prediction. Windows that
+only fill the last batch up are masked out.
+
+A 2D model (two patch entries) predicts a volume slice by slice along the last
+spatial axis: its window is a (wx, wy, 1) slab of the volume, squeezed before
+the network, so that the windows of all slices fill batches together.
 
 Mirroring test-time augmentation (`mirror_axes`, as nnU-Net): each batch is
 also predicted flipped along every non-empty subset of the mirror axes, each
@@ -15,16 +31,59 @@ averaged, inside the same jitted function.
 """
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import functools
 import itertools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-# (images (B, *window, C)) -> (foreground probability (B, *window), logit (B,))
-WindowFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+# Padded volume axes are multiples of this: few compiled shapes per cohort.
+# Padding costs no windows (only memory and copying the sums), and each new
+# shape a compile (~2 s for the CPU demo model): with 16 the 2 mm demo's test
+# crops (77-82 voxels on one axis) fell into two buckets, with 32 one.
+BUCKET = 32
+
+# (variables, images (B, *window, C)) -> (foreground probability
+# (B, *window), logit (B,)).
+ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+# The same without variables (a network with nothing to learn, in tests).
+ImagesFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WindowFn:
+  """A window function and the variables it is applied with.
+
+  Attributes:
+    apply: traceable, (variables, images) -> (probability, logit) as
+      `ApplyFn`; its identity keys the compiled sliding window, so build it
+      once per model (`make_window_fn`).
+    variables: the model's variables, passed to `apply` as arguments; on
+      `inference_device()` (`make_window_fn` puts them there), as host arrays
+      would be copied to the device for every batch.
+  """
+  apply: ApplyFn
+  variables: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithoutVariables:
+  """`ApplyFn` of an `ImagesFn`; equal for the same function (one compile)."""
+  fn: ImagesFn
+
+  def __call__(self, variables: Any, images: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    del variables
+    return self.fn(images)
+
+
+def inference_device() -> jax.Device:
+  """The device that predicts: the first of this process's."""
+  return jax.local_devices()[0]
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
@@ -72,20 +131,20 @@ def mirror_combinations(mirror_axes: Sequence[int], num_spatial: int
 
 def make_window_fn(apply_fn: Callable, variables,
                    mirror_axes: Sequence[int] = ()) -> WindowFn:
-  """Jitted foreground-probability function for batches of windows.
+  """Foreground-probability function for batches of windows.
 
   Args:
     apply_fn: the model's apply, (variables, images) -> (list of
       segmentation logits, the full-resolution one first; class logit).
-    variables: the model's variables.
+    variables: the model's variables (host or device arrays).
     mirror_axes: spatial axes for mirroring test-time augmentation; () = off.
 
   Returns:
-    The window function for `sliding_window_predict`.
+    The window function for `predict_volume`, its variables copied to
+    `inference_device()` once.
   """
 
-  @jax.jit
-  def predict(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def predict(variables, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     flips = [functools.partial(jnp.flip, axis=tuple(a + 1 for a in axes))
              for axes in mirror_combinations(mirror_axes, images.ndim - 2)]
 
@@ -103,72 +162,120 @@ def make_window_fn(apply_fn: Callable, variables,
     prob_sum, logit_sum = jax.lax.fori_loop(0, len(flips), add_flip, zeros)
     return prob_sum / len(flips), logit_sum / len(flips)
 
-  return predict
+  return WindowFn(predict, jax.device_put(variables, inference_device()))
 
 
-def sliding_window_predict(window_fn: WindowFn, images: Sequence[np.ndarray],
-                           window: Sequence[int], overlap: float,
-                           batch_size: int) -> tuple[list[np.ndarray], float]:
-  """Predicts lesion probability maps for one or more same-rank images.
-
-  Windows of all images share the batches (a 2D model predicts a volume as
-  the stack of its slices, so slices fill batches together).
+# The sums are not donated: donating made each call ~3x slower on the CPU
+# backend (measured), and copying them costs little next to the network.
+@functools.partial(jax.jit, static_argnames=("apply", "window"))
+def _add_batch(apply: ApplyFn, variables: Any, volume: jax.Array,
+               weights: jax.Array, starts: jax.Array, valid: jax.Array,
+               sums: tuple[jax.Array, jax.Array, jax.Array],
+               window: tuple[int, ...]
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Adds one batch of windows to the sums.
 
   Args:
-    window_fn: from `make_window_fn`.
-    images: (*spatial, channels) arrays with len(window) spatial axes.
-    window: window shape (the training patch size).
-    overlap: fraction of a window shared with its neighbour, in [0, 1).
-    batch_size: windows per call.
+    apply: `WindowFn.apply`.
+    variables: its variables.
+    volume: (X, Y, Z, C), zero-padded to the bucket.
+    weights: the Gaussian importance map of the slab (window, 1 appended for
+      a 2D model).
+    starts: (B, 3) window starts in the volume.
+    valid: (B,) False for windows that only fill the batch up.
+    sums: (weighted probability sum (X, Y, Z), weight sum (X, Y, Z), logit
+      sum ()).
+    window: the network's window (2 or 3 entries).
 
   Returns:
-    (probability map per image, with its spatial shape; mean hand-function
-    logit over all windows).
+    The updated sums.
   """
-  weights = gaussian_importance(window)
-  padded, prob_sums, weight_sums, jobs = [], [], [], []
-  for index, image in enumerate(images):
-    pads = [(0, max(w - s, 0)) for s, w in zip(image.shape[:-1], window)]
-    padded.append(np.pad(image, pads + [(0, 0)]))
-    shape = padded[-1].shape[:-1]
-    prob_sums.append(np.zeros(shape, np.float32))
-    weight_sums.append(np.zeros(shape, np.float32))
-    jobs += [(index, start) for start in itertools.product(
-        *(window_starts(s, w, overlap) for s, w in zip(shape, window)))]
-  logits = []
-  for i in range(0, len(jobs), batch_size):
-    chunk = jobs[i:i + batch_size]
-    regions = [tuple(slice(s, s + w) for s, w in zip(start, window))
-               for _, start in chunk]
-    batch = np.stack([padded[index][region]
-                      for (index, _), region in zip(chunk, regions)])
-    if len(chunk) < batch_size:  # keep one compiled shape
-      filler = np.zeros((batch_size - len(chunk),) + batch.shape[1:],
-                        batch.dtype)
-      batch = np.concatenate([batch, filler])
-    probs, cls_logit = jax.device_get(window_fn(jnp.asarray(batch)))
-    for j, ((index, _), region) in enumerate(zip(chunk, regions)):
-      prob_sums[index][region] += probs[j] * weights
-      weight_sums[index][region] += weights
-      logits.append(float(cls_logit[j]))
-  maps = [(p / w)[tuple(slice(0, s) for s in image.shape[:-1])]
-          for p, w, image in zip(prob_sums, weight_sums, images)]
-  return maps, float(np.mean(logits))
+  slab = weights.shape
+  channels = volume.shape[-1]
+  images = jax.vmap(lambda start: jax.lax.dynamic_slice(
+      volume, (*start, 0), (*slab, channels)))(starts)
+  probs, logits = apply(variables,
+                        images.reshape(len(starts), *window, channels))
+  weighted = probs.reshape(len(starts), *slab).astype(jnp.float32) * weights
+  prob_sum, weight_sum, logit_sum = sums
+
+  # One window after the other, in order: overlapping windows of a batch
+  # add up as they would one batch per window.
+  def add_window(j, totals):
+    start = tuple(starts[j])
+
+    def add(total, value):
+      region = jax.lax.dynamic_slice(total, start, slab)
+      return jax.lax.dynamic_update_slice(
+          total, region + jnp.where(valid[j], value, 0.0), start)
+
+    return add(totals[0], weighted[j]), add(totals[1], weights)
+
+  prob_sum, weight_sum = jax.lax.fori_loop(0, len(starts), add_window,
+                                           (prob_sum, weight_sum))
+  logit_sum += jnp.sum(jnp.where(valid, logits.astype(jnp.float32), 0.0))
+  return prob_sum, weight_sum, logit_sum
 
 
-def predict_volume(window_fn: WindowFn, image: np.ndarray,
+@jax.jit
+def _normalise(prob_sum: jax.Array, weight_sum: jax.Array) -> jax.Array:
+  """Weighted mean probability; 0 in the bucket padding that no window saw."""
+  return jnp.where(weight_sum > 0, prob_sum / weight_sum, 0.0)
+
+
+@functools.cache
+def _slab_weights(window: tuple[int, ...]) -> jax.Array:
+  """The device-resident Gaussian map of a window's slab (2D: depth 1)."""
+  return jnp.asarray(gaussian_importance(window).reshape(
+      window + (1,) * (3 - len(window))))
+
+
+def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
                    patch_size: Sequence[int], overlap: float,
                    batch_size: int) -> tuple[np.ndarray, float]:
-  """Lesion probabilities for a (*spatial, C) volume and the mean cls logit.
+  """Lesion probabilities for a (X, Y, Z, C) volume and the mean cls logit.
 
   A 2D model (two patch entries) is applied slice by slice along the last
-  spatial axis and its slices stacked back into a volume.
+  spatial axis.
+
+  Args:
+    window_fn: from `make_window_fn`, or a function of the images alone.
+    image: the volume.
+    patch_size: the window (the training patch size), 2 or 3 entries.
+    overlap: fraction of a window shared with its neighbour, in [0, 1).
+    batch_size: windows per network call.
+
+  Returns:
+    (probability map (X, Y, Z), mean hand-function logit over all windows).
   """
-  if len(patch_size) == 3:
-    maps, logit = sliding_window_predict(
-        window_fn, [image], patch_size, overlap, batch_size)
-    return maps[0], logit
-  maps, logit = sliding_window_predict(
-      window_fn, [image[:, :, z] for z in range(image.shape[2])], patch_size,
-      overlap, batch_size)
-  return np.stack(maps, axis=2), logit
+  if not isinstance(window_fn, WindowFn):
+    window_fn = WindowFn(_WithoutVariables(window_fn))
+  window = tuple(int(w) for w in patch_size)
+  weights = _slab_weights(window)
+  spatial = image.shape[:3]
+  # As if each axis shorter than the window were zero-padded up to it.
+  covered = [max(s, w) for s, w in zip(spatial, weights.shape)]
+  # A 2D model's slab is one slice thick: every slice once, whatever overlap.
+  starts = np.array(list(itertools.product(
+      *(window_starts(c, w, overlap) for c, w in zip(covered, window)),
+      *([range(spatial[2])] if len(window) == 2 else []))), np.int32)
+  num_windows = len(starts)
+  num_batches = -(-num_windows // batch_size)
+  starts = np.pad(starts, [(0, num_batches * batch_size - num_windows), (0, 0)])
+  valid = np.arange(len(starts)) < num_windows
+  bucket = [-(-c // BUCKET) * BUCKET for c in covered]
+  # Committed to the device, as the sums that `_add_batch` returns are:
+  # uncommitted first sums would compile a second program.
+  device = inference_device()
+  volume = jax.device_put(np.pad(
+      image, [(0, b - s) for b, s in zip(bucket, spatial)] + [(0, 0)]), device)
+  sums = (jnp.zeros(bucket, device=device), jnp.zeros(bucket, device=device),
+          jnp.zeros((), device=device))
+  for i in range(0, len(starts), batch_size):
+    sums = _add_batch(window_fn.apply, window_fn.variables, volume, weights,
+                      starts[i:i + batch_size], valid[i:i + batch_size], sums,
+                      window=window)
+  probs, logit_sum = jax.device_get((_normalise(*sums[:2]), sums[2]))
+  # A copy: the host view of a device buffer is read-only.
+  return (np.array(probs[tuple(slice(0, s) for s in spatial)]),
+          float(logit_sum) / num_windows)

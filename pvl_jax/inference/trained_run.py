@@ -34,8 +34,8 @@ class TrainedRun:
   Attributes:
     config: the run's resolved config.
     step: the training step of the restored checkpoint.
-    window_fn: the jitted sliding-window function (with the run's
-      `inference.mirror_axes`).
+    window_fn: the network and its parameters for the sliding window (with
+      the run's `inference.mirror_axes`).
     min_component_voxels: lesion components smaller than this are removed
       (chosen on validation; 0 without results.json or postprocessing).
     cls_threshold: P(bad hand function) at or above which a scan is called
@@ -147,7 +147,7 @@ def _check_params_fit(model: unet.UNet, config: ml_collections.ConfigDict,
 
 
 def _restore_params(checkpoints: Path) -> tuple[int, dict]:
-  """(step, parameters) of the latest checkpoint, on the default device.
+  """(step, parameters) of the latest checkpoint, on the inference device.
 
   Only the parameters are read (not the optimizer state), onto one local
   device whatever mesh the run was trained on.
@@ -162,7 +162,8 @@ def _restore_params(checkpoints: Path) -> tuple[int, dict]:
   try:
     with console.library_errors_only():
       stored = checkpointer.metadata(path).item_metadata["params"]
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    device = jax.sharding.SingleDeviceSharding(
+        sliding_window.inference_device())
     target = {"params": jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=device), stored)}
