@@ -45,8 +45,11 @@ def test_batch_dice_pools_voxels_over_the_batch():
 
 
 def test_deep_supervision_weights():
+  # 1, 1/2, 1/4 with the coarsest zeroed (nnU-Net v2): 1, 1/2, 0 -> / 1.5.
   np.testing.assert_allclose(losses.deep_supervision_weights(3),
-                             [4 / 7, 2 / 7, 1 / 7], rtol=1e-6)
+                             [2 / 3, 1 / 3, 0], rtol=1e-6)
+  # A single output (no deep supervision) keeps its weight.
+  np.testing.assert_allclose(losses.deep_supervision_weights(1), [1.0])
 
 
 def test_downsample_labels_is_nearest_neighbour():
@@ -56,11 +59,13 @@ def test_downsample_labels_is_nearest_neighbour():
 
 
 def test_segmentation_loss_weights_outputs():
-  coarse_logits = LOGITS[:, ::2]
-  coarse_labels = LABELS[:, ::2]
+  # Weights 2/3, 1/3, 0: the coarsest output does not count.
+  middle_logits, middle_labels = LOGITS[:, ::2], LABELS[:, ::2]
+  coarsest_logits = jnp.full_like(LOGITS[:, ::4], jnp.nan)
   expected = (2 / 3 * losses.dice_ce_loss(LOGITS, LABELS)
-              + 1 / 3 * losses.dice_ce_loss(coarse_logits, coarse_labels))
-  got = losses.segmentation_loss([LOGITS, coarse_logits], LABELS)
+              + 1 / 3 * losses.dice_ce_loss(middle_logits, middle_labels))
+  got = losses.segmentation_loss([LOGITS, middle_logits, coarsest_logits],
+                                 LABELS)
   assert float(got) == pytest.approx(float(expected), abs=1e-6)
 
 

@@ -2,9 +2,15 @@
 
 With `config.plan = True`, `apply_plan` fills only the planned fields the
 user left at their *unset* value: `()` for `data.patch_size`,
-`model.features`, `model.strides`, `model.kernel_sizes` and 0 for
-`batch_size`. Anything set in the config file or on the command line wins; a
-patch set by the user is kept and the topology and batch are planned for it.
+`model.features`, `model.strides`, `model.kernel_sizes`, 0 for `batch_size`
+and None for `batch_dice`. Anything set in the config file or on the command
+line wins; a patch set by the user is kept and the topology and batch are
+planned for it. `data.target_spacing` and, for a 2D plan, `data.slice_axis`
+(the axis cut into slices) are always recorded from the plan.
+
+`config.planner`: `dims` (2 or 3), `vram_budget_gb` (nnU-Net's units) and
+`suppress_transpose` (nnU-Net's option, default False: a 2D plan slices the
+coarsest axis; True: always axis 2).
 """
 
 from collections.abc import Mapping, Sequence
@@ -27,7 +33,7 @@ BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # The config fields a plan fills, and the value that marks them unset.
 UNSET = {"data.patch_size": (), "model.features": (), "model.strides": (),
-         "model.kernel_sizes": (), "batch_size": 0}
+         "model.kernel_sizes": (), "batch_size": 0, "batch_dice": None}
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -61,7 +67,9 @@ def apply_plan(config: ml_collections.ConfigDict, p: planner.Plan,
 
   Fields the user set are kept. The planned batch size is rounded down to a
   multiple of `num_devices` (data parallelism shards the global batch), but
-  not below `num_devices`. `data.target_spacing` is recorded as information.
+  not below `num_devices`. `data.target_spacing` is recorded as information;
+  a 2D plan's `data.slice_axis` is recorded too, as the planned patch lists
+  the other two axes.
 
   Args:
     config: the training config (may be locked).
@@ -78,6 +86,8 @@ def apply_plan(config: ml_collections.ConfigDict, p: planner.Plan,
     _set(config, key, overrides[key])
   with config.unlocked():
     config.data.target_spacing = p.target_spacing
+    if p.slice_axis is not None:
+      config.data.slice_axis = p.slice_axis
   return config
 
 
@@ -86,7 +96,8 @@ def plan_from_config(fp: fingerprint_lib.Fingerprint,
   """Plans with the config's planner settings and the user's fixed patch.
 
   `config.planner.dims` chooses 2D or 3D unless the user fixed the patch,
-  whose length decides.
+  whose length decides. `config.planner.suppress_transpose` defaults to
+  False (nnU-Net's default) where the config does not set it.
 
   Raises:
     InputError: naming the config key that makes planning impossible.
@@ -97,7 +108,8 @@ def plan_from_config(fp: fingerprint_lib.Fingerprint,
     return planner.plan(
         fp, dims=dims, vram_budget_gb=config.planner.vram_budget_gb,
         bytes_per_value=BYTES_PER_VALUE[config.model.compute_dtype],
-        num_classes=config.model.num_classes, patch_size=patch)
+        num_classes=config.model.num_classes, patch_size=patch,
+        suppress_transpose=config.planner.get("suppress_transpose", False))
   except ValueError as e:
     key = "data.patch_size" if patch else "planner"
     raise InputError(f"config.{key}: {e}") from e
@@ -146,6 +158,8 @@ def _plan_name(config: ml_collections.ConfigDict, p: planner.Plan) -> str:
   """A file name that differs whenever the plan's inputs differ."""
   name = (f"plan-fold{config.data.fold}-{p.dims}d-{p.vram_budget_gb:g}GB-"
           f"{config.model.compute_dtype}")
+  if config.planner.get("suppress_transpose", False):
+    name += "-notranspose"
   if tuple(config.data.patch_size):
     name += "-patch" + "x".join(str(s) for s in p.patch_size)
   return name + ".json"

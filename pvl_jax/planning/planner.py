@@ -1,120 +1,114 @@
-"""Self-configuration after nnU-Net v2: dataset fingerprint -> plan -> config.
+"""Self-configuration after nnU-Net v2.8.1: dataset fingerprint -> plan.
 
-The rules are those of nnU-Net v2's `ExperimentPlanner` (default planner,
-`get_pool_and_conv_props`), re-implemented here:
+Reproduces the 3d_fullres and 2d configurations of nnU-Net v2.8.1's default
+`ExperimentPlanner` (`experiment_planning/experiment_planners/
+default_experiment_planner.py`; topology and memory in `topology`). The
+tests compare every planned field with plans nnU-Net itself wrote
+(tests/data/nnunet_plans/).
 
+* Axis order. nnU-Net reads NIfTI through SimpleITK, whose arrays list the
+  axes in the reverse (z, y, x) order of this pipeline's records (nibabel's).
+  The planner reverses the fingerprint, plans in nnU-Net's order and maps the
+  result back, so nnU-Net's tie-breaks (its first maximal axis, its last axis
+  among equal patch/median ratios) fall on the same physical axes.
 * Target spacing: the median spacing per axis. If the coarsest axis is much
   coarser (median spacing > 3x every other axis's) and has much fewer voxels
-  (median size * 3 < every other axis's median size), it gets the 10th
-  percentile of its spacings instead, but never finer than the other axes.
-* Median shape: of the shapes after cropping, resampled to the target spacing.
+  (median size * 3 < every other axis's), it gets the 10th percentile of its
+  spacings instead, but never finer than the other axes (then their spacing
+  + 1e-5).
+* Transpose: nnU-Net moves the coarsest target axis first (equal spacings:
+  its first axis, the records' last) and keeps the others in order; 3D is
+  planned in that order, 2D on the two finest axes, slicing the coarsest.
+  Here a 3D plan's per-axis entries are mapped back to the records' axis
+  order (a U-Net with permuted per-axis entries is the same network on
+  permuted data); a 2D plan records the axis it slices (`slice_axis`: 2,
+  the axial axis, for isotropic data) and lists its entries over the other
+  two axes in ascending order. `suppress_transpose` (nnU-Net's option) keeps
+  nnU-Net's own order: slices along the records' axis 2.
+* Median shape: the shapes after cropping resampled to the target spacing
+  (rounded per subject); the median itself is not rounded.
 * Initial patch: aspect ratio 1 / spacing, scaled to 256^3 voxels (3D) or
-  2048^2 pixels (2D), clipped to the median shape.
-* Topology (`network_topology`): repeatedly pool (stride 2) every axis whose
-  feature map is still >= 2 * 4 voxels and whose current spacing is < 2x the
-  finest current spacing (a lone axis needs >= 3 * 4 voxels). The kernel along
-  an axis is 1 while its spacing is >= 2x the finest, then 3 for good; the
-  bottleneck kernel is 3 everywhere. The patch is padded up to a multiple of
-  2^pools per axis.
-* Features: 32 * 2^stage, capped at 320 (3D) or 512 (2D).
-* Memory: while the VRAM estimate at batch 2 exceeds the budget, the axis with
-  the largest patch / median-shape ratio (ties: the last one) is reduced by one
-  divisibility step and the topology recomputed.
-* Batch: as large as the VRAM estimate allows, but one batch covers at most 5%
-  of the dataset's voxels (overfitting guard), and never below 2.
-* 2D: the same rules over the in-plane axes 0 and 1 (the pipeline cuts axial
-  slices along axis 2), with the 2D feature cap.
+  2048^2 pixels (2D), clipped to the median shape, padded by the topology.
+* Memory: while the estimate at batch 2 exceeds the budget, the axis with
+  the largest patch / median ratio (ties: the last in planning order) loses
+  one divisibility step and the topology is recomputed.
+* Batch: round(budget / per-sample estimate), but one batch covers at most
+  5% of the dataset's voxels, and never below 2.
+* batch_dice: True in 2D; in 3D only where nnU-Net adds a 3d_lowres
+  configuration (the patch covers < 25% of the median image, and nnU-Net's
+  search for a coarser spacing at least halves the median image's voxels).
 
-One departure: this pipeline crops training patches inside the volumes and
-never pads them, so a patch axis larger than the smallest (resampled) volume is
-reduced like an over-budget axis (nnU-Net pads the images instead).
-
-VRAM estimate. nnU-Net sums the voxels x channels of every convolution output
-for one sample (`compute_conv_feature_map_size`) and compares the sum with a
-reference (560e6 for batch 2 on 8 GB). Written as bytes:
-
-    A = sum_s 2 f_s V_s + sum_{s < S-1} (3 f_s + C) V_s
-    VRAM = batch * A * bytes_per_value * K,
-    K = 8e9 / (2 * 560e6 * 2) ~= 3.57
-
-V_s is the voxel count of stage s's feature map, f_s its features, S the
-stages and C the classes. The encoder term counts the two convolutions of a
-stage; the decoder term the upsampling output, the two convolutions and the
-deep-supervision head. A counts stored activations; K (per stored value: its
-normalisation and activation outputs, the gradient buffers of the backward
-pass, workspace) is fixed by nnU-Net's reference point at 2 bytes per value
-(mixed precision): 560e6 activations per sample, batch 2, fill 8 GB. With it,
-nnU-Net's default 3D plan (128^3, 6 stages 32..320, batch 2; A = 451.3e6)
-needs 6.45 GB of the default 8 GB budget, and the rule "shrink while batch 2
-does not fit" is exactly nnU-Net's. float32 activations count 4 bytes.
-The budget is thus in nnU-Net's units: XLA's buffer assignment for this
-repository's train step (CPU backend, bfloat16) measured 1.96-2.03x the
-estimate (128^3 at batch 2: 12.6 GB of temporaries), so on an accelerator
-with M GB a budget of about M / 2 is safe.
+Patches are planned as nnU-Net's: a patch axis may exceed the smaller
+volumes, which nnU-Net pads at sampling time. Departures, outside
+the planned values: the volumes are resampled by preprocessing
+(`data.preprocess`), not to the planned spacing (`config_plan` warns when
+they differ); float32 activations count 4 bytes (nnU-Net assumes mixed
+precision); a patch fixed by the user is kept.
 """
 
 from collections.abc import Mapping, Sequence
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from preprocessing.io.atomic import atomic_write_text
+from pvl_jax.planning import topology as topology_lib
 from pvl_jax.planning.fingerprint import Fingerprint
 from pvl_jax.planning.fingerprint import nested_tuples
 
 ANISOTROPY_THRESHOLD = 3.0
-MIN_FEATURE_MAP_SIZE = 4
-BASE_FEATURES = 32
-MAX_FEATURES = {2: 512, 3: 320}
 # Edge of the cube/square whose volume the initial patch gets before clipping.
 INITIAL_PATCH_EDGE = {2: 2048, 3: 256}
 MIN_BATCH_SIZE = 2
 MAX_DATASET_FRACTION = 0.05
-# nnU-Net's 3D reference point: this many activations per sample at this
-# batch size fill this many GB with 2-byte (mixed-precision) activations.
-REFERENCE_ACTIVATIONS = 560e6
-REFERENCE_BATCH_SIZE = 2
-REFERENCE_BUDGET_GB = 8.0
-REFERENCE_BYTES_PER_VALUE = 2
-BYTES_FACTOR = (REFERENCE_BUDGET_GB * 1e9 / (
-    REFERENCE_BATCH_SIZE * REFERENCE_ACTIVATIONS * REFERENCE_BYTES_PER_VALUE))
+# nnU-Net adds 3d_lowres when the 3D patch covers less of the median image.
+LOWRES_CREATION_THRESHOLD = 0.25
+LOWRES_SPACING_FACTOR = 1.03
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """A planned configuration (JSON-serialisable).
+  """A planned configuration (JSON-serialisable), in the records' axis order.
 
   Attributes:
-    dims: 2 (axial slices) or 3.
-    target_spacing: mm per axis of the volumes (all 3 axes, information: the
-      pipeline does not resample).
-    median_shape: median volume shape at the target spacing (3 axes).
-    patch_size: training patch, `dims` entries.
-    strides: per stage and axis; stage 0 is all ones.
-    kernel_sizes: per stage and axis.
+    dims: 2 (slices) or 3.
+    target_spacing: mm per axis, all 3 axes (the pipeline does not resample).
+    median_shape: median volume shape at the target spacing (3 axes,
+      unrounded, as nnU-Net's).
+    slice_axis: 2D: the axis cut into slices; None in 3D.
+    patch_size: training patch, over `axes`.
+    strides: per stage, over `axes`; stage 0 is all ones.
+    kernel_sizes: per stage, over `axes`.
     features: feature maps per stage.
     batch_size: global batch size.
+    batch_dice: whether the Dice loss pools the batch (nnU-Net's rule).
     vram_estimate_gb: estimated training memory at `batch_size`.
     vram_budget_gb: the budget it was planned for.
   """
   dims: int
   target_spacing: tuple[float, ...]
-  median_shape: tuple[int, ...]
+  median_shape: tuple[float, ...]
+  slice_axis: int | None
   patch_size: tuple[int, ...]
   strides: tuple[tuple[int, ...], ...]
   kernel_sizes: tuple[tuple[int, ...], ...]
   features: tuple[int, ...]
   batch_size: int
+  batch_dice: bool
   vram_estimate_gb: float
   vram_budget_gb: float
 
   @property
+  def axes(self) -> tuple[int, ...]:
+    """The volume axes that the patch, strides and kernels list, in order."""
+    return tuple(a for a in range(3) if a != self.slice_axis)
+
+  @property
   def pools_per_axis(self) -> tuple[int, ...]:
-    """Number of stride-2 poolings along each axis."""
+    """Number of stride-2 poolings along each of `axes`."""
     return tuple(sum(s[axis] == 2 for s in self.strides)
                  for axis in range(self.dims))
 
@@ -122,22 +116,30 @@ class Plan:
     """One line for the console: dims, patch, stages, features, batch."""
     patch = "x".join(str(p) for p in self.patch_size)
     features = "-".join(str(f) for f in self.features)
-    return (f"{self.dims}D, patch {patch}, {len(self.features)} stages "
-            f"({features} features), batch {self.batch_size}, "
+    sliced = ("" if self.slice_axis is None
+              else f" slices along axis {self.slice_axis},")
+    return (f"{self.dims}D,{sliced} patch {patch}, {len(self.features)} stages "
+            f"({features} features), batch {self.batch_size}, batch Dice "
+            f"{'on' if self.batch_dice else 'off'}, "
             f"~{self.vram_estimate_gb:.1f} of {self.vram_budget_gb:g} GB")
 
   def to_config_overrides(self) -> dict[str, Any]:
     """Dotted config keys and their planned values.
 
-    `data.target_spacing` is information only (recorded in the config, used
-    by nothing: the volumes are not resampled).
+    `data.target_spacing` is information only (the volumes are not
+    resampled); `data.slice_axis` (2D only) is the axis the input pipeline
+    and inference must slice.
     """
-    return {"data.patch_size": self.patch_size,
-            "model.features": self.features,
-            "model.strides": self.strides,
-            "model.kernel_sizes": self.kernel_sizes,
-            "batch_size": self.batch_size,
-            "data.target_spacing": self.target_spacing}
+    overrides = {"data.patch_size": self.patch_size,
+                 "model.features": self.features,
+                 "model.strides": self.strides,
+                 "model.kernel_sizes": self.kernel_sizes,
+                 "batch_size": self.batch_size,
+                 "batch_dice": self.batch_dice,
+                 "data.target_spacing": self.target_spacing}
+    if self.slice_axis is not None:
+      overrides["data.slice_axis"] = self.slice_axis
+    return overrides
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -147,220 +149,159 @@ class Plan:
     return cls(
         dims=int(d["dims"]),
         target_spacing=tuple(float(s) for s in d["target_spacing"]),
-        median_shape=tuple(int(s) for s in d["median_shape"]),
+        median_shape=tuple(float(s) for s in d["median_shape"]),
+        slice_axis=None if d["slice_axis"] is None else int(d["slice_axis"]),
         patch_size=tuple(int(p) for p in d["patch_size"]),
         strides=nested_tuples(d["strides"], int),
         kernel_sizes=nested_tuples(d["kernel_sizes"], int),
         features=tuple(int(f) for f in d["features"]),
         batch_size=int(d["batch_size"]),
+        batch_dice=bool(d["batch_dice"]),
         vram_estimate_gb=float(d["vram_estimate_gb"]),
         vram_budget_gb=float(d["vram_budget_gb"]))
 
 
 @dataclasses.dataclass(frozen=True)
-class Topology:
-  """Network layout for one patch size (nnU-Net's get_pool_and_conv_props).
-
-  Attributes:
-    patch_size: the patch padded up to a multiple of `divisor`.
-    strides: per stage and axis.
-    kernel_sizes: per stage and axis.
-  """
-  patch_size: tuple[int, ...]
-  strides: tuple[tuple[int, ...], ...]
-  kernel_sizes: tuple[tuple[int, ...], ...]
-
-  @property
-  def divisor(self) -> tuple[int, ...]:
-    """Total stride per axis: what the patch size must be divisible by."""
-    return tuple(math.prod(s[axis] for s in self.strides)
-                 for axis in range(len(self.patch_size)))
+class _Budget:
+  """What the memory rule needs besides the patch."""
+  gb: float
+  num_classes: int
+  bytes_per_value: int
 
 
-# -------------------------------------------------------------------- topology
+# ----------------------------------------------- nnU-Net's order (reversed)
 
 
-def target_spacing(fp: Fingerprint) -> tuple[float, ...]:
-  """Median spacing; 10th percentile along a strongly anisotropic axis."""
-  spacings = np.asarray(fp.spacings, np.float64)
-  target = np.median(spacings, axis=0)
-  sizes = np.median(np.asarray(fp.shapes_after_crop, np.float64), axis=0)
+def _target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+  """nnU-Net's determine_fullres_target_spacing, in its axis order."""
+  target = np.percentile(spacings, 50, axis=0)
+  sizes = np.percentile(shapes, 50, axis=0)
   worst = int(np.argmax(target))
   others = [a for a in range(len(target)) if a != worst]
-  aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * target[others].max()
-  aniso_voxels = sizes[worst] * ANISOTROPY_THRESHOLD < sizes[others].min()
+  other_spacing = max(target[a] for a in others)
+  aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * other_spacing
+  aniso_voxels = sizes[worst] * ANISOTROPY_THRESHOLD < min(
+      sizes[a] for a in others)
   if aniso_spacing and aniso_voxels:
     # The median would interpolate away the slices of the finer scans; never
     # go finer than the other axes though.
-    target[worst] = max(np.percentile(spacings[:, worst], 10),
-                        target[others].max())
-  return tuple(float(t) for t in target)
+    low = np.percentile(spacings[:, worst], 10)
+    if low < other_spacing:
+      low = max(other_spacing, low) + 1e-5
+    target[worst] = low
+  return target
 
 
-def resampled_shapes(fp: Fingerprint, spacing: Sequence[float]) -> np.ndarray:
-  """(subjects, 3) shapes after resampling to `spacing` (nnU-Net rounding)."""
-  shapes = np.asarray(fp.shapes_after_crop, np.float64)
-  ratio = np.asarray(fp.spacings, np.float64) / np.asarray(spacing)
-  return np.round(shapes * ratio).astype(int)
+def _transpose_forward(target: np.ndarray, suppress: bool) -> list[int]:
+  """nnU-Net's transpose_forward: the coarsest axis first, then the rest."""
+  if suppress:
+    return [0, 1, 2]
+  coarsest = int(np.argmax(target))
+  return [coarsest] + [a for a in range(3) if a != coarsest]
 
 
-def features_per_stage(num_stages: int, dims: int,
-                       base: int = BASE_FEATURES) -> tuple[int, ...]:
-  """base * 2^stage, capped at 320 (3D) or 512 (2D)."""
-  return tuple(min(base * 2**s, MAX_FEATURES[dims]) for s in range(num_stages))
-
-
-def network_topology(spacing: Sequence[float], patch_size: Sequence[int],
-                     min_feature_map: int = MIN_FEATURE_MAP_SIZE) -> Topology:
-  """Pooling strides and kernel sizes for a patch (get_pool_and_conv_props).
-
-  Args:
-    spacing: mm per axis at the plan's resolution.
-    patch_size: the patch before padding.
-    min_feature_map: smallest edge of a bottleneck feature map.
-
-  Returns:
-    The topology, with the patch padded up to a multiple of its divisor.
-  """
-  dims = len(spacing)
-  current_spacing = [float(s) for s in spacing]
-  current_size = [int(p) for p in patch_size]
-  strides = [(1,) * dims]
-  kernels = []
-  kernel = [1] * dims
-  while True:
-    poolable = [a for a in range(dims)
-                if current_size[a] >= 2 * min_feature_map]
-    if not poolable:
-      break
-    finest = min(current_spacing[a] for a in poolable)
-    poolable = [a for a in poolable if current_spacing[a] / finest < 2]
-    # A lone axis is only pooled with margin: its map must stay >= 1.5x min.
-    if len(poolable) == 1 and current_size[poolable[0]] < 3 * min_feature_map:
-      break
-    # A kernel becomes 3 once its axis is within 2x of the finest spacing,
-    # and stays 3 (anisotropic data: in-plane convolutions first).
-    finest_all = min(current_spacing)
-    kernel = [3 if k == 3 or current_spacing[a] / finest_all < 2 else 1
-              for a, k in enumerate(kernel)]
-    kernels.append(tuple(kernel))
-    strides.append(tuple(2 if a in poolable else 1 for a in range(dims)))
-    for a in poolable:
-      current_spacing[a] *= 2
-      current_size[a] = math.ceil(current_size[a] / 2)
-  kernels.append((3,) * dims)  # the bottleneck
-  divisor = [2 ** sum(s[a] == 2 for s in strides) for a in range(dims)]
-  padded = tuple(math.ceil(p / d) * d for p, d in zip(patch_size, divisor))
-  return Topology(padded, tuple(strides), tuple(kernels))
-
-
-def _shrink_axis(spacing: Sequence[float], topology: Topology, axis: int
-                 ) -> Topology:
-  """Reduces one patch axis by one divisibility step (nnU-Net's rule).
-
-  Subtracting the current divisor could skip valid sizes (256 with divisor 64
-  would go to 192, skipping 224), so the divisor of the reduced patch is
-  subtracted instead.
-  """
-  patch = list(topology.patch_size)
-  trial = list(patch)
-  trial[axis] -= topology.divisor[axis]
-  patch[axis] -= network_topology(spacing, trial).divisor[axis]
-  return network_topology(spacing, patch)
-
-
-# ------------------------------------------------------------------- memory
-
-
-def activation_count(patch_size: Sequence[int],
-                     strides: Sequence[Sequence[int]],
-                     features: Sequence[int], num_classes: int) -> int:
-  """Stored activations of one sample: A in the module docstring."""
-  voxels, size = [], list(patch_size)
-  for stride in strides:
-    size = [s // t for s, t in zip(size, stride)]
-    voxels.append(math.prod(size))
-  encoder = sum(2 * f * v for f, v in zip(features, voxels))
-  decoder = sum((3 * f + num_classes) * v
-                for f, v in zip(features[:-1], voxels[:-1]))
-  return encoder + decoder
-
-
-def vram_gb(patch_size: Sequence[int], strides: Sequence[Sequence[int]],
-            features: Sequence[int], num_classes: int, batch_size: int,
-            bytes_per_value: int = 2) -> float:
-  """Estimated training memory in GB (1e9 bytes); see the module docstring."""
-  count = activation_count(patch_size, strides, features, num_classes)
-  return batch_size * count * bytes_per_value * BYTES_FACTOR / 1e9
-
-
-# --------------------------------------------------------------------- plan
-
-
-def _initial_patch(spacing: Sequence[float], median: Sequence[int]
-                   ) -> list[int]:
+def _initial_patch(spacing: Sequence[float], median: Sequence[float]
+                   ) -> list[float]:
   """Aspect ratio 1/spacing at 256^3 (2048^2) voxels, clipped to `median`."""
   dims = len(spacing)
-  inverse = 1.0 / np.asarray(spacing, np.float64)
-  scale = (INITIAL_PATCH_EDGE[dims] ** dims / inverse.prod()) ** (1 / dims)
-  return [min(round(i * scale), m) for i, m in zip(inverse, median)]
+  inverse = 1 / np.asarray(spacing, np.float64)
+  scaled = inverse * (INITIAL_PATCH_EDGE[dims] ** dims / np.prod(inverse)) ** (
+      1 / dims)
+  return [min(round(i), m) for i, m in zip(scaled, median)]
 
 
-def _fit_volumes(spacing: Sequence[float], topology: Topology,
-                 smallest: Sequence[int]) -> Topology:
-  """Shrinks patch axes larger than the smallest volume (patches never pad)."""
-  for axis in range(len(smallest)):
-    while topology.patch_size[axis] > smallest[axis]:
-      topology = _shrink_axis(spacing, topology, axis)
-  return topology
+def _batch_size(topology: topology_lib.Topology, dataset_voxels: float,
+                budget: _Budget) -> int:
+  """round(memory allowance), at most 5% of the dataset, >= 2."""
+  dims = len(topology.patch_size)
+  estimate = topology_lib.scaled_count(topology, budget.num_classes,
+                                       budget.bytes_per_value)
+  reference = topology_lib.budget_activations(dims, budget.gb)
+  by_memory = round((reference / estimate) * topology_lib.REFERENCE[dims][1])
+  by_coverage = round(dataset_voxels * MAX_DATASET_FRACTION /
+                      np.prod(topology.patch_size, dtype=np.float64))
+  return max(min(by_memory, by_coverage), MIN_BATCH_SIZE)
 
 
-def _fit_budget(spacing: Sequence[float], topology: Topology,
-                median: Sequence[int], dims: int, budget_gb: float,
-                num_classes: int, bytes_per_value: int) -> Topology:
-  """Shrinks the patch until the minimum batch fits the VRAM budget."""
+def _configure(spacing: Sequence[float], median: Sequence[float],
+               dataset_voxels: float, budget: _Budget
+               ) -> tuple[topology_lib.Topology, int]:
+  """nnU-Net's get_plans_for_configuration: patch, topology and batch."""
+  dims = len(spacing)
+  topology = topology_lib.network_topology(spacing,
+                                           _initial_patch(spacing, median))
+  reference = topology_lib.budget_activations(dims, budget.gb)
+  reference_batch = topology_lib.REFERENCE[dims][1]
 
-  def estimate(t: Topology) -> float:
-    return vram_gb(t.patch_size, t.strides,
-                   features_per_stage(len(t.strides), dims), num_classes,
-                   MIN_BATCH_SIZE, bytes_per_value)
+  def estimate(t: topology_lib.Topology) -> float:
+    return topology_lib.scaled_count(t, budget.num_classes,
+                                     budget.bytes_per_value)
 
-  while estimate(topology) > budget_gb:
+  while estimate(topology) / reference_batch * MIN_BATCH_SIZE > reference:
     if min(topology.patch_size) <= 1:
-      raise ValueError(f"a VRAM budget of {budget_gb} GB cannot hold a "
+      raise ValueError(f"a VRAM budget of {budget.gb} GB cannot hold a "
                        f"U-Net at batch size {MIN_BATCH_SIZE}")
-    ratios = np.asarray(topology.patch_size) / np.asarray(median)
-    # Ties go to the last axis, as nnU-Net's argsort(...)[-1].
-    axis = len(ratios) - 1 - int(np.argmax(ratios[::-1]))
-    topology = _shrink_axis(spacing, topology, axis)
-  return topology
+    ratios = [p / m for p, m in zip(topology.patch_size, median)]
+    # Ties go to the last axis, as nnU-Net's (stable) argsort(...)[-1].
+    axis = max(range(dims), key=lambda a: (ratios[a], a))
+    topology = topology_lib.shrink_axis(spacing, topology, axis)
+  return topology, _batch_size(topology, dataset_voxels, budget)
 
 
-def _batch_size(topology: Topology, features: Sequence[int], num_classes: int,
-                bytes_per_value: int, budget_gb: float,
-                dataset_voxels: float) -> int:
-  """Largest batch the budget allows, at most 5% of the dataset, >= 2."""
-  per_sample = vram_gb(topology.patch_size, topology.strides, features,
-                       num_classes, 1, bytes_per_value)
-  by_memory = math.floor(budget_gb / per_sample)
-  by_coverage = round(MAX_DATASET_FRACTION * dataset_voxels /
-                      math.prod(topology.patch_size))
-  return max(MIN_BATCH_SIZE, min(by_memory, by_coverage))
+def _has_lowres(spacing: np.ndarray, median: np.ndarray,
+                patch: Sequence[int], num_subjects: int,
+                budget: _Budget) -> bool:
+  """Whether nnU-Net's plan_experiment adds a 3d_lowres configuration."""
+  median_voxels = np.prod(median, dtype=np.float64)
+  patch_voxels = np.prod(patch, dtype=np.float64)
+  lowres = np.array(spacing, np.float64)
+  while patch_voxels / median_voxels < LOWRES_CREATION_THRESHOLD:
+    # Coarsen the fine axes until within 2x of the coarsest, then all.
+    fine = lowres.max() / lowres > 2
+    if fine.any():
+      lowres[fine] *= LOWRES_SPACING_FACTOR
+    else:
+      lowres *= LOWRES_SPACING_FACTOR
+    shape = spacing / lowres * median
+    median_voxels = np.prod(shape, dtype=np.float64)
+    topology, _ = _configure(lowres, [round(s) for s in shape],
+                             float(median_voxels * num_subjects), budget)
+    patch_voxels = np.prod(topology.patch_size, dtype=np.int64)
+  # A lowres image less than half the size is dropped as too similar.
+  return bool(np.prod(median, dtype=np.float64) / median_voxels >= 2)
+
+
+# ------------------------------------------------------------------ plan
+
+
+def _nnunet_order(fp: Fingerprint) -> tuple[np.ndarray, np.ndarray]:
+  """(spacings, shapes after cropping) with the axes as nnU-Net reads them."""
+  return (np.asarray(fp.spacings, np.float64)[:, ::-1],
+          np.asarray(fp.shapes_after_crop, np.float64)[:, ::-1])
+
+
+def target_spacing(fp: Fingerprint) -> tuple[float, ...]:
+  """nnU-Net's target spacing, in the records' axis order."""
+  return tuple(float(t) for t in _target_spacing(*_nnunet_order(fp))[::-1])
 
 
 def plan(fp: Fingerprint, dims: int = 3, vram_budget_gb: float = 8.0,
          bytes_per_value: int = 2, num_classes: int = 2,
-         patch_size: Sequence[int] | None = None) -> Plan:
+         patch_size: Sequence[int] | None = None,
+         suppress_transpose: bool = False) -> Plan:
   """Plans spacing, patch, topology, features and batch (nnU-Net v2 rules).
 
   Args:
-    fp: fingerprint of the training split.
-    dims: 3, or 2 for a U-Net on axial slices (axes 0 and 1).
-    vram_budget_gb: accelerator memory the training step may use.
+    fp: fingerprint of the training split (records' axis order).
+    dims: 3, or 2 for a U-Net on slices.
+    vram_budget_gb: accelerator memory the training step may use, in
+      nnU-Net's units (see `topology`).
     bytes_per_value: 2 for bfloat16/float16 activations, 4 for float32.
     num_classes: segmentation classes including background.
-    patch_size: a patch fixed by the user (`dims` entries): kept as is, and
-      the topology and batch are planned for it.
+    patch_size: a patch fixed by the user (`dims` entries, over the plan's
+      `axes`): kept as is, and the topology and batch are planned for it.
+    suppress_transpose: nnU-Net's option: 2D slices along axis 2 whatever
+      the spacing (the default slices the coarsest axis).
 
   Returns:
     The plan.
@@ -373,33 +314,54 @@ def plan(fp: Fingerprint, dims: int = 3, vram_budget_gb: float = 8.0,
     raise ValueError(f"dims must be 2 or 3, got {dims}")
   if patch_size is not None and len(patch_size) != dims:
     raise ValueError(f"patch_size {tuple(patch_size)} has not {dims} entries")
-  spacing3 = target_spacing(fp)
-  shapes = resampled_shapes(fp, spacing3)
-  median3 = tuple(int(m) for m in np.round(np.median(shapes, axis=0)))
-  spacing, median = spacing3[:dims], median3[:dims]
+  budget = _Budget(float(vram_budget_gb), num_classes, bytes_per_value)
+  # Everything below until the mapping back is in nnU-Net's axis order.
+  spacings, shapes = _nnunet_order(fp)
+  target = _target_spacing(spacings, shapes)
+  forward = _transpose_forward(target, suppress_transpose)
+  # nnU-Net's compute_new_shape, subject by subject.
+  resampled = [[round(s / t * n) for s, t, n in zip(sp, target, sh)]
+               for sp, sh in zip(spacings, shapes)]
+  median = np.median(np.asarray(resampled, np.float64), axis=0)
+  spacing_t, median_t = target[forward], median[forward]
+  dataset_voxels = float(np.prod(median_t, dtype=np.float64) *
+                         fp.num_subjects)
+  # The records' axis of each planned axis (nnU-Net's axis a is the
+  # records' 2 - a), and the order that lists them as the records do.
+  axes = [2 - a for a in forward[3 - dims:]]
+  to_records = sorted(range(dims), key=lambda k: axes[k])
+  spacing_c, median_c = spacing_t[3 - dims:], median_t[3 - dims:]
   if patch_size is None:
-    topology = network_topology(spacing, _initial_patch(spacing, median))
-    topology = _fit_volumes(spacing, topology, shapes.min(axis=0)[:dims])
-    topology = _fit_budget(spacing, topology, median, dims, vram_budget_gb,
-                           num_classes, bytes_per_value)
+    topology, batch = _configure(spacing_c, median_c, dataset_voxels, budget)
   else:
-    fixed = tuple(int(p) for p in patch_size)
-    topology = dataclasses.replace(network_topology(spacing, fixed),
-                                   patch_size=fixed)
+    # The user's patch lists the axes in the records' order.
+    fixed = tuple(int(patch_size[sorted(axes).index(a)]) for a in axes)
+    topology = dataclasses.replace(
+        topology_lib.network_topology(spacing_c, fixed), patch_size=fixed)
+    batch = _batch_size(topology, dataset_voxels, budget)
   if len(topology.strides) < 2:
     raise ValueError(f"patch {topology.patch_size} is too small to pool even "
                      "once; a U-Net needs at least 2 stages")
-  features = features_per_stage(len(topology.strides), dims)
-  # nnU-Net counts the dataset in 3D voxels for the 2D plan too.
-  dataset_voxels = float(math.prod(median3)) * fp.num_subjects
-  batch = _batch_size(topology, features, num_classes, bytes_per_value,
-                      vram_budget_gb, dataset_voxels)
+  batch_dice = dims == 2 or _has_lowres(spacing_t, median_t,
+                                        topology.patch_size, fp.num_subjects,
+                                        budget)
+
+  def records(row: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(row[k]) for k in to_records)
+
+  features = topology_lib.features_per_stage(len(topology.strides), dims)
+  patch = records(topology.patch_size)
+  strides = tuple(records(s) for s in topology.strides)
   return Plan(
-      dims=dims, target_spacing=spacing3, median_shape=median3,
-      patch_size=topology.patch_size, strides=topology.strides,
-      kernel_sizes=topology.kernel_sizes, features=features, batch_size=batch,
-      vram_estimate_gb=vram_gb(topology.patch_size, topology.strides,
-                               features, num_classes, batch, bytes_per_value),
+      dims=dims, target_spacing=tuple(float(t) for t in target[::-1]),
+      median_shape=tuple(float(m) for m in median[::-1]),
+      slice_axis=2 - forward[0] if dims == 2 else None, patch_size=patch,
+      strides=strides,
+      kernel_sizes=tuple(records(k) for k in topology.kernel_sizes),
+      features=features, batch_size=batch, batch_dice=bool(batch_dice),
+      vram_estimate_gb=topology_lib.vram_gb(patch, strides, features,
+                                            num_classes, batch,
+                                            bytes_per_value),
       vram_budget_gb=float(vram_budget_gb))
 
 

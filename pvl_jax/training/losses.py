@@ -2,13 +2,15 @@
 
 L_seg is nnU-Net's DC_and_CE_loss: soft Dice over the foreground classes plus
 softmax cross-entropy, summed over deep-supervision outputs with weights
-1/2^i (finest first), normalised to sum to one.
+1/2^i (finest first) except 0 for the coarsest, normalised to sum to one
+(nnU-Net v2's nnUNetTrainer._build_loss).
 """
 
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -49,9 +51,15 @@ def dice_ce_loss(logits: jax.Array, labels: jax.Array,
           + cross_entropy_loss(logits, labels))
 
 
-def deep_supervision_weights(num_outputs: int) -> jax.Array:
-  """nnU-Net weights 1/2^i for output i (finest first), summing to one."""
-  w = 0.5 ** jnp.arange(num_outputs, dtype=jnp.float32)
+def deep_supervision_weights(num_outputs: int) -> np.ndarray:
+  """nnU-Net's weights: 1/2^i for output i (finest first), summing to one.
+
+  The coarsest of several outputs gets 0, as in nnU-Net v2. The weights are
+  static (numpy), so a zero-weight output's loss is never computed.
+  """
+  w = 0.5 ** np.arange(num_outputs, dtype=np.float32)
+  if num_outputs > 1:
+    w[-1] = 0.0
   return w / w.sum()
 
 
@@ -72,6 +80,8 @@ def segmentation_loss(seg_logits: Sequence[jax.Array], labels: jax.Array,
   weights = deep_supervision_weights(len(seg_logits))
   total = 0.0
   for w, logits in zip(weights, seg_logits):
+    if w == 0:
+      continue
     target = downsample_labels(labels, logits.shape[1:-1])
     total = total + w * dice_ce_loss(logits, target, batch_dice)
   return total
