@@ -53,7 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_folds = 5
   config.data.fold = arg.fold
   config.data.patch_size = ()  # planned (128^3 for the 1 mm cohort)
+  # 2D models: the axis cut into slices; a 2D plan sets it (nnU-Net: the
+  # coarsest axis; 2, the axial axis, for isotropic data).
+  config.data.slice_axis = 2
   config.data.foreground_fraction = 0.33
+  # grain worker processes: at most this many, and at most one per CPU this
+  # process may use (its affinity, e.g. a Slurm allocation); 0: none.
   config.data.num_workers = 8
   config.data.augment = ml_collections.ConfigDict(dict(
       flip=True, intensity_scale=0.1, intensity_shift=0.1, noise_std=0.1,
@@ -76,17 +81,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the command line win. The plan goes to <workdir>/plan.json.
   config.plan = True
   config.planner = ml_collections.ConfigDict(dict(
-      dims=3,  # 2: U-Net on axial slices (used when data.patch_size is unset)
-      vram_budget_gb=8.0))  # nnU-Net's default memory target
+      dims=3,  # 2: U-Net on slices (used when data.patch_size is unset)
+      vram_budget_gb=8.0,  # nnU-Net's default memory target
+      # nnU-Net's option: True plans 2D on axial slices (axis 2) whatever the
+      # spacing; False (its default) slices the coarsest axis.
+      suppress_transpose=False))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, weight_decay=1e-4,
       grad_clip_norm=12.0))
   config.batch_size = 0  # global, divisible by the device count; 0: planned
   config.num_steps = 20_000
-  # Dice pooled over the batch (nnU-Net's batch_dice): most patches hold no
-  # lesion, and a per-patch Dice of an empty patch is a noisy loss of ~1.
-  config.batch_dice = True
+  # Dice pooled over the batch (nnU-Net's batch_dice). None: planned by
+  # nnU-Net's rule (on in 2D; in 3D only with a low-resolution stage, so off
+  # for brain-sized data).
+  config.batch_dice = ml_collections.config_dict.placeholder(bool)
   # NaN/Inf loss or gradients: "stop" (name the step and subjects, keep the
   # last good checkpoint) or "skip" (leave parameters unchanged, count it).
   config.nonfinite = "stop"
@@ -110,6 +119,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.synthetic = ml_collections.ConfigDict(dict(
         num_subjects=40, seed=0, resolution_mm=2))
     config.plan = False  # sized by hand for a 2-core CPU
+    # Pooled over the batch: most 32^3 patches hold no lesion, and a
+    # per-patch Dice of an empty patch is a noisy loss of ~1 (the demo's
+    # figures in docs/results.md were measured with it).
+    config.batch_dice = True
     config.batch_size = 2
     config.data.preprocess.target_spacing = 2.0
     config.data.patch_size = (32, 32, 32)

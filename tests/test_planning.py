@@ -348,7 +348,7 @@ def test_apply_plan_fills_only_unset_fields():
   assert tuple(filled.model.kernel_sizes) == p.kernel_sizes
   assert filled.batch_dice is False  # no 3d_lowres stage
   assert tuple(filled.data.target_spacing) == (2.0, 2.0, 2.0)
-  assert "slice_axis" not in filled.data  # 3D
+  assert filled.data.slice_axis == config.data.slice_axis  # 3D: untouched
   assert tuple(config.data.patch_size) == ()  # the input is not modified
   # The planned batch (3) is rounded down to a multiple of the devices.
   config.batch_size = 0

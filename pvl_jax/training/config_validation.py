@@ -71,6 +71,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
   """Checks the fields the planner may fill: batch, patch, topology."""
   data = config.data
+  _require(config.batch_dice in (True, False), "batch_dice",
+           "must be True or False (None is planned, which needs config.plan;"
+           f" got {config.batch_dice})")
+  _require(data.get("slice_axis", 2) in (0, 1, 2), "data.slice_axis",
+           f"must be 0, 1 or 2 (got {data.get('slice_axis')})")
   _require(config.batch_size >= 1, "batch_size",
            f"must be >= 1 (got {config.batch_size})")
   devices = jax.device_count()
