@@ -42,7 +42,7 @@ from pvl_jax.models import unet
 
 _WORKER = flags.DEFINE_enum("worker", None, ["jax", "inference"],
                             "Internal: run one measurement and print JSON.")
-_ANCHOR = flags.DEFINE_string(
+ANCHOR = flags.DEFINE_string(
     "anchor", str(Path(__file__).resolve().parents[2] / "shared" / "anchors"
                   / "torch_unet3d.py"),
     "The PyTorch anchor script; skipped when missing or torch is absent.")
@@ -142,7 +142,7 @@ def jax_inference() -> list[dict[str, float | None]]:
   return rows
 
 
-def _run_json(argv: Sequence[str]) -> list[dict] | str:
+def run_json(argv: Sequence[str]) -> list[dict] | str:
   """Runs a measuring process; its JSON lines, or why it failed."""
   done = subprocess.run(argv, capture_output=True, text=True, check=False)
   rows = [json.loads(line) for line in done.stdout.splitlines()
@@ -172,8 +172,8 @@ def main(argv: Sequence[str]) -> None:
   me = [sys.executable, "-m", "benchmarks.train_step"]
   # The parent process never touches a device: each measurement owns its
   # process's allocator and compilation caches.
-  results = {"pvl_jax": _run_json([*me, "--worker=jax", *passthrough])}
-  anchor = Path(_ANCHOR.value)
+  results = {"pvl_jax": run_json([*me, "--worker=jax", *passthrough])}
+  anchor = Path(ANCHOR.value)
   anchor_size = (_PATCH.value == 128 and _BATCH.value == 2
                  and _FEATURES.value == _FEATURES.default)
   for name, extra in (("torch eager", []), ("torch.compile", ["compile"])):
@@ -182,8 +182,8 @@ def main(argv: Sequence[str]) -> None:
     elif not anchor_size:
       results[name] = "skipped: the anchor is fixed at 128^3, batch 2"
     else:
-      results[name] = _run_json([sys.executable, str(anchor), *extra])
-  inference_rows = _run_json([*me, "--worker=inference", *passthrough])
+      results[name] = run_json([sys.executable, str(anchor), *extra])
+  inference_rows = run_json([*me, "--worker=inference", *passthrough])
 
   step_flops = flops.TRAIN_STEP_FORWARDS * _BATCH.value * (
       flops.unet_forward_flops((_PATCH.value,) * 3, 1, **topology()))
