@@ -18,6 +18,16 @@ shared), and prints one markdown table:
    estimate of the compiled step next to the device's measured peak.
 `--tiny` shrinks every part to CPU size (a 32^3 3-stage network, a small
 volume, a few steps, no anchor) so that the whole script is a test.
+
+The device image has jax, flax, optax, orbax and torch; the rest travels as
+cp312 wheels in the ignored folder `.wheels/` (the device tool's `carry`):
+`../shared/wheels-cp312/*` plus clu, tensorboardX and what they need that
+the image lacks (`pip download --no-deps --only-binary=:all:
+--python-version 3.12 ... clu==0.0.12 tensorboardX==2.6.5 etils wrapt
+protobuf`). SimpleITK is not needed: the cohort is generated in template
+space, which does not import it. Then, on the device:
+  pip install -q --no-index --no-deps --target /tmp/site .wheels/*.whl &&
+  PYTHONPATH=/tmp/site python -m benchmarks.device_check
 """
 
 from collections.abc import Sequence
