@@ -32,6 +32,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -49,11 +50,14 @@ from preprocessing import qc
 from preprocessing import registration
 from preprocessing import template_space
 from preprocessing.io import nifti
+from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
 from preprocessing.template import Template
 from preprocessing.template import TEMPLATE_SPACE
+
+log = logging.getLogger(__name__)
 
 GENERATED_BY = "pvl_jax preprocessing"
 # Part of every subject's cache key: bump it when the pipeline's output
@@ -122,7 +126,8 @@ def output_params(directory: str | os.PathLike) -> Params:
 
 
 def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                      params: Params = Params(), num_workers: int = 2,
+                      params: Params = Params(),
+                      num_workers: int | None = None,
                       skip_failed: bool = False) -> Summary:
   """Preprocesses every subject of a raw BIDS cohort into `out_dir`.
 
@@ -130,7 +135,9 @@ def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
     bids_dir: the raw cohort (see `bids.load_cohort`); only read.
     out_dir: the derivative dataset to create or update.
     params: pipeline parameters.
-    num_workers: subjects processed in parallel (one process each).
+    num_workers: at most this many subjects processed in parallel (one
+      process each), fewer when this process may use fewer CPUs; None: one
+      per usable CPU.
     skip_failed: report and skip subjects whose files fail instead of
       stopping at the first one.
 
@@ -145,8 +152,9 @@ def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
   start = time.perf_counter()
   bids_dir = Path(bids_dir).resolve()
   out_dir = Path(out_dir).resolve()
-  if num_workers < 1:
+  if num_workers is not None and num_workers < 1:
     raise InputError(f"num_workers: must be >= 1 (got {num_workers})")
+  num_workers = workers.worker_count(num_workers)
   if params.target_spacing <= 0:
     raise InputError(f"target_spacing: must be > 0 (got "
                      f"{params.target_spacing})")
@@ -338,11 +346,15 @@ def _run_parallel(todo: list[tuple[bids.Subject, str]], out_dir: Path,
   failed: dict[str, str] = {}
   if not todo:
     return records, failed
-  threads = max(1, (os.cpu_count() or 1) // num_workers)
+  num_workers = min(num_workers, len(todo))
+  log.info("preprocessing %d subjects in %d worker processes", len(todo),
+           num_workers)
+  # The usable CPUs shared among the workers' SimpleITK threads.
+  threads = max(1, workers.available_cpus() // num_workers)
   # spawn: the caller may be a training process whose JAX threads make fork
   # unsafe.
   with concurrent.futures.ProcessPoolExecutor(
-      max_workers=min(num_workers, len(todo)),
+      max_workers=num_workers,
       mp_context=multiprocessing.get_context("spawn"),
       initializer=sitk.ProcessObject.SetGlobalDefaultNumberOfThreads,
       initargs=(threads,)) as pool:

@@ -2,7 +2,7 @@ r"""Preprocesses a raw BIDS cohort into template space for training.
 
 Usage:
   python -m preprocessing.run --bids=RAW_DIR --out=PREP_DIR \
-      [--target_spacing=1.0] [--mask_threshold=0.5] [--num_workers=2] \
+      [--target_spacing=1.0] [--mask_threshold=0.5] [--num_workers=N] \
       [--skip_failed] [--modalities=FLAIR,T1w] [--registration=rigid]
 
 Registers every scan to the MNI152 2009c template, skull strips, N4-corrects,
@@ -38,7 +38,9 @@ flags.DEFINE_float("target_spacing", 1.0, "Isotropic voxel size (mm) of the "
 flags.DEFINE_float("mask_threshold", None, "Binarise lesion masks with mask >="
                    " threshold (for probabilities or label maps); unset: masks"
                    " must contain only 0 and 1.")
-flags.DEFINE_integer("num_workers", 2, "Subjects processed in parallel.")
+flags.DEFINE_integer("num_workers", None, "At most this many subjects "
+                     "processed in parallel; default: one per CPU this "
+                     "process may use.")
 flags.DEFINE_bool("skip_failed", False, "Report and skip subjects whose files "
                   "fail instead of stopping.")
 flags.DEFINE_list("modalities", ["FLAIR"], "BIDS suffixes of the scans; the "

@@ -1,11 +1,11 @@
 """grain patch pipeline: shapes, foreground oversampling, determinism, 2D."""
 
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import joint
 from pvl_jax.data import input_pipeline
+from tests import reference_input_pipeline
 
 
 def _data_config(patch_size=(16, 16, 16), num_workers=0, fg=0.33):
@@ -47,16 +47,39 @@ def test_at_least_a_third_of_patches_contain_lesion(tiny_builder):
   assert has_lesion.mean() > random_rate + 0.15
 
 
-def test_deterministic_given_seed_and_workers(tiny_builder):
+def _assert_same_batches(actual, expected):
+  assert len(actual) == len(expected)
+  for x, y in zip(actual, expected):
+    assert set(x) == set(y)
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+      assert x[key].dtype == y[key].dtype, key
+
+
+def test_workers_build_the_same_batches_and_resume_with_any_count(
+    tiny_builder, monkeypatch):
   source = tiny_builder.as_data_source("fold0+fold1+fold2")
-  a = _take(input_pipeline.train_dataset(source, _data_config(), 2, 7), 3)
-  b = _take(input_pipeline.train_dataset(
-      source, _data_config(num_workers=2), 2, 7), 3)
-  c = _take(input_pipeline.train_dataset(source, _data_config(), 2, 8), 3)
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x["image"], y["image"])
-    np.testing.assert_array_equal(x["label"], y["label"])
-  assert not np.array_equal(a[0]["image"], c[0]["image"])
+  in_process = _take(input_pipeline.train_dataset(source, _data_config(), 2,
+                                                  7), 5)
+  other_seed = _take(input_pipeline.train_dataset(source, _data_config(), 2,
+                                                  8), 1)
+  it = iter(input_pipeline.train_dataset(
+      source, _data_config(num_workers=2), 2, 7))
+  # The spawned workers import the module afresh; a patch cut here would
+  # fail: the main process only receives finished batches.
+  def not_here(*args):
+    raise AssertionError("a patch was cut in the main process")
+  monkeypatch.setattr(input_pipeline, "_mapped", not_here)
+  with_workers = [next(it) for _ in range(3)]
+  state = it.get_state()
+  it.close()
+  monkeypatch.undo()
+  _assert_same_batches(with_workers, in_process[:3])
+  assert not np.array_equal(in_process[0]["image"], other_seed[0]["image"])
+  # A run checkpointed with 2 workers resumes without any.
+  resumed = iter(input_pipeline.train_dataset(source, _data_config(), 2, 7))
+  resumed.set_state(state)
+  _assert_same_batches([next(resumed) for _ in range(2)], in_process[3:])
 
 
 def test_iterator_state_resumes_exactly(tiny_builder):
@@ -70,6 +93,73 @@ def test_iterator_state_resumes_exactly(tiny_builder):
   resumed.set_state(state)
   for x in expected:
     np.testing.assert_array_equal(x["image"], next(resumed)["image"])
+
+
+@pytest.mark.parametrize("state", [
+    {"next_index": 3},  # no worker processes
+    # Two workers that returned batches 0, 2 and 1 (slice positions 2 and 1).
+    {"next_index_in_cycle": 1, "next_index_in_datasets": 2,
+     "iterators_in_use_indices": [0, 1],
+     "iterators_in_use_states": [{"next_index": 2}, {"next_index": 1}],
+     "exhausted": [0, 0], "future_states": {}},
+])
+def test_resumes_from_states_of_the_previous_pipeline(tiny_builder, state):
+  source = tiny_builder.as_data_source("fold0+fold1+fold2")
+  expected = _take(input_pipeline.train_dataset(source, _data_config(), 2,
+                                                3), 4)[3]
+  resumed = iter(input_pipeline.train_dataset(source, _data_config(), 2, 3))
+  resumed.set_state(state)
+  _assert_same_batches([next(resumed)], [expected])
+
+
+def _reference(batches, source):
+  """The previous pipeline's batches, subject indices made record indices.
+
+  It numbered the subjects of the repeated sequence, i.e. epoch * (number
+  of records) + record index.
+  """
+  return [{**b, "subject_index": b["subject_index"] % len(source)}
+          for b in batches]
+
+
+@pytest.mark.parametrize("patch_size,batch_size", [((16, 16, 16), 3),
+                                                   ((16, 16), 5)])
+def test_batches_equal_the_previous_pipelines(tiny_builder, patch_size,
+                                              batch_size):
+  """Decoding once changes where voxels are read from, not which patches."""
+  source = tiny_builder.as_data_source("fold0+fold1+fold2")
+  config = _data_config(patch_size=patch_size)
+  # 6 subjects: 4 batches of 2 processes span several epochs.
+  for process_index in range(2):
+    _assert_same_batches(
+        _take(input_pipeline.train_dataset(source, config, batch_size, 5,
+                                           process_index, 2), 4),
+        _reference(_take(reference_input_pipeline.train_dataset(
+            source, config, batch_size, 5, process_index, 2), 4), source))
+  validation = tiny_builder.as_data_source("fold3")
+  _assert_same_batches(
+      input_pipeline.fixed_patches(validation, config, 6, 3, seed=1),
+      _reference(reference_input_pipeline.fixed_patches(
+          validation, config, 6, 3, seed=1), validation))
+
+
+def test_records_are_decoded_once(tiny_builder, monkeypatch):
+  source = tiny_builder.as_data_source("fold0+fold1")
+  subjects = input_pipeline.decoded_subjects(source)
+  assert [s.index for s in subjects] == list(range(len(source)))
+  record = source[1]
+  image, label, lesion = subjects[1].volumes()
+  np.testing.assert_array_equal(image, record["image"])
+  np.testing.assert_array_equal(label, record["lesion_mask"])
+  np.testing.assert_array_equal(lesion, np.flatnonzero(record["lesion_mask"]))
+  assert subjects[1].hand_function == record["hand_function"]
+  # Neither later runs (other folds share subjects) nor patches decompress
+  # a volume again.
+  def no_decoding(*args):
+    raise AssertionError("a record was decoded again")
+  monkeypatch.setattr(input_pipeline, "_decode", no_decoding)
+  _take(input_pipeline.train_dataset(source, _data_config(), 4, 0), 3)
+  input_pipeline.fixed_patches(source, _data_config(), 4, 2, seed=1)
 
 
 def test_2d_patches_are_axial_slices(tiny_builder):

@@ -8,12 +8,12 @@ Usage:
 Bad arguments stop it with `error: --flag: ...` and exit status 2.
 """
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 
+from preprocessing.io import workers
 from preprocessing.io.errors import InputError
 from preprocessing.synthetic import acquisition
 from preprocessing.synthetic import cohort
@@ -40,8 +40,8 @@ flags.DEFINE_bool("scale_spacings", True, "Raw space: scale the scanner's "
                   "1.8 x 1.8 x 6 mm slices); --noscale_spacings acquires "
                   "at 0.9 x 0.9 x 3, 1 x 1 x 1.2 and 1.2 mm whatever the "
                   "resolution.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
-                     "Worker processes.")
+flags.DEFINE_integer("num_workers", None, "At most this many worker "
+                     "processes; default: one per CPU this process may use.")
 
 
 def main(argv: list[str]) -> None:
@@ -51,7 +51,8 @@ def main(argv: list[str]) -> None:
         FLAGS.out, FLAGS.num_subjects, FLAGS.seed,
         CohortParams(resolution_mm=FLAGS.resolution_mm,
                      deform_mm=FLAGS.deform_mm),
-        num_workers=FLAGS.num_workers, space=FLAGS.space,
+        num_workers=workers.worker_count(FLAGS.num_workers),
+        space=FLAGS.space,
         modalities=tuple(FLAGS.modalities),
         acquisition_params=acquisition.AcquisitionParams(
             scale_spacings=FLAGS.scale_spacings))

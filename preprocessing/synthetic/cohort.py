@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import tqdm
 
 from preprocessing.io import nifti
+from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
@@ -81,7 +82,8 @@ def generate_cohort(
     num_subjects: number of subjects.
     seed: cohort seed; the same seed gives byte-identical files.
     params: generator parameters.
-    num_workers: worker processes.
+    num_workers: at most this many worker processes (fewer when this
+      process may use fewer CPUs).
     progress: show a progress bar.
     space: "raw" for native scans with ground truth (`acquisition`),
       "template" for scans on the template grid.
@@ -96,6 +98,7 @@ def generate_cohort(
   """
   validate_arguments(num_subjects, seed, num_workers, params, space,
                      modalities)
+  num_workers = min(workers.worker_count(num_workers), num_subjects)
   # One order, so that the noise draws do not depend on the caller's.
   modalities = tuple(m for m in MODALITIES if m in modalities)
   out_dir = Path(out_dir)
@@ -111,7 +114,7 @@ def generate_cohort(
         # "spawn": the caller may have started JAX, which does not survive
         # fork.
         pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(num_workers, num_subjects),
+            max_workers=num_workers,
             mp_context=multiprocessing.get_context("spawn")))
         results = pool.map(_generate_and_write, jobs)
       else:

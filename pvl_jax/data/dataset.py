@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import ml_collections
 
 from preprocessing import tfds_builder
+from preprocessing.io import workers
 from preprocessing.io.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,14 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
          f"{spec.resolution_mm}mm-{key}")
   with _locked(out.with_suffix(".lock")):
     if not out.exists():
-      log.info("generating the synthetic cohort (%d subjects) in %s",
-                   spec.num_subjects, out)
+      num_workers = workers.worker_count()
+      log.info("generating the synthetic cohort (%d subjects, %d worker "
+               "processes) in %s", spec.num_subjects, num_workers, out)
       # Template space: ready for training as it is (raw scans would need
       # the preprocessing pipeline first).
-      synthetic_cohort_lib.generate_cohort(out, spec.num_subjects, spec.seed, params,
-                                num_workers=max(os.cpu_count() or 1, 1),
-                                space="template")
+      synthetic_cohort_lib.generate_cohort(
+          out, spec.num_subjects, spec.seed, params, num_workers=num_workers,
+          space="template")
   return out
 
 
@@ -98,8 +100,8 @@ def preprocessed_cohort(config: ml_collections.ConfigDict, cohort: Path
          f"{cohort.name}-{_digest(repr((str(cohort), params)))}")
   with _locked(out.with_suffix(".lock")):
     log.info("preprocessing %s into %s", cohort, out)
-    pipeline.preprocess_cohort(cohort, out, params,
-                               num_workers=max(os.cpu_count() or 1, 1))
+    # One worker per usable CPU (the pipeline's default); it logs how many.
+    pipeline.preprocess_cohort(cohort, out, params)
   return out
 
 
