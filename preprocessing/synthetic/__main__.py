@@ -15,8 +15,8 @@ from absl import flags
 
 from preprocessing.io import workers
 from preprocessing.io.errors import InputError
-from preprocessing.synthetic import acquisition
 from preprocessing.synthetic import cohort
+from preprocessing.synthetic.params import AcquisitionParams
 from preprocessing.synthetic.params import CohortParams
 
 FLAGS = flags.FLAGS
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         num_workers=workers.worker_count(FLAGS.num_workers),
         space=FLAGS.space,
         modalities=tuple(FLAGS.modalities),
-        acquisition_params=acquisition.AcquisitionParams(
+        acquisition_params=AcquisitionParams(
             scale_spacings=FLAGS.scale_spacings))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)

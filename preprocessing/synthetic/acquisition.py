@@ -45,6 +45,9 @@ import SimpleITK as sitk
 
 from preprocessing import geometry
 from preprocessing.synthetic import random_fields
+from preprocessing.synthetic.mr_signal import bias_field
+from preprocessing.synthetic.mr_signal import rician
+from preprocessing.synthetic.params import AcquisitionParams
 
 # Shell intensities (CSF, bone, scalp), as multiples of the modality's
 # white-matter intensity: CSF is nulled in FLAIR and dark in T1w, cortical
@@ -53,45 +56,6 @@ SHELL_CONTRAST = {"FLAIR": (0.23, 0.06, 2.0), "T1w": (0.2, 0.06, 1.3)}
 # Nibabel axis codes: the world direction (RAS) each letter points to.
 _AXIS_DIRECTIONS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0),
                     "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
-
-
-@dataclasses.dataclass(frozen=True)
-class AcquisitionParams:
-  """The ranges each subject's acquisition is drawn from.
-
-  Attributes:
-    rotation_deg: maximum head rotation about each axis (uniform).
-    translation_mm: maximum head shift along each axis (uniform).
-    spacings_mm: the voxel sizes (mm) scans are acquired at, for the 1 mm
-      template; the third axis is the slice axis.
-    scale_spacings: multiply `spacings_mm` by the template's voxel size
-      (a 2 mm cohort gets 1.8 x 1.8 x 6 mm slices, as coarse relative to
-      its anatomy as 0.9 x 0.9 x 3 mm are at 1 mm, and stays cheap); False
-      acquires every cohort at the scanner sizes in `spacings_mm`, which
-      upsamples a 2 mm anatomy.
-    spacing_probs: how often each of `spacings_mm` is drawn.
-    orientations: nibabel axis codes the voxel axes are stored in.
-    oblique_deg: maximum tilt of the grid about each axis (uniform).
-    csf_mm, bone_mm, scalp_mm: (min, max) thickness of the head's layers.
-    margin_mm: air around the head in the field of view.
-    bias_strength: standard deviation of the log bias field, as
-      `params.CohortParams.bias_strength`, but larger: that one models
-      what is left of the bias in template-space (preprocessed) scans, this
-      one the whole field of a phased-array receive coil.
-  """
-  rotation_deg: float = 15.0
-  translation_mm: float = 20.0
-  spacings_mm: tuple[tuple[float, float, float], ...] = (
-      (1.2, 1.2, 1.2), (1.0, 1.0, 1.2), (0.9, 0.9, 3.0))
-  spacing_probs: tuple[float, ...] = (0.35, 0.35, 0.3)
-  scale_spacings: bool = True
-  orientations: tuple[str, ...] = ("LIA", "LPS", "PIL", "RPI")
-  oblique_deg: float = 8.0
-  csf_mm: tuple[float, float] = (1.0, 3.0)
-  bone_mm: tuple[float, float] = (4.0, 7.0)
-  scalp_mm: tuple[float, float] = (3.0, 7.0)
-  margin_mm: float = 10.0
-  bias_strength: float = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,18 +97,6 @@ class NativeScan:
   affine: np.ndarray
   to_native: sitk.Euler3DTransform
   record: dict[str, object]
-
-
-def bias_field(noise: np.ndarray, strength: float) -> np.ndarray:
-  """The multiplicative field exp(2 * strength * noise) of smooth noise."""
-  return np.exp(strength * noise * 2)
-
-
-def rician(rng: np.random.Generator, image: np.ndarray, sigma: float
-           ) -> np.ndarray:
-  """The magnitude of `image` plus complex Gaussian noise of std `sigma`."""
-  return np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2
-                 + rng.normal(0, sigma, image.shape) ** 2)
 
 
 def acquire(rng: np.random.Generator, subject: TemplateSubject,

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import tqdm
 
 from preprocessing.io import nifti
@@ -24,14 +23,13 @@ from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
-from preprocessing.synthetic import acquisition
 from preprocessing.synthetic import anatomy
 from preprocessing.synthetic import contrast
 from preprocessing.synthetic import lesions
 from preprocessing.synthetic import subject as subject_lib
+from preprocessing.synthetic.params import AcquisitionParams
 from preprocessing.synthetic.params import CohortParams
 from preprocessing.synthetic.params import MAX_DEFORM_MM
-from preprocessing.template import TEMPLATE_SPACE
 
 # Part of the cached cohorts' key (with `CohortParams`): bump it when the
 # files a seed gives change.
@@ -73,8 +71,8 @@ def generate_cohort(
     params: CohortParams = CohortParams(), num_workers: int = 1,
     progress: bool = True, space: str = "raw",
     modalities: tuple[str, ...] = ("FLAIR",),
-    acquisition_params: acquisition.AcquisitionParams = (
-        acquisition.AcquisitionParams())) -> Path:
+    acquisition_params: AcquisitionParams = (
+        AcquisitionParams())) -> Path:
   """Generates a synthetic PVL cohort as a BIDS dataset.
 
   Args:
@@ -203,9 +201,17 @@ def _write_template_subject(root: Path, subject: str, data: dict,
 def _write_raw_subject(root: Path, subject: str, data: dict,
                        params: CohortParams, seed: np.random.SeedSequence,
                        modalities: tuple[str, ...],
-                       acquisition_params: acquisition.AcquisitionParams
+                       acquisition_params: AcquisitionParams
                        ) -> dict[str, object]:
   """Writes a subject's native scans and ground truth; returns its record."""
+  # Imported here: only raw scans need SimpleITK (resampling onto scanner
+  # grids), so template-space cohorts are generated without it, e.g. on an
+  # accelerator machine whose image lacks it.
+  # pylint: disable=g-import-not-at-top
+  import SimpleITK as sitk
+  from preprocessing.synthetic import acquisition
+  from preprocessing.template import TEMPLATE_SPACE
+  # pylint: enable=g-import-not-at-top
   affine = anatomy.load_template(params.resolution_mm).affine
   scan = acquisition.acquire(
       _acquisition_rng(seed),

@@ -9,7 +9,7 @@ bias field and Rician noise to one of them (raw scans get theirs from
 import numpy as np
 from scipy import ndimage
 
-from preprocessing.synthetic import acquisition
+from preprocessing.synthetic import mr_signal
 from preprocessing.synthetic import random_fields
 from preprocessing.synthetic.anatomy import Anatomy
 from preprocessing.synthetic.anatomy import Template
@@ -66,10 +66,10 @@ def clean_images(rng: np.random.Generator, params: CohortParams,
 def template_scan(rng: np.random.Generator, image: np.ndarray,
                   params: CohortParams, white_matter: float) -> np.ndarray:
   """`image` with a bias field and Rician noise drawn on its own grid."""
-  bias = acquisition.bias_field(
+  bias = mr_signal.bias_field(
       random_fields.smooth_noise(rng, image.shape, 4), params.bias_strength)
   sigma = rng.uniform(*params.noise_level) * white_matter
-  return acquisition.rician(rng, image * bias, sigma)
+  return mr_signal.rician(rng, image * bias, sigma)
 
 
 def white_matter_intensity(modality: str, params: CohortParams) -> float:

@@ -63,3 +63,42 @@ class CohortParams:
   noise_level: tuple[float, float] = (0.04, 0.08)
   label_threshold_ml: float = 0.3
   label_slope: float = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AcquisitionParams:
+  """The ranges each subject's acquisition is drawn from.
+
+  Attributes:
+    rotation_deg: maximum head rotation about each axis (uniform).
+    translation_mm: maximum head shift along each axis (uniform).
+    spacings_mm: the voxel sizes (mm) scans are acquired at, for the 1 mm
+      template; the third axis is the slice axis.
+    scale_spacings: multiply `spacings_mm` by the template's voxel size
+      (a 2 mm cohort gets 1.8 x 1.8 x 6 mm slices, as coarse relative to
+      its anatomy as 0.9 x 0.9 x 3 mm are at 1 mm, and stays cheap); False
+      acquires every cohort at the scanner sizes in `spacings_mm`, which
+      upsamples a 2 mm anatomy.
+    spacing_probs: how often each of `spacings_mm` is drawn.
+    orientations: nibabel axis codes the voxel axes are stored in.
+    oblique_deg: maximum tilt of the grid about each axis (uniform).
+    csf_mm, bone_mm, scalp_mm: (min, max) thickness of the head's layers.
+    margin_mm: air around the head in the field of view.
+    bias_strength: standard deviation of the log bias field, as
+      `params.CohortParams.bias_strength`, but larger: that one models
+      what is left of the bias in template-space (preprocessed) scans, this
+      one the whole field of a phased-array receive coil.
+  """
+  rotation_deg: float = 15.0
+  translation_mm: float = 20.0
+  spacings_mm: tuple[tuple[float, float, float], ...] = (
+      (1.2, 1.2, 1.2), (1.0, 1.0, 1.2), (0.9, 0.9, 3.0))
+  spacing_probs: tuple[float, ...] = (0.35, 0.35, 0.3)
+  scale_spacings: bool = True
+  orientations: tuple[str, ...] = ("LIA", "LPS", "PIL", "RPI")
+  oblique_deg: float = 8.0
+  csf_mm: tuple[float, float] = (1.0, 3.0)
+  bone_mm: tuple[float, float] = (4.0, 7.0)
+  scalp_mm: tuple[float, float] = (3.0, 7.0)
+  margin_mm: float = 10.0
+  bias_strength: float = 0.3
