@@ -63,12 +63,6 @@ def test_out_of_range_values_name_the_key(key, value, message):
     config_validation.validate_config(config)
 
 
-def test_patch_larger_than_volume_names_subject():
-  with pytest.raises(InputError, match="larger than the volume of sub-002"):
-    config_validation.validate_patch_size(
-        (32, 32, 32), {"sub-001": (40, 40, 40), "sub-002": (40, 30, 40)})
-
-
 @pytest.mark.parametrize("arg", [None, "demo"])
 def test_unet3d_is_joint_with_r_zero(arg):
   from configs import unet3d  # pylint: disable=g-import-not-at-top

@@ -318,17 +318,6 @@ def test_out_of_range_config(key, value, words, cohort, tmp_path):
   _assert_no_tfds_build(tmp_path / "cache")
 
 
-def test_patch_larger_than_volumes(cohort, tmp_path):
-  """Only checkable once the data is known: after the (valid) build."""
-  config = tiny_config(cohort, tmp_path / "cache")
-  config.data.patch_size = (64, 64, 64)
-  message = _prepare_error(config, tmp_path / "run")
-  assert message.startswith("config.data.patch_size: (64, 64, 64) is larger "
-                            "than the volume of sub-"), message
-  _assert_no_run_outputs(tmp_path / "run")
-  _assert_no_tfds_build(tmp_path / "cache", finished_allowed=True)
-
-
 def test_modality_missing_from_cohort(cohort, tmp_path):
   config = tiny_config(cohort, tmp_path / "cache")
   config.data.modalities = ("FLAIR", "T1w")

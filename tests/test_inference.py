@@ -64,6 +64,18 @@ def test_logit_is_the_mean_over_windows_of_all_slices():
   assert logit == pytest.approx(2.0)  # one window per slice: mean of 1 and 3
 
 
+def test_2d_models_slice_across_the_planned_axis():
+  """slice_axis 0: one window per (y, z) slice of every x, mean over them."""
+  image = np.stack([np.full((5, 6), v, np.float32) for v in (1.0, 2.0, 6.0)],
+                   axis=0)[..., None]  # (3, 5, 6, 1): constant per x
+  probs, logit = sliding_window.predict_volume(
+      jax.jit(_pointwise_window_fn), image, (5, 6), 0.5, batch_size=2,
+      slice_axis=0)
+  assert probs.shape == (3, 5, 6)
+  np.testing.assert_allclose(probs, jax.nn.sigmoid(image[..., 0]), atol=1e-6)
+  assert logit == pytest.approx(3.0)  # windows are whole x slices: 1, 2, 6
+
+
 def test_make_window_fn_returns_foreground_probability():
   def apply_fn(variables, x):
     del variables

@@ -203,3 +203,32 @@ def test_fixed_patches_are_reproducible(tiny_builder):
   b = input_pipeline.fixed_patches(source, _data_config(), 4, 2, seed=1)
   assert len(a) == 2
   np.testing.assert_array_equal(a[1]["image"], b[1]["image"])
+
+
+def test_patch_larger_than_the_volume_is_padded_around_it():
+  volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 1
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    start = input_pipeline.sample_patch_start(volume.shape, np.array([], int),
+                                              (8, 5, 3), False, rng)
+    # Too short along axis 0 (4 < 8): centred, 2 voxels of padding each side.
+    assert start[0] == -2 and start[1] == 0 and 0 <= start[2] <= 3
+    patch = input_pipeline.cut_window(volume, start, (8, 5, 3))
+    assert patch.shape == (8, 5, 3)
+    np.testing.assert_array_equal(patch[2:6], volume[:, :, start[2]:start[2] + 3])
+    assert not patch[:2].any() and not patch[6:].any()
+
+
+def test_2d_patches_are_cut_across_the_slice_axis(tmp_path):
+  volume = np.random.default_rng(1).normal(size=(6, 7, 8, 1)).astype(
+      np.float32)
+  label = np.zeros((6, 7, 8), np.uint8)
+  for name, array in zip(input_pipeline._DECODED_FILES,
+                         (volume, label, np.flatnonzero(label))):
+    np.save(tmp_path / f"{name}.npy", array)
+  subject = input_pipeline.Subject(0, 1, str(tmp_path))
+  sampler = input_pipeline.PatchSampler((7, 8), 0.0, None, slice_axis=0)
+  patch = sampler.random_map(subject, np.random.default_rng(2))
+  assert patch["image"].shape == (7, 8, 1) and patch["label"].shape == (7, 8)
+  # The patch is one whole slice across axis 0.
+  assert any(np.array_equal(patch["image"], volume[i]) for i in range(6))

@@ -131,30 +131,35 @@ class PatchSampler(grain.transforms.RandomMap):
   """Cuts one (optionally augmented) patch from a subject's volumes."""
 
   def __init__(self, patch_size: Sequence[int], foreground_fraction: float,
-               augment: Mapping[str, Any] | None):
+               augment: Mapping[str, Any] | None, slice_axis: int = 2):
     """Initialises the sampler.
 
     Args:
-      patch_size: 3 entries for a 3D model, 2 for a 2D model (axial slices).
+      patch_size: 3 entries for a 3D model, 2 for a 2D model (slices).
       foreground_fraction: probability of forcing a lesion into the patch.
       augment: dict with flip (bool), intensity_scale, intensity_shift,
         noise_std, noise_prob; None disables augmentation.
+      slice_axis: the axis a 2D model's slices are cut across (the plan's
+        `data.slice_axis`: 2, axial, for isotropic data).
     """
     self.patch_size = tuple(int(p) for p in patch_size)
+    self.slice_axis = int(slice_axis)
     self.foreground_fraction = float(foreground_fraction)
     self.augment = dict(augment) if augment else None
 
   def random_map(self, subject: Subject, rng: np.random.Generator) -> Batch:
     image, label, lesion = subject.volumes()
-    # A 2D patch is an axial slab of thickness one. Volumes are at least
-    # patch-sized (checked by config_validation.validate_patch_size).
-    patch3d = self.patch_size + (1,) * (3 - len(self.patch_size))
+    # A 2D patch is a slab one slice thick across the slice axis.
+    patch3d = list(self.patch_size)
+    if len(patch3d) == 2:
+      patch3d.insert(self.slice_axis, 1)
     force_fg = rng.random() < self.foreground_fraction
     start = sample_patch_start(label.shape, lesion, patch3d, force_fg, rng)
-    window = tuple(slice(s, s + p) for s, p in zip(start, patch3d))
-    image_patch, label_patch = image[window], label[window]
+    image_patch = cut_window(image, start, patch3d)
+    label_patch = cut_window(label, start, patch3d)
     if len(self.patch_size) == 2:
-      image_patch, label_patch = image_patch[:, :, 0], label_patch[:, :, 0]
+      image_patch = np.squeeze(image_patch, self.slice_axis)
+      label_patch = np.squeeze(label_patch, self.slice_axis)
     if self.augment:
       image_patch, label_patch = augment_patch(image_patch, label_patch,
                                                self.augment, rng)
@@ -171,8 +176,12 @@ def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
                        rng: np.random.Generator) -> tuple[int, ...]:
   """Chooses the patch's corner voxel.
 
+  A patch larger than the volume along an axis is centred on it (the window
+  starts before the volume and `cut_window` pads), as nnU-Net's sampler
+  does: the plan may choose patches larger than the smallest volumes.
+
   Args:
-    shape: the volume's spatial shape (at least `patch` on every axis).
+    shape: the volume's spatial shape.
     lesion: flat (C order) indices of the lesion voxels, ascending.
     patch: patch shape.
     force_foreground: place the patch so that a uniformly chosen lesion voxel
@@ -183,12 +192,30 @@ def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
   Returns:
     Start index per axis.
   """
-  high = [s - p for s, p in zip(shape, patch)]
+  need = [max(p - s, 0) for s, p in zip(shape, patch)]
+  low = [-(n // 2) for n in need]
+  high = [s + n // 2 + n % 2 - p for s, p, n in zip(shape, patch, need)]
   if force_foreground and lesion.size:
     voxel = np.unravel_index(lesion[rng.integers(lesion.size)], shape)
-    return tuple(int(np.clip(v - rng.integers(p), 0, h))
-                 for v, p, h in zip(voxel, patch, high))
-  return tuple(int(rng.integers(h + 1)) for h in high)
+    return tuple(int(np.clip(v - rng.integers(p), lo, h))
+                 for v, p, lo, h in zip(voxel, patch, low, high))
+  return tuple(int(rng.integers(lo, h + 1)) for lo, h in zip(low, high))
+
+
+def cut_window(volume: np.ndarray, start: Sequence[int],
+               patch: Sequence[int]) -> np.ndarray:
+  """volume[start:start + patch] on the spatial axes, zero outside the volume.
+
+  Zero is background for labels and, after z-scoring inside the brain, close
+  to the background intensity for images (nnU-Net pads with 0 too).
+  """
+  lo = [max(s, 0) for s in start]
+  hi = [min(s + p, n) for s, p, n in zip(start, patch, volume.shape)]
+  piece = volume[tuple(slice(a, b) for a, b in zip(lo, hi))]
+  pad = [(a - s, s + p - b) for s, p, a, b in zip(start, patch, lo, hi)]
+  if not any(before or after for before, after in pad):
+    return piece
+  return np.pad(piece, pad + [(0, 0)] * (volume.ndim - len(patch)))
 
 
 def augment_patch(image: np.ndarray, label: np.ndarray,
@@ -323,7 +350,8 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
   patches = grain.MapDataset.source(decoded_subjects(source))
   patches = patches.shuffle(seed=seed).repeat().random_map(
       PatchSampler(data_config.patch_size, data_config.foreground_fraction,
-                   data_config.augment.to_dict()), seed=seed)
+                   data_config.augment.to_dict(),
+                   data_config.get("slice_axis", 2)), seed=seed)
   global_batch = batch_size * process_count
 
   def global_element(i: int) -> int:
@@ -345,7 +373,8 @@ def fixed_patches(source: Any, data_config: ml_collections.ConfigDict,
   """Deterministic, unaugmented patch batches for periodic validation."""
   ds = grain.MapDataset.source(decoded_subjects(source)).repeat()
   ds = ds.random_map(PatchSampler(data_config.patch_size,
-                                  data_config.foreground_fraction, None),
+                                  data_config.foreground_fraction, None,
+                                  data_config.get("slice_axis", 2)),
                      seed=seed)
   ds = ds.batch(batch_size, drop_remainder=True)
   return [ds[i] for i in range(max(num_patches // batch_size, 1))]

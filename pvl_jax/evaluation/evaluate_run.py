@@ -43,7 +43,8 @@ def predict_split(
     # predict_volume returns host arrays: the device work is inside the time.
     probs, logit = sliding_window.predict_volume(
         window_fn, record["image"], config.data.patch_size,
-        config.inference.overlap, config.inference.batch_size)
+        config.inference.overlap, config.inference.batch_size,
+        config.data.get("slice_axis", 2))
     seconds = time.perf_counter() - start
     subject = records.subject_id(record)
     split["subjects"].append(subject)

@@ -232,11 +232,12 @@ def _slab_weights(window: tuple[int, ...]) -> jax.Array:
 
 def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
                    patch_size: Sequence[int], overlap: float,
-                   batch_size: int) -> tuple[np.ndarray, float]:
+                   batch_size: int, slice_axis: int = 2
+                   ) -> tuple[np.ndarray, float]:
   """Lesion probabilities for a (X, Y, Z, C) volume and the mean cls logit.
 
-  A 2D model (two patch entries) is applied slice by slice along the last
-  spatial axis.
+  A 2D model (two patch entries) is applied slice by slice across
+  `slice_axis` (the plan's `data.slice_axis`).
 
   Args:
     window_fn: from `make_window_fn`, or a function of the images alone.
@@ -244,10 +245,17 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
     patch_size: the window (the training patch size), 2 or 3 entries.
     overlap: fraction of a window shared with its neighbour, in [0, 1).
     batch_size: windows per network call.
+    slice_axis: the axis a 2D model's slices are cut across.
 
   Returns:
     (probability map (X, Y, Z), mean hand-function logit over all windows).
   """
+  if len(patch_size) == 2 and slice_axis != 2:
+    # Slabs are cut across the last axis; the other two keep their order,
+    # which is the order of the plan's 2D patch.
+    probs, logit = predict_volume(window_fn, np.moveaxis(image, slice_axis, 2),
+                                  patch_size, overlap, batch_size)
+    return np.moveaxis(probs, 2, slice_axis), logit
   if not isinstance(window_fn, WindowFn):
     window_fn = WindowFn(_WithoutVariables(window_fn))
   window = tuple(int(w) for w in patch_size)

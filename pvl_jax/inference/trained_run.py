@@ -80,7 +80,8 @@ class TrainedRun:
     inference_config = self.config.inference
     probs, logit = sliding_window.predict_volume(
         self.window_fn, image, self.config.data.patch_size,
-        inference_config.overlap, inference_config.batch_size)
+        inference_config.overlap, inference_config.batch_size,
+        self.config.data.get("slice_axis", 2))
     # Lesions lie in the brain; what the network marks in the zeroed
     # background, which training patches show little of, is discarded.
     probs = np.where(brain, probs, 0.0)

@@ -19,9 +19,8 @@ def _require(condition: bool, key: str, problem: str) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises InputError naming the first out-of-range or inconsistent key.
 
-  Only what can be checked without data is checked here; the patch size
-  against the volumes is checked once the dataset is known
-  (`validate_patch_size`).
+  Only what can be checked without data is checked here. A patch larger
+  than a volume is allowed: the sampler pads it, as nnU-Net's does.
 
   Args:
     config: the full training config.
@@ -135,18 +134,3 @@ def _validate_mirror_axes(axes) -> None:
            f"axes must be 0, 1 or 2 (got {tuple(axes)})")
   _require(len(set(axes)) == len(axes), key,
            f"repeats an axis (got {tuple(axes)})")
-
-
-def validate_patch_size(patch_size, volume_shapes: dict[str, tuple[int, ...]]
-                        ) -> None:
-  """Rejects a patch larger than a (cropped) volume on any axis.
-
-  Args:
-    patch_size: config.data.patch_size.
-    volume_shapes: subject id -> spatial shape of its cropped volume.
-  """
-  for subject, shape in volume_shapes.items():
-    too_big = [p > s for p, s in zip(patch_size, shape)]
-    _require(not any(too_big), "data.patch_size",
-             f"{tuple(patch_size)} is larger than the volume of {subject} "
-             f"{tuple(shape)}")

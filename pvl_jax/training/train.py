@@ -72,8 +72,6 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
     config_validation.validate_config(config)
     atomic_write_text(workdir / "config.json",
                       config.to_json_best_effort(indent=2))
-  config_validation.validate_patch_size(
-      config.data.patch_size, records.volume_shapes(sources))
   return config, sources
 
 
