@@ -11,8 +11,9 @@ generated and built if the cache lacks it; --resolution_mm=1 with a few
 --num_subjects gives a 1 mm one); the patches come from fold 0's training
 split. Cases: the demo config (32^3, batch 2), the full 3D config's
 128^3 patches (batch 2), and what the full config's planner gives for this
-cohort in 3D and in 2D (axial slices). A patch larger than the smallest
-volume is cut to it: the pipelines crop patches inside the volumes.
+cohort in 3D and in 2D (slices). The new pipeline pads a patch larger
+than a volume; the old one could not, so it gets the patch cut to the
+smallest volume.
 
 Each pipeline runs with --num_workers worker processes (the new one's
 worker count also follows the usable CPUs) and is consumed as fast as it
@@ -69,25 +70,31 @@ def _load_old(path: str) -> Any:
   return module
 
 
-def _cases(train: Any) -> list[tuple[str, tuple[int, ...], int]]:
-  """(name, patch size, batch size) of each measured configuration."""
+def _cases(train: Any) -> list[tuple[str, tuple[int, ...], int, int]]:
+  """(name, patch size, batch size, 2D slice axis) of each configuration."""
   demo = joint.get_config("demo")
-  cases = [("demo", tuple(demo.data.patch_size), demo.batch_size),
-           ("full 3D", (128, 128, 128), 2)]
+  cases = [("demo", tuple(demo.data.patch_size), demo.batch_size, 2),
+           ("full 3D", (128, 128, 128), 2, 2)]
   fp = fingerprint.fingerprint(train)
   for dims in (3, 2):
     config = joint.get_config()
     config.planner.dims = dims
     plan = config_plan.plan_from_config(fp, config)
-    cases.append((f"planned {dims}D", tuple(plan.patch_size), plan.batch_size))
+    name = f"planned {dims}D"
+    if plan.slice_axis is not None:
+      name += f", slices across axis {plan.slice_axis}"
+    cases.append((name, tuple(plan.patch_size), plan.batch_size,
+                  plan.slice_axis or 2))
   return cases
 
 
 def _patches_per_second(module: Any, train: Any, patch: tuple[int, ...],
-                        batch_size: int) -> tuple[float, float]:
+                        batch_size: int, slice_axis: int
+                        ) -> tuple[float, float]:
   """(setup seconds, patches per second) of one pipeline."""
   data = joint.get_config("demo").data
   data.patch_size = patch
+  data.slice_axis = slice_axis
   data.num_workers = _NUM_WORKERS.value
   start = time.perf_counter()
   it = iter(module.train_dataset(train, data, batch_size, seed=0))
@@ -130,16 +137,16 @@ def main(argv: Sequence[str]) -> None:
   header = ["case", "patch", "batch", "pipeline", "setup s"] + [
       f"patches/s run {r + 1}" for r in range(_REPEATS.value)]
   rows = []
-  for name, planned, batch_size in _cases(train):
-    # The pipelines cut patches inside the volumes (no padding).
-    patch = tuple(int(min(p, s)) for p, s in zip(planned, smallest))
-    patch_text = "x".join(map(str, patch))
-    if patch != planned:
-      patch_text += f" (cut from {'x'.join(map(str, planned))})"
+  for name, planned, batch_size, slice_axis in _cases(train):
     for label, module in pipelines.items():
-      runs = [_patches_per_second(module, train, patch, batch_size)
+      patch = planned
+      if label == "old":
+        # It cut axial patches inside the volumes only (no padding).
+        patch = tuple(int(min(p, s)) for p, s in zip(planned, smallest))
+      runs = [_patches_per_second(module, train, patch, batch_size,
+                                  slice_axis)
               for _ in range(_REPEATS.value)]
-      rows.append([name, patch_text, batch_size, label,
+      rows.append([name, "x".join(map(str, patch)), batch_size, label,
                    f"{runs[0][0]:.1f} / {runs[-1][0]:.1f}"]
                   + [f"{rate:.1f}" for _, rate in runs])
   print(tables.markdown_table(header, rows))
