@@ -17,7 +17,6 @@ CPU (a GPU plugin that failed to load) says so before it starts.
 import dataclasses
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from preprocessing.io import workers
 from preprocessing.io.errors import InputError
 from pvl_jax.models import unet
 from pvl_jax.training import parallel as parallel_lib
@@ -156,7 +156,7 @@ def report(step: CompiledStep, config: ml_collections.ConfigDict) -> None:
         f"planner.vram_budget_gb (now {config.planner.vram_budget_gb:g}) so "
         "that the planner chooses them")
   if jax.default_backend() == "cpu" and step.flops:
-    cores = len(os.sched_getaffinity(0))
+    cores = workers.available_cpus()
     seconds = step.flops / (CPU_FLOPS_PER_CORE * cores)
     hours = seconds * config.num_steps / 3600
     if hours > CPU_WARNING_HOURS:
