@@ -76,6 +76,26 @@ def test_2d_models_slice_across_the_planned_axis():
   assert logit == pytest.approx(3.0)  # windows are whole x slices: 1, 2, 6
 
 
+def test_subject_head_reads_every_window_as_one_bag():
+  """Inference's head of the mean window summaries is the training model's
+  logit for a bag made of exactly those windows."""
+  model, variables = _random_unet(3)
+  image = np.random.default_rng(5).normal(size=(16, 8, 12, 2))
+  window = (8, 8, 8)
+  apply_fn, head = unet.window_functions(model, "subject")
+  _, logit = sliding_window.predict_volume(
+      sliding_window.make_window_fn(apply_fn, variables, (), head),
+      image.astype(np.float32), window, 0.5, batch_size=4)
+  windows = np.stack([
+      image[x:x + 8, 0:8, z:z + 8]
+      for x in sliding_window.window_starts(16, 8, 0.5)
+      for z in sliding_window.window_starts(12, 8, 0.5)]).astype(np.float32)
+  bag = model.clone(cls_bag_size=len(windows), cls_bag_pooled=len(windows))
+  _, expected = bag.apply(variables, windows)
+  assert expected.shape == (1,)
+  assert logit == pytest.approx(float(expected[0]), rel=1e-5, abs=1e-6)
+
+
 def test_make_window_fn_returns_foreground_probability():
   def apply_fn(variables, x):
     del variables
@@ -116,7 +136,7 @@ def _host_reference(window_fn, image, window, overlap, batch_size):
     jobs += [(index, start) for start in itertools.product(
         *(sliding_window.window_starts(s, w, overlap)
           for s, w in zip(shape, window)))]
-  logits = []
+  outputs = []
   for i in range(0, len(jobs), batch_size):
     chunk = jobs[i:i + batch_size]
     regions = [tuple(slice(s, s + w) for s, w in zip(start, window))
@@ -124,28 +144,35 @@ def _host_reference(window_fn, image, window, overlap, batch_size):
     batch = np.zeros((batch_size, *window, image.shape[-1]), np.float32)
     for j, ((index, _), region) in enumerate(zip(chunk, regions)):
       batch[j] = padded[index][region]
-    probs, cls_logit = jax.device_get(apply(window_fn.variables, batch))
+    probs, cls_output = jax.device_get(apply(window_fn.variables, batch))
     for j, ((index, _), region) in enumerate(zip(chunk, regions)):
       prob_sums[index][region] += probs[j] * weights
       weight_sums[index][region] += weights
-      logits.append(float(cls_logit[j]))
+      outputs.append(np.reshape(cls_output[j], -1))
   maps = [(p / w)[tuple(slice(0, s) for s in one.shape[:-1])]
           for p, w, one in zip(prob_sums, weight_sums, images)]
   volume = maps[0] if len(window) == 3 else np.stack(maps, axis=2)
-  return volume, float(np.mean(logits))
+  mean_output = np.mean(outputs, axis=0)
+  if window_fn.head is None:
+    return volume, float(mean_output[0])
+  return volume, float(window_fn.head(window_fn.variables, mean_output))
 
 
-@pytest.mark.parametrize("ndim,mirror_axes,shape,batch_size", [
-    (3, (), (13, 7, 19), 5),          # 12 windows; y shorter than the window
-    (3, (0, 1, 2), (9, 6, 7), 3),     # 2 windows, 8 flips
-    (2, (), (11, 6, 5), 4),           # 10 slab windows
-    (2, (0, 1, 2), (6, 13, 3), 4),    # 9 slab windows, 4 flips
+@pytest.mark.parametrize("ndim,mirror_axes,shape,batch_size,cls_head", [
+    (3, (), (13, 7, 19), 5, "patch"),  # 12 windows; y shorter than the window
+    (3, (), (13, 7, 19), 5, "subject"),
+    (3, (0, 1, 2), (9, 6, 7), 3, "patch"),     # 2 windows, 8 flips
+    (3, (0, 1, 2), (9, 6, 7), 3, "subject"),
+    (2, (), (11, 6, 5), 4, "patch"),           # 10 slab windows
+    (2, (0, 1, 2), (6, 13, 3), 4, "subject"),  # 9 slab windows, 4 flips
 ])
 def test_predict_volume_matches_the_host_accumulation(ndim, mirror_axes,
-                                                      shape, batch_size):
+                                                      shape, batch_size,
+                                                      cls_head):
   model, variables = _random_unet(ndim)
-  window_fn = sliding_window.make_window_fn(model.apply, variables,
-                                            mirror_axes)
+  apply_fn, head = unet.window_functions(model, cls_head)
+  window_fn = sliding_window.make_window_fn(apply_fn, variables,
+                                            mirror_axes, head)
   image = np.random.default_rng(3).normal(
       size=shape + (2,)).astype(np.float32)
   window = (8,) * ndim
@@ -232,7 +259,9 @@ def _numpy_mirrored(model, variables, images, axes):
 def _apply_window_fn(model, variables, mirror_axes, images):
   window_fn = sliding_window.make_window_fn(model.apply, variables,
                                             mirror_axes)
-  return jax.jit(window_fn.apply)(window_fn.variables, jnp.asarray(images))
+  probs, outputs = jax.jit(window_fn.apply)(window_fn.variables,
+                                           jnp.asarray(images))
+  return probs, outputs[:, 0]  # the per-patch head: one logit per window
 
 
 @pytest.mark.parametrize("ndim,mirror_axes,model_axes", [

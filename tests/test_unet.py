@@ -59,9 +59,10 @@ def test_cls_head_reads_pooled_bottleneck_and_soft_lesion_volume(
   load = np.log1p(lesion_prob.sum(axis=(1, 2, 3)))
   params = variables["params"]
   h = np.concatenate([pooled, load[:, None]], axis=1)
-  h = h @ params["cls_hidden"]["kernel"] + params["cls_hidden"]["bias"]
+  head = params["cls_head"]
+  h = h @ head["hidden"]["kernel"] + head["hidden"]["bias"]
   h = np.where(h > 0, h, 0.01 * h)
-  expected = (h @ params["cls_out"]["kernel"] + params["cls_out"]["bias"])[:, 0]
+  expected = (h @ head["out"]["kernel"] + head["out"]["bias"])[:, 0]
   np.testing.assert_allclose(cls, expected, rtol=1e-4, atol=1e-5)
 
 

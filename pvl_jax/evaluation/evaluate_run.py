@@ -4,7 +4,8 @@ Segmentation metrics are computed per subject on the cropped volume (the
 lesion mask lies inside the brain crop, so nothing is lost) and aggregated
 as the poster reports them (means over subjects). Predicted masks are
 restricted to the subject's brain mask. For r > 0 the hand-function
-probability of a subject is the sigmoid of its mean window logit; the decision
+probability of a subject is the sigmoid of its logit (the head of its windows'
+mean summaries, or its mean window logit: `model.cls_head`); the decision
 threshold is chosen on the validation split and applied to the test split.
 Each subject's prediction time is recorded (`inference_s`), until its
 probability map is on the host.
@@ -23,6 +24,7 @@ from preprocessing.io import nifti
 from preprocessing import normalize
 from pvl_jax.data import records
 from pvl_jax.inference import sliding_window
+from pvl_jax.models import unet
 from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import classification
 from pvl_jax.evaluation import postprocess_choice
@@ -92,8 +94,9 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
     split holds aggregated segmentation metrics (dice_mean, voe_mean, ...),
     for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
   """
-  window_fn = sliding_window.make_window_fn(model.apply, {"params": params},
-                                            config.inference.mirror_axes)
+  apply_fn, head = unet.window_functions(model, config.model.cls_head)
+  window_fn = sliding_window.make_window_fn(
+      apply_fn, {"params": params}, config.inference.mirror_axes, head)
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
             "test": predict_split(window_fn, sources["test"], config, "test")}

@@ -4,8 +4,10 @@ Windows of the training patch size tile the volume with the requested overlap
 (window starts spaced as nnU-Net's `compute_steps_for_sliding_window`); each
 window's softmax is weighted by a Gaussian importance map (sigma = 1/8 of the
 window, as nnU-Net) so that window borders, where the network sees less
-context, count less. The hand-function logit of a volume is the mean of its
-windows' logits.
+context, count less. The network's hand-function output per window (a logit,
+or the summaries a subject-level head reads) is averaged over the windows; a
+`WindowFn.head` then maps that mean to the volume's logit (without one the
+mean is the logit: the per-patch head's mean window logit).
 
 The volume and the sums stay on the device. One jitted function per batch cuts
 its windows out of the device-resident volume, runs the network and adds the
@@ -34,6 +36,7 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import itertools
+import math
 from typing import Any
 
 import jax
@@ -48,8 +51,10 @@ import scipy.ndimage
 BUCKET = 32
 
 # (variables, images (B, *window, C)) -> (foreground probability
-# (B, *window), logit (B,)).
+# (B, *window), hand-function output per window: logit (B,) or (B, D)).
 ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+# (variables, mean hand-function output over the windows (D,)) -> logit ().
+HeadFn = Callable[[Any, jax.Array], jax.Array]
 # The same without variables (a network with nothing to learn, in tests).
 ImagesFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -65,9 +70,12 @@ class WindowFn:
     variables: the model's variables, passed to `apply` as arguments; on
       `inference_device()` (`make_window_fn` puts them there), as host arrays
       would be copied to the device for every batch.
+    head: maps the windows' mean output to the volume's logit; None: the
+      mean output is the logit.
   """
   apply: ApplyFn
   variables: Any = None
+  head: HeadFn | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,14 +138,17 @@ def mirror_combinations(mirror_axes: Sequence[int], num_spatial: int
 
 
 def make_window_fn(apply_fn: Callable, variables,
-                   mirror_axes: Sequence[int] = ()) -> WindowFn:
+                   mirror_axes: Sequence[int] = (),
+                   head: HeadFn | None = None) -> WindowFn:
   """Foreground-probability function for batches of windows.
 
   Args:
     apply_fn: the model's apply, (variables, images) -> (list of
-      segmentation logits, the full-resolution one first; class logit).
+      segmentation logits, the full-resolution one first; hand-function
+      output, (B,) or (B, D)).
     variables: the model's variables (host or device arrays).
     mirror_axes: spatial axes for mirroring test-time augmentation; () = off.
+    head: see `WindowFn.head`.
 
   Returns:
     The window function for `predict_volume`, its variables copied to
@@ -148,21 +159,24 @@ def make_window_fn(apply_fn: Callable, variables,
     flips = [functools.partial(jnp.flip, axis=tuple(a + 1 for a in axes))
              for axes in mirror_combinations(mirror_axes, images.ndim - 2)]
 
+    def run(flip):
+      seg_logits, cls_output = apply_fn(variables,
+                                        jax.lax.switch(flip, flips, images))
+      probs = jax.nn.softmax(seg_logits[0], axis=-1)[..., 1]
+      return (jax.lax.switch(flip, flips, probs),
+              cls_output.reshape(len(images), -1).astype(jnp.float32))
+
+    def add_flip(i, sums):
+      return jax.tree.map(jnp.add, sums, run(i))
+
     # A loop rather than unrolled flips: the network is compiled once and
     # holds the memory of one forward pass, whatever the number of flips.
-    def add_flip(i, sums):
-      prob_sum, logit_sum = sums
-      seg_logits, cls_logit = apply_fn(variables,
-                                       jax.lax.switch(i, flips, images))
-      probs = jax.nn.softmax(seg_logits[0], axis=-1)[..., 1]
-      return (prob_sum + jax.lax.switch(i, flips, probs),
-              logit_sum + cls_logit)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(run, 0))
+    prob_sum, output_sum = jax.lax.fori_loop(0, len(flips), add_flip, zeros)
+    return prob_sum / len(flips), output_sum / len(flips)
 
-    zeros = (jnp.zeros(images.shape[:-1]), jnp.zeros(images.shape[:1]))
-    prob_sum, logit_sum = jax.lax.fori_loop(0, len(flips), add_flip, zeros)
-    return prob_sum / len(flips), logit_sum / len(flips)
-
-  return WindowFn(predict, jax.device_put(variables, inference_device()))
+  return WindowFn(predict, jax.device_put(variables, inference_device()),
+                  head)
 
 
 # The sums are not donated: donating made each call ~3x slower on the CPU
@@ -183,8 +197,8 @@ def _add_batch(apply: ApplyFn, variables: Any, volume: jax.Array,
       a 2D model).
     starts: (B, 3) window starts in the volume.
     valid: (B,) False for windows that only fill the batch up.
-    sums: (weighted probability sum (X, Y, Z), weight sum (X, Y, Z), logit
-      sum ()).
+    sums: (weighted probability sum (X, Y, Z), weight sum (X, Y, Z),
+      hand-function output sum (D,)).
     window: the network's window (2 or 3 entries).
 
   Returns:
@@ -194,10 +208,10 @@ def _add_batch(apply: ApplyFn, variables: Any, volume: jax.Array,
   channels = volume.shape[-1]
   images = jax.vmap(lambda start: jax.lax.dynamic_slice(
       volume, (*start, 0), (*slab, channels)))(starts)
-  probs, logits = apply(variables,
-                        images.reshape(len(starts), *window, channels))
+  probs, outputs = apply(variables,
+                         images.reshape(len(starts), *window, channels))
   weighted = probs.reshape(len(starts), *slab).astype(jnp.float32) * weights
-  prob_sum, weight_sum, logit_sum = sums
+  prob_sum, weight_sum, output_sum = sums
 
   # One window after the other, in order: overlapping windows of a batch
   # add up as they would one batch per window.
@@ -213,8 +227,9 @@ def _add_batch(apply: ApplyFn, variables: Any, volume: jax.Array,
 
   prob_sum, weight_sum = jax.lax.fori_loop(0, len(starts), add_window,
                                            (prob_sum, weight_sum))
-  logit_sum += jnp.sum(jnp.where(valid, logits.astype(jnp.float32), 0.0))
-  return prob_sum, weight_sum, logit_sum
+  outputs = outputs.reshape(len(starts), -1).astype(jnp.float32)
+  output_sum += jnp.sum(jnp.where(valid[:, None], outputs, 0.0), axis=0)
+  return prob_sum, weight_sum, output_sum
 
 
 @jax.jit
@@ -248,7 +263,8 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
     slice_axis: the axis a 2D model's slices are cut across.
 
   Returns:
-    (probability map (X, Y, Z), mean hand-function logit over all windows).
+    (probability map (X, Y, Z), hand-function logit: the head of the mean
+    window output, or the mean window logit).
   """
   if len(patch_size) == 2 and slice_axis != 2:
     # Slabs are cut across the last axis; the other two keep their order,
@@ -278,12 +294,24 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
   volume = jax.device_put(np.pad(
       image, [(0, b - s) for b, s in zip(bucket, spatial)] + [(0, 0)]), device)
   sums = (jnp.zeros(bucket, device=device), jnp.zeros(bucket, device=device),
-          jnp.zeros((), device=device))
+          jnp.zeros(_output_width(window_fn, (batch_size, *window,
+                                              image.shape[-1])),
+                    device=device))
   for i in range(0, len(starts), batch_size):
     sums = _add_batch(window_fn.apply, window_fn.variables, volume, weights,
                       starts[i:i + batch_size], valid[i:i + batch_size], sums,
                       window=window)
-  probs, logit_sum = jax.device_get((_normalise(*sums[:2]), sums[2]))
+  mean_output = sums[2] / num_windows
+  logit = (mean_output[0] if window_fn.head is None
+           else window_fn.head(window_fn.variables, mean_output))
+  probs, logit = jax.device_get((_normalise(*sums[:2]), logit))
   # A copy: the host view of a device buffer is read-only.
-  return (np.array(probs[tuple(slice(0, s) for s in spatial)]),
-          float(logit_sum) / num_windows)
+  return np.array(probs[tuple(slice(0, s) for s in spatial)]), float(logit)
+
+
+@functools.lru_cache(maxsize=16)
+def _output_width(window_fn: WindowFn, images_shape: tuple[int, ...]) -> int:
+  """D of the window function's (B, D) hand-function output (1 for (B,))."""
+  _, outputs = jax.eval_shape(window_fn.apply, window_fn.variables,
+                              jax.ShapeDtypeStruct(images_shape, jnp.float32))
+  return math.prod(outputs.shape[1:])

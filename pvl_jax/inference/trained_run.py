@@ -116,9 +116,12 @@ def load(workdir: str | Path) -> TrainedRun:
   threshold = results.get("val", {}).get("cls_threshold")
   model = unet.unet_from_config(config.model)
   _check_params_fit(model, config, params, workdir / "checkpoints")
+  # Runs older than the subject-level head have the per-patch one.
+  apply_fn, head = unet.window_functions(
+      model, config.model.get("cls_head", "patch"))
   window_fn = sliding_window.make_window_fn(
-      model.apply, {"params": params},
-      tuple(config.inference.get("mirror_axes", ())))
+      apply_fn, {"params": params},
+      tuple(config.inference.get("mirror_axes", ())), head)
   return TrainedRun(config=config, step=step,
                     window_fn=window_fn, min_component_voxels=int(min_size),
                     cls_threshold=threshold if config.r > 0 else None)

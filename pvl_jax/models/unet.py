@@ -13,23 +13,31 @@ blocks, strided-conv downsampling, and one segmentation head per decoder stage
 
 Convolutions feeding a normalisation carry no bias (the norm removes it).
 
-The classification head maps two summaries of the input through a small MLP to
+The hand-function head maps two summaries of its input through a small MLP to
 one logit (bad hand function): the global average of the bottleneck features
-and the log of the soft lesion volume (the summed foreground probability of the
-finest segmentation output). The second one is there because instance
-normalisation sets each channel's spatial mean to zero, so the pooled
-bottleneck carries lesion load only through the shape of its distribution.
-Measured on a joint model trained on brain-sized patches (docs/design.md,
-"The hand-function head"): logistic
-regression on its pooled features reached a cross-validated AUC of 0.65-0.73,
-its soft lesion volume alone 0.81, and its head on the pooled features alone
-did not lower its training loss from ln 2. Joint training lets the
-classification loss reach the segmentation through that volume; r sets how
-much. With r = 0 in the loss the head is simply not trained, so the same module
-serves plain segmentation.
+and the soft lesion volume (the summed foreground probability of the finest
+segmentation output, in voxels per patch; the head takes its log). The second
+one is there because instance normalisation sets each channel's spatial mean to
+zero, so the pooled bottleneck carries lesion load only through the shape of
+its distribution. Measured on a joint model trained on brain-sized patches
+(docs/design.md, "The hand-function head"): logistic regression on its pooled
+features reached a cross-validated AUC of 0.65-0.73, its soft lesion volume
+alone 0.81, and its head on the pooled features alone did not lower its
+training loss from ln 2. Joint training lets the classification loss reach the
+segmentation through that volume; r sets how much. With r = 0 in the loss the
+head is simply not trained, so the same module serves plain segmentation.
+
+The head reads a patch (`cls_bag_size` 1: one logit per patch, today's
+per-patch head) or a subject (`cls_bag_size` K > 1: the batch is made of bags
+of K patches of one subject each, and the head reads the mean summaries of
+the bag's first `cls_bag_pooled` patches, which the sampler draws uniformly
+over the volume; see `pvl_jax.data.bags`). Either way its input is an average
+of per-patch summaries, so at inference the same head reads the mean
+summaries of every sliding window of a scan: the whole brain at once.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+import functools
 import math
 from typing import Any
 
@@ -122,6 +130,38 @@ class Upsample(nn.Module):
     return depth_to_space(x, self.factors)
 
 
+class HandFunctionHead(nn.Module):
+  """[mean bottleneck, log(1 + soft lesion volume)] -> MLP -> one logit."""
+  hidden: int = 64
+
+  @nn.compact
+  def __call__(self, summaries: jax.Array) -> jax.Array:
+    """Maps (N, C + 1) summaries (see `patch_summaries`) to (N,) logits."""
+    pooled, lesion_volume = summaries[:, :-1], summaries[:, -1:]
+    # Voxels, as in the baseline's log lesion loads; log1p keeps it finite
+    # for a lesion-free patch.
+    h = nn.Dense(self.hidden, name="hidden")(
+        jnp.concatenate([pooled, jnp.log1p(lesion_volume)], axis=-1))
+    h = nn.leaky_relu(h, negative_slope=0.01)
+    return nn.Dense(1, name="out")(h)[:, 0]
+
+
+def patch_summaries(bottleneck: jax.Array, seg_logits: jax.Array
+                    ) -> jax.Array:
+  """Per patch: mean bottleneck features and soft lesion volume, (B, C + 1)."""
+  spatial = tuple(range(1, bottleneck.ndim - 1))
+  pooled = bottleneck.astype(jnp.float32).mean(axis=spatial)
+  foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
+  return jnp.concatenate([pooled, foreground.sum(axis=spatial)[:, None]],
+                         axis=-1)
+
+
+def pool_bags(summaries: jax.Array, bag_size: int, pooled: int) -> jax.Array:
+  """Mean of the first `pooled` summaries of each bag of `bag_size` rows."""
+  bags = summaries.reshape(-1, bag_size, summaries.shape[-1])
+  return bags[:, :pooled].mean(axis=1)
+
+
 class UNet(nn.Module):
   """U-Net for 2D or 3D inputs (spatial dims = len(strides[0])).
 
@@ -134,6 +174,11 @@ class UNet(nn.Module):
     deep_supervision: return one logit map per decoder stage (finest first)
       instead of only the finest one.
     cls_hidden: width of the hand-function MLP hidden layer.
+    cls_bag_size: patches per hand-function prediction: 1 classifies each
+      patch; K > 1 classifies each bag of K consecutive patches of the batch
+      (one subject's), so the batch size must be a multiple of K.
+    cls_bag_pooled: how many of a bag's patches (its first ones, the
+      uniformly drawn ones) the head reads.
     dtype: computation dtype (parameters stay float32).
     depth_sliced: compute 3D convolutions as sums of 2D ones (fast on CPU).
   """
@@ -143,20 +188,27 @@ class UNet(nn.Module):
   num_classes: int = 2
   deep_supervision: bool = True
   cls_hidden: int = 64
+  cls_bag_size: int = 1
+  cls_bag_pooled: int = 1
   dtype: Dtype = jnp.float32
   depth_sliced: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+  def __call__(self, x: jax.Array, summaries_only: bool = False
+               ) -> tuple[list[jax.Array], jax.Array]:
     """Runs the network.
 
     Args:
       x: images, (batch, *spatial, channels).
+      summaries_only: return the per-patch summaries the hand-function head
+        reads (`patch_summaries`, float32 (batch, C + 1)) instead of its
+        logits, for inference to average them over a scan's windows.
 
     Returns:
-      (seg_logits, cls_logit): seg_logits is a list of float32 logit maps
+      (seg_logits, cls): seg_logits is a list of float32 logit maps
       (batch, *spatial_i, num_classes), finest resolution first (one entry
-      unless deep_supervision); cls_logit is float32 (batch,).
+      unless deep_supervision); cls is the float32 hand-function logit per
+      bag, (batch / cls_bag_size,), or the summaries.
     """
     if not (len(self.features) == len(self.strides) == len(self.kernel_sizes)):
       raise ValueError("features, strides and kernel_sizes need one entry per "
@@ -183,21 +235,12 @@ class UNet(nn.Module):
                        conv_general_dilated=_conv_fn(self.depth_sliced))
         outputs.append(head(x).astype(jnp.float32))
     # outputs[-1] is the finest map (level 0), with or without supervision.
-    return outputs[::-1], self._classify(bottleneck, outputs[-1])
-
-  def _classify(self, bottleneck: jax.Array, seg_logits: jax.Array
-                ) -> jax.Array:
-    """[mean bottleneck, log(1 + soft lesion volume)] -> MLP -> one logit."""
-    spatial = tuple(range(1, bottleneck.ndim - 1))
-    pooled = bottleneck.astype(jnp.float32).mean(axis=spatial)
-    foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
-    # Voxels, as in the baseline's log lesion loads; log1p keeps it finite
-    # for a lesion-free patch.
-    lesion_load = jnp.log1p(foreground.sum(axis=spatial))[:, None]
-    h = nn.Dense(self.cls_hidden, name="cls_hidden")(
-        jnp.concatenate([pooled, lesion_load], axis=-1))
-    h = nn.leaky_relu(h, negative_slope=0.01)
-    return nn.Dense(1, name="cls_out")(h)[:, 0]
+    summaries = patch_summaries(bottleneck, outputs[-1])
+    if summaries_only:
+      return outputs[::-1], summaries
+    bags = pool_bags(summaries, self.cls_bag_size, self.cls_bag_pooled)
+    return outputs[::-1], HandFunctionHead(self.cls_hidden,
+                                           name="cls_head")(bags)
 
 
 def unet_from_config(model_config: Any) -> UNet:
@@ -225,3 +268,28 @@ def init_key(seed: int) -> jax.Array:
   ~4 s (measured). Initial values differ, their distribution does not.
   """
   return jax.random.key(seed, impl="rbg")
+
+
+def window_functions(model: UNet, cls_head: str
+                     ) -> tuple[Callable[..., Any],
+                                Callable[[Any, jax.Array], jax.Array] | None]:
+  """The sliding window's apply and head functions for `model`.
+
+  Args:
+    model: the U-Net.
+    cls_head: "patch": each window's logit, averaged over the windows (the
+      per-patch head); "subject": each window's summaries, averaged over the
+      windows and read by the head once (the subject-level head).
+
+  Returns:
+    (apply, head) for `sliding_window.make_window_fn`.
+  """
+  if cls_head == "patch":
+    return model.apply, None
+  head_module = HandFunctionHead(model.cls_hidden)
+
+  def head(variables: Any, mean_summaries: jax.Array) -> jax.Array:
+    return head_module.apply({"params": variables["params"]["cls_head"]},
+                             mean_summaries[None])[0]
+
+  return functools.partial(model.apply, summaries_only=True), head

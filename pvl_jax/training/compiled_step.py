@@ -27,6 +27,7 @@ import optax
 
 from preprocessing.io import workers
 from preprocessing.io.errors import InputError
+from pvl_jax.data import bags
 from pvl_jax.models import unet
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
@@ -109,8 +110,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model: unet.UNet,
   """
   tx = steps.make_optimizer(config)
   state = abstract_train_state(config, model, tx)
-  jitted = parallel.jit(steps.make_train_step(model, config.r,
-                                              config.batch_dice))
+  jitted = parallel.jit(steps.make_train_step(
+      bags.training_model(model, config), config.r, config.batch_dice))
   start = time.perf_counter()
   executable = jitted.lower(state, batch_spec(config)).compile()
   compile_s = time.perf_counter() - start

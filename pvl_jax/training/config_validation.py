@@ -4,6 +4,7 @@ import jax
 import ml_collections
 
 from preprocessing.io.errors import InputError
+from pvl_jax.data import bags
 from pvl_jax.planning import config_plan
 
 
@@ -67,6 +68,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _validate_batch_and_topology(config)
 
 
+def _validate_cls_head(config: ml_collections.ConfigDict) -> None:
+  """The hand-function head and its bags (see `pvl_jax.data.bags`)."""
+  head = config.model.cls_head
+  _require(head in bags.CLS_HEADS, "model.cls_head",
+           f"must be one of {bags.CLS_HEADS} (got {head!r})")
+  _require(config.model.cls_bag_size >= 0, "model.cls_bag_size",
+           f"must be >= 0 (0: the batch size; got {config.model.cls_bag_size})")
+  if head == "subject":
+    size = bags.bag_size(config)
+    _require(size >= 2, "model.cls_bag_size",
+             f"a subject-level head needs bags of at least 2 patches (got "
+             f"{size}, batch_size {config.batch_size}); use "
+             "model.cls_head='patch' to classify single patches")
+    _require(config.batch_size % size == 0, "model.cls_bag_size",
+             f"batch_size {config.batch_size} is not a multiple of the bag "
+             f"size {size}")
+
+
 def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
   """Checks the fields the planner may fill: batch, patch, topology."""
   data = config.data
@@ -80,6 +99,7 @@ def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
   devices = jax.device_count()
   _require(config.batch_size % devices == 0, "batch_size",
            f"{config.batch_size} is not divisible by the {devices} devices")
+  _validate_cls_head(config)
   _require(len(data.patch_size) in (2, 3), "data.patch_size",
            f"needs 2 (2D) or 3 (3D) entries (got {tuple(data.patch_size)})")
   _require(all(p >= 1 for p in data.patch_size), "data.patch_size",

@@ -57,13 +57,20 @@ def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
 
 
 def make_train_step(model: unet.UNet, r: float, batch_dice: bool):
-  """Returns train_step(state, batch) -> (state, metrics) for a global batch."""
+  """Returns train_step(state, batch) -> (state, metrics) for a global batch.
+
+  The model classifies bags of `model.cls_bag_size` consecutive patches (one
+  subject each, `pvl_jax.data.bags`); 1: each patch.
+  """
 
   def train_step(state: train_state.TrainState, batch: dict[str, jax.Array]):
+    # One label per bag: its patches share their subject's.
+    hand_function = batch["hand_function"][::model.cls_bag_size]
+
     def loss_fn(params):
       seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
       return losses.joint_loss(seg_logits, cls_logit, batch["label"],
-                               batch["hand_function"], r, batch_dice)
+                               hand_function, r, batch_dice)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
