@@ -44,11 +44,6 @@ log = logging.getLogger(__name__)
 FLAGS = flags.FLAGS
 
 
-
-
-
-
-
 def _load_sweep_fn(config_file: str) -> Callable[..., None]:
   spec = importlib.util.spec_from_file_location("sweep_config", config_file)
   module = importlib.util.module_from_spec(spec)
