@@ -1,9 +1,10 @@
 """Tests of the logistic-regression hand-function baseline."""
 
 import dataclasses
+import itertools
 import json
+import logging
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from scipy import sparse
 from sklearn import model_selection
 
+from preprocessing import bids
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 from pvl_jax.handfunction import baseline
@@ -21,6 +23,7 @@ from pvl_jax.handfunction import block_features
 from pvl_jax.handfunction import features
 from pvl_jax.handfunction import nested_cv
 from pvl_jax.handfunction import regions
+from tests import fake_runs
 
 SHAPE = (12, 12, 12)
 VOXEL_MM = 8.0
@@ -28,11 +31,13 @@ VOXEL_MM = 8.0
 AFFINE = np.diag([VOXEL_MM] * 3 + [1.0])
 AFFINE[:3, 3] = (-44.0, -60.0, -12.0)
 # The motor spot that decides hand function: voxels x -28..-20, y -28..-12,
-# z 12..36 mm, inside the left corticospinal tract region.
+# z 12..36 mm; every 2^3 cube in it reaches the left corticospinal tract
+# region (voxels x 2-3, y 5, z 3-5 of this grid).
 SPOT = (slice(2, 4), slice(4, 7), slice(3, 7))
 # Distractor lesions lie in the front of the grid, y >= 4 mm.
 FRONT = (slice(None), slice(8, 12), slice(None))
 NUM_SUBJECTS = 40
+IDS = [f"sub-{i:03d}" for i in range(1, NUM_SUBJECTS + 1)]
 LABEL_NOISE = 0.05
 NUM_DISTRACTORS = 2  # at most, per subject
 # The searches of the learning tests: a coarser grid than the CLI's and one
@@ -81,15 +86,19 @@ def synthetic_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def features_of(masks: np.ndarray) -> dict[str, Any]:
   """Both feature sets' inputs, as `features.load_features` returns them."""
   extract = features.FeatureExtractor(
-      features.Grid(SHAPE, AFFINE, Path("grid.nii.gz")))
+      features.Grid(SHAPE, AFFINE, Path("grid.nii.gz")),
+      regions.builtin_regions(SHAPE, AFFINE))
   return features.stack_features([extract(mask) for mask in masks])
+
+
+LESION_LOAD_NAMES = features.lesion_load_names(
+    regions.builtin_regions(SHAPE, AFFINE))
 
 
 INNER_REPEATS = 1  # of the module's cross-validations
 
 # Lesion-load subset chosen by the inner CV -> columns the model sees.
-LOADS_SEEN = {"total_and_tract": 2,
-              "all_regions": len(features.LESION_LOAD_NAMES)}
+LOADS_SEEN = {"total_and_tract": 2, "all_regions": len(LESION_LOAD_NAMES)}
 
 SEARCHES = {
     "matrix": dataclasses.replace(nested_cv.matrix_search(SHAPE),
@@ -130,24 +139,12 @@ def write_cohort(root: Path, masks: np.ndarray, labels: np.ndarray) -> Path:
     nifti.save_nifti(
         mask.astype(np.uint8), AFFINE, root / "derivatives" / "lesions" / sid
         / "anat" / f"{sid}_label-lesion_mask.nii.gz", np.uint8)
+    # The scan the mask was drawn on (the baseline reads masks only).
+    nifti.save_nifti(mask.astype(np.float32), AFFINE,
+                     root / sid / "anat" / f"{sid}_FLAIR.nii.gz", np.float32)
     rows.append(f"{sid}\t{label}")
   (root / "participants.tsv").write_text("\n".join(rows) + "\n")
   return root
-
-
-def write_predictions(cohort: Path, root: Path,
-                      runs: dict[str, list[int]]) -> list[Path]:
-  """Copies reference masks as the predictions of runs (subject numbers)."""
-  run_dirs = []
-  for run, numbers in runs.items():
-    for number in numbers:
-      sid = f"sub-{number:03d}"
-      target = root / run / "predictions" / f"{sid}_pred.nii.gz"
-      target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copy(cohort / "derivatives" / "lesions" / sid / "anat"
-                  / f"{sid}_label-lesion_mask.nii.gz", target)
-    run_dirs.append(root / run)
-  return run_dirs
 
 
 @pytest.fixture
@@ -201,50 +198,89 @@ def test_min_lesion_frequency_keeps_blocks_of_enough_subjects():
       np.zeros((4, 1)))
 
 
-def test_regions_at_known_mni_points():
-  masks = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
-  assert set(masks) == set(regions.REGIONS)
-
-  def regions_at(x, y, z):
-    index = np.ravel_multi_index(
-        ((x + 98) // 2, (y + 134) // 2, (z + 72) // 2), MNI_2MM_SHAPE)
-    return {name for name, mask in masks.items() if mask[index]}
-
-  # Corona radiata beside the left ventricular body: tract and body.
-  assert regions_at(-24, -20, 24) == {"left_cst", "cst", "left_body"}
-  # Right posterior limb of the internal capsule.
-  assert regions_at(20, -14, 4) == {"right_cst", "cst", "right_body"}
-  assert regions_at(-20, 20, 10) == {"left_frontal"}
-  assert regions_at(30, -38, 20) == {"right_trigone"}
-  assert regions_at(-26, -60, 10) == {"left_occipital"}
-  assert regions_at(0, -20, 20) == set()  # midline
-  assert regions_at(-24, -20, 60) == set()  # above the ventricles
+def test_jhu_reference_voxels_in_mni_mm():
+  # FSL's 1 mm MNI152 grid: x = 90 - i, y = j - 126, z = k - 72.
+  np.testing.assert_array_equal(regions.mni_mm((66, 108, 85)), [24, -18, 13])
+  np.testing.assert_array_equal(regions.mni_mm((116, 109, 96)),
+                                [-26, -17, 24])
+  np.testing.assert_array_equal(regions.mni_mm((90, 126, 72)), [0, 0, 0])
 
 
-def test_regions_partition_periventricular_white_matter():
-  masks = regions.region_masks(MNI_2MM_SHAPE, MNI_2MM_AFFINE)
-  parts = np.stack([masks[f"{side}_{part}"] for side in regions.SIDES
-                    for part in regions.PERIVENTRICULAR_Y_MM])
-  assert parts.sum(0).max() == 1
-  # 20 x values (|x| 2..40, even) per side, y -84..44 (65), z -10..44 (28).
-  assert parts.sum() == 2 * 20 * 65 * 28
-  # Corona radiata 10 x 15 x 16 voxels, internal capsule 9 x 10 x 7 below.
-  assert masks["left_cst"].sum() == masks["right_cst"].sum() == 3030
-  np.testing.assert_array_equal(masks["cst"],
-                                masks["left_cst"] | masks["right_cst"])
+# A 1 mm grid whose voxel centres are the integer MNI points x -45..45,
+# y -75..45, z -10..40.
+MM_SHAPE = (91, 121, 51)
+MM_AFFINE = np.array([[1.0, 0, 0, -45], [0, 1, 0, -75], [0, 0, 1, -10],
+                      [0, 0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def mm_regions():
+  return regions.builtin_regions(MM_SHAPE, MM_AFFINE)
+
+
+def _regions_at(region_set, x, y, z):
+  index = np.ravel_multi_index((x + 45, y + 75, z + 10), MM_SHAPE)
+  return {name for name, mask in region_set.masks.items() if mask[index]}
+
+
+def test_builtin_regions_at_published_points(mm_regions):
+  assert mm_regions.names == (
+      "left_cst", "left_acr", "left_pcr", "left_tapetum", "left_ptr",
+      "right_cst", "right_acr", "right_pcr", "right_tapetum", "right_ptr")
+  assert mm_regions.tract == ("left_cst", "right_cst")
+  # The tract: internal capsule, superior corona radiata and between.
+  assert _regions_at(mm_regions, 24, -18, 13) == {"right_cst"}
+  assert _regions_at(mm_regions, -23, -18, 13) == {"left_cst"}
+  assert _regions_at(mm_regions, -26, -17, 24) == {"left_cst"}
+  assert "left_cst" in _regions_at(mm_regions, -25, -17, 19)
+  # 6 mm below the internal capsule point is in, 7 mm is not.
+  assert _regions_at(mm_regions, 24, -18, 7) == {"right_cst"}
+  assert _regions_at(mm_regions, 24, -18, 6) == set()
+  assert _regions_at(mm_regions, 21, 37, 1) == {"right_acr"}
+  assert _regions_at(mm_regions, -25, -27, 27) == {"left_pcr"}
+  assert _regions_at(mm_regions, 30, -48, 14) == {"right_tapetum"}
+  assert _regions_at(mm_regions, -32, -62, 1) == {"left_ptr"}
+  assert _regions_at(mm_regions, 0, -20, 20) == set()  # midline
+
+
+def test_builtin_region_volumes(mm_regions):
+  # Integer points within 6 mm of a lattice point, counted by brute force.
+  ball = sum(1 for d in itertools.product(range(-6, 7), repeat=3)
+             if sum(v * v for v in d) <= 36)
+  for side in regions.SIDES:
+    for zone in regions.PERIVENTRICULAR:
+      assert mm_regions.masks[f"{side}_{zone}"].sum() == ball
+  # The tract: a 6 mm tube around an 11.4 mm segment with hemispherical
+  # ends, about pi 6^2 (11.4 + 4/3 6) mm^3; the lattice count is close.
+  tube = np.pi * 36 * (np.sqrt(3**2 + 1 + 11**2) + 8)
+  assert mm_regions.masks["right_cst"].sum() == pytest.approx(tube, rel=0.03)
+
+
+def test_region_selection(mm_regions):
+  chosen = mm_regions.select(["left_cst", "right_acr"], ["left_cst"])
+  assert chosen.names == ("left_cst", "right_acr")
+  np.testing.assert_array_equal(chosen.tract_mask(),
+                                mm_regions.masks["left_cst"])
+  with pytest.raises(InputError, match=r"built-in regions .*: no region "
+                     r"named 'cst' \(available: left_cst, "):
+    mm_regions.select(["cst"])
 
 
 def test_lesion_load_in_mm3():
   mask = np.zeros(SHAPE, bool)
-  mask[2:4, 4:6, 3:5] = True  # 8 voxels of 512 mm^3 in the left tract
-  mask[10, 10, 2] = True  # x 36, y 20, z 4 mm: right frontal
-  load = dict(zip(features.LESION_LOAD_NAMES,
+  # 8 voxels of 512 mm^3: 4 in the left tract (x 2-3, y 5, z 3-4), 2 in the
+  # left posterior corona radiata (x 2-3, y 4, z 5... not in z 3-4).
+  mask[2:4, 4:6, 3:5] = True
+  mask[9, 4, 5] = True  # the right posterior corona radiata
+  mask[9, 5, 3] = True  # the right tract
+  load = dict(zip(LESION_LOAD_NAMES,
                   features_of(mask[None])["lesion_load"][0]))
-  assert load["total"] == pytest.approx(9 * 512)
-  assert load["left_cst"] == pytest.approx(8 * 512)
-  assert load["cst"] == pytest.approx(8 * 512)
-  assert load["right_frontal"] == pytest.approx(512)
-  assert load["right_cst"] == load["left_frontal"] == 0
+  assert load["total"] == pytest.approx(10 * 512)
+  assert load["left_cst"] == pytest.approx(4 * 512)
+  assert load["right_cst"] == pytest.approx(512)
+  assert load["tract"] == pytest.approx(5 * 512)
+  assert load["right_pcr"] == pytest.approx(512)
+  assert load["left_pcr"] == load["left_acr"] == 0
 
 
 def test_one_standard_error_rule_prefers_the_simplest_near_tie():
@@ -278,10 +314,10 @@ def test_lesion_load_search_chooses_all_loads_or_total_and_tract():
   search = nested_cv.lesion_load_search()
   assert search.grid["loads__func"] == [nested_cv.total_and_tract,
                                         nested_cv.all_regions]
-  volumes = np.arange(2 * len(features.LESION_LOAD_NAMES),
+  volumes = np.arange(2 * len(LESION_LOAD_NAMES),
                       dtype=float).reshape(2, -1)
-  total = volumes[:, features.LESION_LOAD_NAMES.index("total")]
-  tract = volumes[:, features.LESION_LOAD_NAMES.index("cst")]
+  total = volumes[:, LESION_LOAD_NAMES.index("total")]
+  tract = volumes[:, LESION_LOAD_NAMES.index("tract")]
   transform = search.model.set_params(
       loads__func=nested_cv.total_and_tract)["loads"]
   np.testing.assert_array_equal(transform.fit_transform(volumes),
@@ -368,24 +404,6 @@ def test_out_of_fold_predictions_cover_every_subject_once(cv_results):
   assert np.all((result.prob > 0) & (result.prob < 1))
 
 
-def test_collect_predictions(cohort, tmp_path):
-  ids = [f"sub-{i:03d}" for i in range(1, 5)]
-  run_a, run_b = write_predictions(cohort, tmp_path, {"a": [1, 3],
-                                                      "b": [2, 4]})
-  found = features.collect_predictions([run_a, run_b], ids)
-  assert found["sub-003"] == run_a / "predictions" / "sub-003_pred.nii.gz"
-  # A predictions folder itself is accepted too.
-  assert features.collect_predictions([run_a / "predictions", run_b], ids) == (
-      found)
-  with pytest.raises(InputError, match=r"no predicted mask .* sub-002, "
-                     "sub-004"):
-    features.collect_predictions([run_a], ids)
-  with pytest.raises(InputError, match=r"more than once.*sub-001"):
-    features.collect_predictions([run_a, run_b, run_a], ids)
-  with pytest.raises(InputError, match="sub-004 is not in participants"):
-    features.collect_predictions([run_a, run_b], ids[:3])
-
-
 def test_min_class_size():
   assert nested_cv.min_class_size(5, inner_folds=3) == 5
   assert nested_cv.min_class_size(2, inner_folds=3) == 6  # 3 in the train half
@@ -394,15 +412,15 @@ def test_min_class_size():
 
 
 def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
-  runs = write_predictions(cohort, tmp_path,
-                           {"fold0": list(range(1, 21)),
-                            "fold1": list(range(21, 41))})
-  rows = baseline.run(cohort, runs, folds=2, downsample=[4], inner_repeats=1)
-  assert [(r["name"], r["masks"]) for r in rows] == [
-      ("LR matrix (reference masks)", "reference"),
-      ("LR lesion load (reference masks)", "reference"),
-      ("LR matrix (predicted masks)", "predicted"),
-      ("LR lesion load (predicted masks)", "predicted")]
+  runs = fake_runs.write_fold_runs(tmp_path, cohort, IDS, num_folds=4)
+  output = baseline.run(cohort, runs, downsample=[4], inner_repeats=1)
+  rows = output["rows"]
+  assert [(r["name"], r["masks"], r["primary"]) for r in rows] == [
+      ("LR matrix (reference masks)", "reference", True),
+      ("LR lesion load (reference masks)", "reference", False),
+      ("LR matrix (predicted masks)", "predicted", True),
+      ("LR lesion load (predicted masks)", "predicted", False)]
+  assert output["folds"] == "runs"
   assert {f["downsample"] for r in rows[::2] for f in r["folds"]} == {4}
   for fold in rows[1]["folds"]:
     assert fold["n_features"] == LOADS_SEEN[fold["lesion_loads"]]
@@ -410,7 +428,30 @@ def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
   assert rows[2]["folds"] == rows[0]["folds"]
   assert rows[3]["out_of_fold"] == rows[1]["out_of_fold"]
   assert rows[0]["n_subjects"] == len(rows[0]["out_of_fold"]) == NUM_SUBJECTS
-  json.dumps(rows, allow_nan=False)
+  assert output["regions"]["lesion_load_columns"] == list(LESION_LOAD_NAMES)
+  json.dumps(output, allow_nan=False)
+
+
+def test_unlabelled_subjects_are_left_out(cohort, monkeypatch, caplog,
+                                          small_grids):
+  load_cohort = bids.load_cohort
+
+  def with_two_unlabelled(*args, **kwargs):
+    subjects = load_cohort(*args, **kwargs)
+    return [dataclasses.replace(s, hand_function=None)
+            if s.participant_id in ("sub-003", "sub-010") else s
+            for s in subjects]
+  monkeypatch.setattr(bids, "load_cohort", with_two_unlabelled)
+  with caplog.at_level(logging.INFO):
+    output = baseline.run(cohort, folds=2, downsample=[4], inner_repeats=1,
+                          feature_sets=["lesion_load"])
+  assert output["unlabelled"] == ["sub-003", "sub-010"]
+  (row,) = output["rows"]
+  assert row["n_subjects"] == NUM_SUBJECTS - 2
+  assert {r["subject_id"] for r in row["out_of_fold"]} == set(IDS) - {
+      "sub-003", "sub-010"}
+  assert ("leaving out 2 subject(s) without a hand_function label: sub-003, "
+          "sub-010") in caplog.text
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -424,13 +465,13 @@ def test_run_rejects_bad_search_arguments(cohort, kwargs, message):
 
 def test_run_rejects_prediction_in_another_grid(cohort, tmp_path,
                                                small_grids):
-  runs = write_predictions(cohort, tmp_path, {"all": list(range(1, 41))})
+  runs = fake_runs.write_fold_runs(tmp_path, cohort, IDS, num_folds=4)
   shifted = AFFINE.copy()
   shifted[0, 3] += 2.0
   path = runs[0] / "predictions" / "sub-007_pred.nii.gz"
   nifti.save_nifti(np.zeros(SHAPE, np.uint8), shifted, path, np.uint8)
   with pytest.raises(InputError, match=f"{path}: affine differs"):
-    baseline.run(cohort, runs, folds=2, downsample=[4], inner_repeats=1)
+    baseline.run(cohort, runs, downsample=[4], inner_repeats=1)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -459,6 +500,9 @@ def test_cli_writes_rows_and_table(cohort, tmp_path):
     assert len(row["folds"]) == 2
   load_row = r"\| LR lesion load \(reference masks\) \| 40 \| (2|12|2-12) \|"
   assert re.search(load_row, proc.stdout)
+  assert "| LR matrix (reference masks) (primary) | 40 |" in proc.stdout
+  assert result["regions"]["source"] == regions.BUILTIN_SOURCE
+  assert result["unlabelled"] == []
 
 
 def test_cli_non_integer_block_factor_exits_2(cohort, tmp_path):

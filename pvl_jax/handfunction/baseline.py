@@ -6,6 +6,7 @@ either the reference (manual) masks of the cohort or a U-Net's cross-fitted
 predicted masks.
 """
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -19,12 +20,18 @@ from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import json_number
 from pvl_jax.evaluation import summary
 from pvl_jax.evaluation.classification import classification_metrics
+from pvl_jax.handfunction import atlas as atlas_lib
+from pvl_jax.handfunction import crossfit
 from pvl_jax.handfunction import features as features_lib
 from pvl_jax.handfunction import nested_cv
+from pvl_jax.handfunction import regions as regions_lib
 
 log = logging.getLogger(__name__)
 
 FEATURE_SETS = ("matrix", "lesion_load")
+# The poster's baseline, logistic regression on the masks "in matrix form":
+# the primary row, the one the joint model is compared with.
+PRIMARY = "matrix"
 
 
 def result_row(name: str, feature_set: str, masks: str,
@@ -33,7 +40,7 @@ def result_row(name: str, feature_set: str, masks: str,
                labels: np.ndarray) -> dict[str, Any]:
   """One row of the output JSON (the keys launch/report.py reads)."""
   row: dict[str, Any] = {"name": name, "features": feature_set,
-                         "masks": masks}
+                         "masks": masks, "primary": feature_set == PRIMARY}
   for metric in ("accuracy", "f1", "auc"):
     stats = summary.summarize(f[metric] for f in result.folds)
     row[f"{metric}_mean"] = json_number(stats.mean)
@@ -53,30 +60,89 @@ def result_row(name: str, feature_set: str, masks: str,
 
 
 _ROW_NAMES = {"matrix": "LR matrix", "lesion_load": "LR lesion load"}
+MASK_KINDS = ("reference", "predicted")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionOptions:
+  """The lesion-load regions: built-in, or a user's atlas.
+
+  Attributes:
+    atlas: a label map in the masks' grid (None: the built-in regions).
+    atlas_names: its names table (`atlas.read_names`).
+    regions: the region names to use (empty: all).
+    tract: the names whose union is the tract load (empty: the built-in
+      tract, or with an atlas every used region).
+  """
+  atlas: str | None = None
+  atlas_names: str | None = None
+  regions: tuple[str, ...] = ()
+  tract: tuple[str, ...] = ()
+
+  def region_set(self, grid: features_lib.Grid) -> regions_lib.RegionSet:
+    """The regions in `grid` (atlas checked against it).
+
+    Raises:
+      InputError: an atlas without names table or the reverse, a bad atlas
+        (see `atlas.load_atlas`), or a name the regions lack.
+    """
+    if (self.atlas is None) != (self.atlas_names is None):
+      raise InputError("--atlas and --atlas_names: give both or neither")
+    if self.atlas is None:
+      available = regions_lib.builtin_regions(grid.shape, grid.affine)
+      return available.select(self.regions, self.tract)
+    available = atlas_lib.load_atlas(self.atlas, self.atlas_names,
+                                     grid.shape, grid.affine, grid.path)
+    return available.select(self.regions,
+                            self.tract or self.regions or available.names)
+
+
+def _labelled(subjects: Sequence[bids.Subject]) -> list[bids.Subject]:
+  """The subjects with a hand-function label; logs how many are left out."""
+  unlabelled = [s.participant_id for s in subjects if s.hand_function is None]
+  if unlabelled:
+    log.info("leaving out %d subject(s) without a hand_function label: %s",
+             len(unlabelled), ", ".join(unlabelled))
+  return [s for s in subjects if s.hand_function is not None]
 
 
 def run(cohort_dir: str | os.PathLike,
         prediction_dirs: Sequence[str | os.PathLike] = (), folds: int = 5,
         downsample: Sequence[int] = nested_cv.BLOCK_FACTORS, seed: int = 0,
-        inner_repeats: int = nested_cv.INNER_REPEATS) -> list[dict[str, Any]]:
-  """Both feature sets on reference masks, and on predicted ones if given.
+        inner_repeats: int = nested_cv.INNER_REPEATS,
+        region_options: RegionOptions = RegionOptions(),
+        feature_sets: Sequence[str] = FEATURE_SETS,
+        masks: Sequence[str] | None = None,
+        require_all: bool = True) -> dict[str, Any]:
+  """The baseline on reference masks, and on cross-fitted predicted ones.
 
   Args:
     cohort_dir: a BIDS cohort (participants.tsv with hand_function, reference
-      masks under derivatives/lesions), all masks in one grid.
-    prediction_dirs: training runs whose predictions/ together hold one
-      cross-fitted predicted mask per subject, in the same grid; empty: skip.
-    folds: outer stratified folds.
+      masks under derivatives/lesions), all masks in one grid. Subjects
+      whose label is n/a are left out (and counted in the output).
+    prediction_dirs: training runs, one per fold of one fold scheme, each
+      with splits.json and predictions/ (`crossfit`); then the outer folds
+      of every row are the runs' test splits; empty: stratified folds.
+    folds: stratified outer folds (without runs).
     downsample: the block factors of the matrix features that the inner CV
       chooses from.
     seed: fold shuffling seed.
     inner_repeats: repeats of the inner `INNER_FOLDS`-fold CV.
+    region_options: the lesion-load regions.
+    feature_sets: which of `FEATURE_SETS` to fit, in that order.
+    masks: which of `MASK_KINDS` to fit (default: reference, and predicted
+      with runs).
+    require_all: with runs, every labelled subject needs a predicted mask
+      (else the subjects of the runs' test splits are used).
 
   Returns:
-    The result rows (see `result_row`), reference masks first.
+    {"rows": result rows (`result_row`), by masks then feature set,
+     "regions": {"source", "names", "tract"}, "folds": "stratified" or
+     "runs", "unlabelled": ids left out}.
 
   Raises:
-    InputError: bad arguments, cohort or masks (the message names the file).
+    InputError: bad arguments, cohort, masks, atlas or runs (the message
+      names the file).
   """
   if folds < 2:
     raise InputError(f"--folds: must be at least 2, got {folds}")
@@ -86,36 +152,65 @@ def run(cohort_dir: str | os.PathLike,
   if inner_repeats < 1:
     raise InputError(f"--inner_repeats: must be at least 1, got "
                      f"{inner_repeats}")
-  subjects = bids.load_cohort(cohort_dir, modalities=())
+  masks = tuple(masks or MASK_KINDS[:1 + bool(prediction_dirs)])
+  if "predicted" in masks and not prediction_dirs:
+    raise InputError("--predictions: predicted masks need training runs")
+  cohort = bids.load_cohort(cohort_dir, modalities=())
+  subjects = _labelled(cohort)
+  outer: int | np.ndarray = folds
+  paths = {"reference": {s.participant_id: s.lesion_mask_path
+                         for s in subjects}}
+  if prediction_dirs:
+    fit = crossfit.cross_fit(prediction_dirs,
+                             [s.participant_id for s in cohort],
+                             list(paths["reference"]), require_all)
+    subjects = [s for s in subjects if s.participant_id in fit.fold_of]
+    paths["predicted"] = fit.predictions
+    outer = np.array([fit.fold_of[s.participant_id] for s in subjects])
+  if not subjects:
+    raise InputError(f"{cohort_dir}: no labelled subject"
+                     + (" in the runs' test splits" if prediction_dirs else ""))
   subject_ids = [s.participant_id for s in subjects]
   labels = np.array([s.hand_function for s in subjects])
-  nested_cv.check_class_sizes(labels, folds,
-                              Path(cohort_dir) / bids.PARTICIPANTS_FILE)
-  sources = {"reference": [s.lesion_mask_path for s in subjects]}
   if prediction_dirs:
-    predicted = features_lib.collect_predictions(prediction_dirs, subject_ids)
-    sources["predicted"] = [predicted[s] for s in subject_ids]
+    nested_cv.check_fold_class_sizes(
+        labels, outer, {run.fold: run.splits_path for run in fit.runs})
+  else:
+    nested_cv.check_class_sizes(labels, folds,
+                                Path(cohort_dir) / bids.PARTICIPANTS_FILE)
+  grid = features_lib.read_grid(paths["reference"][subject_ids[0]])
+  region_set = region_options.region_set(grid)
+  extract = features_lib.FeatureExtractor(grid, region_set)
   # Every mask is read (and checked) before the first, slower, fit.
   features = {}
-  grid = None
-  for masks, paths in sources.items():
-    log.info("reading %d %s masks", len(paths), masks)
-    features[masks], grid = features_lib.load_features(paths, grid)
+  for kind in masks:
+    log.info("reading %d %s masks", len(subject_ids), kind)
+    features[kind] = features_lib.load_features(
+        [paths[kind][s] for s in subject_ids], grid, extract)
   searches = {"matrix": nested_cv.matrix_search(grid.shape,
                                                sorted(set(downsample))),
               "lesion_load": nested_cv.lesion_load_search()}
   rows = []
-  for masks, feature_sets in features.items():
-    for feature_set in FEATURE_SETS:
-      log.info("nested %d-fold CV: %s on %s masks", folds, feature_set,
-                   masks)
-      result = nested_cv.cross_validate(feature_sets[feature_set], labels,
-                              searches[feature_set], folds, seed,
-                              inner_repeats)
+  for kind in masks:
+    for feature_set in feature_sets:
+      log.info("nested CV (%s): %s on %s masks",
+               "the runs' test splits" if prediction_dirs
+               else f"{folds} stratified folds", feature_set, kind)
+      result = nested_cv.cross_validate(
+          features[kind][feature_set], labels, searches[feature_set], outer,
+          seed, inner_repeats)
       rows.append(result_row(
-          f"{_ROW_NAMES[feature_set]} ({masks} masks)", feature_set, masks,
+          f"{_ROW_NAMES[feature_set]} ({kind} masks)", feature_set, kind,
           result, subject_ids, labels))
-  return rows
+  return {"rows": rows,
+          "regions": {"source": region_set.source,
+                      "names": list(region_set.names),
+                      "tract": list(region_set.tract),
+                      "lesion_load_columns": list(
+                          features_lib.lesion_load_names(region_set))},
+          "folds": "runs" if prediction_dirs else "stratified",
+          "unlabelled": [s.participant_id for s in cohort
+                         if s.hand_function is None]}
 
 
 def _feature_counts(row: Mapping[str, Any]) -> str:
@@ -129,6 +224,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """The rows as a markdown table: mean ± std across outer folds."""
   return tables.markdown_table(
       ["baseline", "subjects", "features", "accuracy", "F1", "AUC"],
-      [[row["name"], str(row["n_subjects"]), _feature_counts(row)]
+      [[row["name"] + (" (primary)" if row.get("primary") else ""),
+        str(row["n_subjects"]), _feature_counts(row)]
        + [summary.format_mean_std(row[f"{m}_mean"], row[f"{m}_std"])
           for m in ("accuracy", "f1", "auc")] for row in rows])

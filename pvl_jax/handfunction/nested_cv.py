@@ -41,7 +41,7 @@ from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import json_number
 from pvl_jax.evaluation.classification import classification_metrics
 from pvl_jax.handfunction import block_features
-from pvl_jax.handfunction.features import LESION_LOAD_NAMES
+from pvl_jax.handfunction import features as features_lib
 
 # Regularisation strengths searched by the inner CV: tens to thousands of
 # standardised blocks need C around 1e-2..1, a dozen lesion loads 0.1..10.
@@ -64,13 +64,12 @@ VOLUME_TRANSFORMS = (np.log1p, None)
 
 
 def total_and_tract(volumes: np.ndarray) -> np.ndarray:
-  """The total and the bilateral corticospinal-tract columns of the loads."""
-  return volumes[:, [LESION_LOAD_NAMES.index("total"),
-                     LESION_LOAD_NAMES.index("cst")]]
+  """The total and the (bilateral) tract columns of the loads."""
+  return volumes[:, :len(features_lib.FIXED_LOADS)]
 
 
 def all_regions(volumes: np.ndarray) -> np.ndarray:
-  """Every `LESION_LOAD_NAMES` column."""
+  """Every column of the loads (`features.lesion_load_names`)."""
   return volumes
 
 
@@ -202,6 +201,25 @@ def check_class_sizes(labels: np.ndarray, folds: int, source: Path) -> None:
           "per class")
 
 
+def check_fold_class_sizes(labels: np.ndarray, fold_of: np.ndarray,
+                           sources: Mapping[int, Path]) -> None:
+  """Predefined outer folds: each training set needs every inner fold's class.
+
+  Raises:
+    InputError: naming the fold's source (the run whose test split it is).
+  """
+  for fold in np.unique(fold_of):
+    train = labels[fold_of != fold]
+    for label in (0, 1):
+      count = int(np.count_nonzero(train == label))
+      if count < INNER_FOLDS:
+        raise InputError(
+            f"{sources[int(fold)]}: outside this test split (fold {fold}) "
+            f"hand_function={label} has {count} subject(s), fewer than the "
+            f"{INNER_FOLDS} that {INNER_FOLDS}-fold inner selection of "
+            "hyper-parameters needs")
+
+
 def _json_value(value: Any) -> Any:
   """A hyper-parameter as JSON holds it: numbers, or a function's name."""
   if isinstance(value, np.generic):
@@ -216,7 +234,7 @@ def _named(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cross_validate(features: Any, labels: np.ndarray, search: Search,
-                   folds: int, seed: int,
+                   folds: int | np.ndarray, seed: int,
                    inner_repeats: int = INNER_REPEATS) -> CVResult:
   """Nested stratified cross-validation of one feature matrix.
 
@@ -224,21 +242,28 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
     features: (subjects, features), dense or sparse, as `search` takes them.
     labels: hand function, 0 or 1, one per subject.
     search: the model and the grid the inner CV chooses from.
-    folds: outer folds.
-    seed: shuffles the outer and inner folds.
+    folds: the number of stratified outer folds, or each subject's outer
+      fold (predefined folds: the cross-fitted runs' test splits).
+    seed: shuffles the stratified outer folds and the inner folds.
     inner_repeats: repeats of the inner `INNER_FOLDS`-fold CV.
 
   Returns:
     The per-fold metrics and out-of-fold probabilities.
   """
-  outer = model_selection.StratifiedKFold(folds, shuffle=True,
-                                          random_state=seed)
+  if np.ndim(folds):
+    fold_ids = np.unique(folds)
+    outer = model_selection.PredefinedSplit(np.asarray(folds))
+  else:
+    fold_ids = np.arange(folds)
+    outer = model_selection.StratifiedKFold(folds, shuffle=True,
+                                            random_state=seed)
   inner = model_selection.RepeatedStratifiedKFold(
       n_splits=INNER_FOLDS, n_repeats=inner_repeats, random_state=seed)
   prob = np.zeros(len(labels))
   fold_of = np.zeros(len(labels), int)
   results = []
-  for fold, (train, test) in enumerate(outer.split(labels, labels)):
+  for fold, (train, test) in zip(fold_ids.tolist(),
+                                 outer.split(labels, labels)):
     grid_search = model_selection.GridSearchCV(
         search.model, search.grid, scoring=INNER_SCORING, cv=inner,
         error_score="raise",

@@ -3,17 +3,25 @@
 Usage:
   python -m pvl_jax.handfunction.run --cohort=DIR --out=FILE.json \
       [--predictions=RUN_DIR1,RUN_DIR2,...] [--folds=5] \
-      [--downsample=2,3,4,6] [--seed=0] [--inner_repeats=2]
+      [--downsample=2,3,4,6] [--seed=0] [--inner_repeats=2] \
+      [--atlas=LABELS.nii.gz --atlas_names=NAMES.tsv] \
+      [--regions=NAME1,NAME2,...] [--tract=NAME1,...]
 
 Nested cross-validated logistic regression on the "matrix" (block-averaged
-mask; the inner CV chooses the block factor among --downsample) and
-"lesion_load" (total and regional volumes; the inner CV chooses all of them
-or total + corticospinal tract, log or plain) features of the cohort's reference
-masks and, with --predictions, of the cross-fitted predicted masks of the
-given training runs (one per test fold; see `pvl_jax.handfunction.baseline`). Writes
-{"rows": [...]} to --out (the format launch/report.py reads as --baseline)
-and prints a markdown table. Bad input: `error: <file>: <problem>` on stderr
-and exit status 2.
+mask, the poster's form and the primary row; the inner CV chooses the block
+factor among --downsample) and "lesion_load" (total, tract and regional
+volumes; the inner CV chooses all of them or total + tract, log or plain)
+features of the cohort's reference masks and, with --predictions, of the
+cross-fitted predicted masks of the given training runs (one per fold, each
+with splits.json; the outer folds of every row are then the runs' test
+splits, and a mask from a run that trained or validated on its subject is
+refused; see `pvl_jax.handfunction.crossfit`). Subjects whose label is n/a
+are left out. The regions are the built-in ones (`regions`) or, with
+--atlas, the labels of a user's atlas in the masks' grid (`atlas`);
+--regions picks some, --tract names those whose union is the tract load.
+Writes {"rows": [...], ...} to --out (the format launch/report.py reads as
+--baseline) and prints a markdown table. Bad input: `error: <file>:
+<problem>` on stderr, exit status 2, nothing written.
 """
 
 import json
@@ -41,6 +49,16 @@ flags.DEFINE_list("downsample", [str(f) for f in nested_cv.BLOCK_FACTORS],
                   "Block-averaging factors of the matrix features, in voxels; "
                   "the inner cross-validation chooses one per outer fold.")
 flags.DEFINE_integer("seed", 0, "Seed of the fold assignment.")
+flags.DEFINE_string("atlas", None, "Label map (NIfTI, non-negative integer "
+                    "labels, 0 background) in the masks' grid whose labels "
+                    "replace the built-in regions; needs --atlas_names.")
+flags.DEFINE_string("atlas_names", None, "The atlas's names table: TSV "
+                    "(.tsv) or CSV with columns 'index' and 'name'.")
+flags.DEFINE_list("regions", [], "Lesion-load regions to use (names of the "
+                  "built-in regions or of the atlas's table); default all.")
+flags.DEFINE_list("tract", [], "Regions whose union is the tract load; "
+                  "default: the built-in corticospinal tract, or with "
+                  "--atlas every region used.")
 flags.DEFINE_integer("inner_repeats", nested_cv.INNER_REPEATS,
                      "Repeats of the inner cross-validation: more make the "
                      "choice of hyper-parameters less noisy, at proportional "
@@ -57,24 +75,32 @@ def _factors(values: list[str]) -> list[int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  py_logging.getLogger().setLevel(py_logging.INFO)
+  # Our progress lines, not third-party INFO chatter (e.g. pybids).
+  py_logging.getLogger("pvl_jax").setLevel(py_logging.INFO)
   try:
     downsample = _factors(FLAGS.downsample)
-    rows = baseline.run(FLAGS.cohort, FLAGS.predictions, folds=FLAGS.folds,
-                        downsample=downsample, seed=FLAGS.seed,
-                        inner_repeats=FLAGS.inner_repeats)
+    options = baseline.RegionOptions(FLAGS.atlas, FLAGS.atlas_names,
+                                     tuple(FLAGS.regions), tuple(FLAGS.tract))
+    output = baseline.run(FLAGS.cohort, FLAGS.predictions, folds=FLAGS.folds,
+                          downsample=downsample, seed=FLAGS.seed,
+                          inner_repeats=FLAGS.inner_repeats,
+                          region_options=options)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   result = {"cohort": FLAGS.cohort, "predictions": FLAGS.predictions,
-            "folds": FLAGS.folds, "downsample": downsample,
+            "folds": (FLAGS.folds if output["folds"] == "stratified"
+                      else "the runs' test splits"),
+            "downsample": downsample,
             "seed": FLAGS.seed, "c_grid": list(nested_cv.C_GRID),
             "min_lesion_fractions": list(nested_cv.MIN_LESION_FRACTIONS),
             "inner_folds": nested_cv.INNER_FOLDS,
-            "inner_repeats": FLAGS.inner_repeats, "rows": rows}
+            "inner_repeats": FLAGS.inner_repeats,
+            "regions": output["regions"],
+            "unlabelled": output["unlabelled"], "rows": output["rows"]}
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2,
                                           allow_nan=False) + "\n")
-  print(baseline.markdown_table(rows))
+  print(baseline.markdown_table(output["rows"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Fake training-run workdirs for the baseline and poster tests.
+
+A run as `pvl_jax.handfunction.crossfit` reads it: splits.json and
+predictions/<subject>_pred.nii.gz (copies of the cohort's reference masks,
+unless a mask is given), optionally results.json.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from preprocessing.io import nifti
+
+RULE = "test fold k, validation fold k+1, training the rest"
+
+
+def reference_mask(cohort: Path, subject: str) -> Path:
+  return (cohort / "derivatives" / "lesions" / subject / "anat"
+          / f"{subject}_label-lesion_mask.nii.gz")
+
+
+def write_run(workdir: Path, fold: int, num_folds: int,
+              splits: Mapping[str, Sequence[str]], cohort: Path,
+              predicted: Sequence[str] | None = None,
+              results: Mapping[str, Any] | None = None,
+              rule: str = RULE) -> Path:
+  """Writes a run; `predicted` defaults to its test split."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "splits.json").write_text(json.dumps(
+      {"rule": rule, "fold": fold, "num_folds": num_folds,
+       "subjects": {k: list(v) for k, v in splits.items()}}))
+  folder = workdir / "predictions"
+  folder.mkdir(exist_ok=True)
+  for subject in splits["test"] if predicted is None else predicted:
+    shutil.copy(reference_mask(cohort, subject),
+                folder / f"{subject}_pred.nii.gz")
+  if results is not None:
+    (workdir / "results.json").write_text(json.dumps(results))
+  return workdir
+
+
+def fold_splits(ids: Sequence[str], fold: int, num_folds: int
+                ) -> dict[str, list[str]]:
+  """Contiguous folds of `ids`: test fold k, validation k + 1, train rest."""
+  chunks = np.array_split(np.asarray(ids), num_folds)
+  validation = (fold + 1) % num_folds
+  return {"train": [s for k, c in enumerate(chunks)
+                    if k not in (fold, validation) for s in c],
+          "validation": list(chunks[validation]),
+          "test": list(chunks[fold])}
+
+
+def write_fold_runs(root: Path, cohort: Path, ids: Sequence[str],
+                    num_folds: int, folds: Sequence[int] | None = None
+                    ) -> list[Path]:
+  """One run per fold (default all), named fold<k>, predicting its test."""
+  return [write_run(root / f"fold{k}", k, num_folds,
+                    fold_splits(ids, k, num_folds), cohort)
+          for k in (range(num_folds) if folds is None else folds)]
+
+
+def move_prediction(subject: str, source: Path, target: Path) -> None:
+  """Moves a subject's predicted mask from one run to another."""
+  name = f"{subject}_pred.nii.gz"
+  shutil.move(source / "predictions" / name, target / "predictions" / name)
+
+
+def save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
+  nifti.save_nifti(mask.astype(np.uint8), affine, path, np.uint8)
