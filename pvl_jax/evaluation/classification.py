@@ -55,9 +55,24 @@ def classification_metrics(
     Dict with accuracy, f1 (of class 1), auc (threshold-free), n (subjects)
     and n_pos (subjects labelled 1); see the module docstring for NaNs.
   """
-  y_true, prob = _check_inputs(y_true, prob)
   _check_threshold(threshold)
-  y_pred = (prob >= threshold).astype(int)
+  return decision_metrics(y_true, prob, np.asarray(prob) >= threshold)
+
+
+def decision_metrics(y_true: ArrayLike, prob: ArrayLike,
+                     y_pred: ArrayLike) -> dict[str, float]:
+  """`classification_metrics` of given decisions (e.g. per-fold thresholds).
+
+  Args:
+    y_true: Labels, 0 or 1, one per subject.
+    prob: Predicted probability of label 1 (for the AUC).
+    y_pred: The decisions, bool or 0/1, one per subject.
+  """
+  y_true, prob = _check_inputs(y_true, prob)
+  y_pred = np.asarray(y_pred).astype(int)
+  if y_pred.shape != y_true.shape:
+    raise ValueError(f"length mismatch: {y_true.size} labels vs "
+                     f"{y_pred.size} decisions")
   if np.unique(y_true).size == 2:
     auc = float(metrics.roc_auc_score(y_true, prob))
   else:
