@@ -12,8 +12,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from preprocessing.io import nifti
-
 RULE = "test fold k, validation fold k+1, training the rest"
 
 
@@ -67,6 +65,3 @@ def move_prediction(subject: str, source: Path, target: Path) -> None:
   name = f"{subject}_pred.nii.gz"
   shutil.move(source / "predictions" / name, target / "predictions" / name)
 
-
-def save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> None:
-  nifti.save_nifti(mask.astype(np.uint8), affine, path, np.uint8)
