@@ -51,8 +51,6 @@ FLAGS = flags.FLAGS
 JOINT, PREDICTED, REFERENCE = (poster_figure.JOINT, poster_figure.PREDICTED,
                                poster_figure.REFERENCE)
 FOLD_KEY = "data.fold"
-# Fewer resamples make the 2.5th and 97.5th percentiles a handful of values.
-MIN_RESAMPLES = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,9 +211,9 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
-    if FLAGS.resamples < MIN_RESAMPLES:
-      raise InputError(f"--resamples: at least {MIN_RESAMPLES}, got "
-                       f"{FLAGS.resamples}")
+    if FLAGS.resamples < bootstrap.MIN_RESAMPLES:
+      raise InputError(f"--resamples: at least {bootstrap.MIN_RESAMPLES}, "
+                       f"got {FLAGS.resamples}")
     options = {"resamples": FLAGS.resamples, "seed": FLAGS.seed,
                "downsample": _factors(FLAGS.downsample),
                "inner_repeats": FLAGS.inner_repeats}

@@ -10,7 +10,6 @@ from preprocessing.io import figures
 from preprocessing.io import tables
 from pvl_jax.evaluation import bootstrap
 
-NA = "n/a"  # undefined on these subjects
 NONE = "—"  # no joint model at r = 0
 METRIC_LABELS = dict(zip(bootstrap.METRICS, ("accuracy", "F1", "AUC")))
 JOINT, PREDICTED, REFERENCE = "joint", "LR predicted", "LR reference"
@@ -22,18 +21,10 @@ DIFFERENCES = tuple(f"{a} - {b}" for a, b in PAIRS)
 
 def cell(interval: Mapping[str, Any] | None, resamples: int,
          signed: bool = False) -> str:
-  """`estimate [low, high]`, with the resample count when some lacked it."""
+  """`bootstrap.format_interval`, or `NONE` for a classifier not there."""
   if interval is None:
     return NONE
-  if interval["estimate"] is None or math.isnan(interval["estimate"]):
-    return NA
-  sign = "+" if signed else ""
-  text = f"{interval['estimate']:{sign}.3f}"
-  if interval["resamples"]:
-    text += f" [{interval['low']:{sign}.3f}, {interval['high']:{sign}.3f}]"
-  if interval["resamples"] < resamples:
-    text += f" ({interval['resamples']} resamples)"
-  return text
+  return bootstrap.format_interval(interval, resamples, signed)
 
 
 def _folds(group: Mapping[str, Any]) -> str:
@@ -67,7 +58,8 @@ def markdown(report: Mapping[str, Any]) -> str:
       "validation-chosen threshold; LR predicted / LR reference: logistic "
       "regression on the masks in matrix form, on the masks the setting's "
       "own runs predicted (cross-fitted) / on the reference masks. "
-      f"{NONE}: no joint model at r = 0; {NA}: undefined.", "",
+      f"{NONE}: no joint model at r = 0; {bootstrap.UNDEFINED}: undefined.",
+      "",
       "## Classifiers", "",
       tables.markdown_table(
           ["setting", "subjects (bad)", "test folds", "classifier", *labels],

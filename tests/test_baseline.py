@@ -457,7 +457,8 @@ def test_unlabelled_subjects_are_left_out(cohort, monkeypatch, caplog,
 @pytest.mark.parametrize("kwargs, message", [
     ({"downsample": [4, 0]}, "--downsample: block factors must be at least 1"),
     ({"downsample": []}, "--downsample: block factors must be at least 1"),
-    ({"inner_repeats": 0}, "--inner_repeats: must be at least 1")])
+    ({"inner_repeats": 0}, "--inner_repeats: must be at least 1"),
+    ({"resamples": 20}, "--resamples: 0 or at least 100, got 20")])
 def test_run_rejects_bad_search_arguments(cohort, kwargs, message):
   with pytest.raises(InputError, match=message):
     baseline.run(cohort, folds=2, **kwargs)
@@ -484,7 +485,7 @@ def test_cli_writes_rows_and_table(cohort, tmp_path):
   out = tmp_path / "baseline.json"
   # The CLI's own C and frequency grids, one inner repeat.
   proc = _cli(f"--cohort={cohort}", f"--out={out}", "--folds=2",
-              "--downsample=4,3", "--inner_repeats=1")
+              "--downsample=4,3", "--inner_repeats=1", "--resamples=100")
   assert proc.returncode == 0, proc.stderr
   result = json.loads(out.read_text())
   assert result["downsample"] == [4, 3]
@@ -498,9 +499,19 @@ def test_cli_writes_rows_and_table(cohort, tmp_path):
                 "n_subjects"):
       assert key in row
     assert len(row["folds"]) == 2
-  load_row = r"\| LR lesion load \(reference masks\) \| 40 \| (2|12|2-12) \|"
+  bad = rows[0]["pooled"]["n_pos"]
+  load_row = (r"\| LR lesion load \(reference masks\) \| 40 \(%d\) \| "
+              r"(2|12|2-12) \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|" % bad)
   assert re.search(load_row, proc.stdout)
-  assert "| LR matrix (reference masks) (primary) | 40 |" in proc.stdout
+  assert f"| LR matrix (reference masks) (primary) | 40 ({bad}) |" in (
+      proc.stdout)
+  for row in rows:
+    # Pooled out-of-fold metrics, with their bootstrap intervals.
+    for metric in ("accuracy", "f1", "auc"):
+      interval = row["intervals"][metric]
+      assert interval["estimate"] == pytest.approx(row["pooled"][metric])
+      assert interval["low"] <= interval["estimate"] <= interval["high"]
+      assert interval["resamples"] <= 100 == row["resamples"]
   assert result["regions"]["source"] == regions.BUILTIN_SOURCE
   assert result["unlabelled"] == []
 

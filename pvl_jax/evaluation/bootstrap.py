@@ -13,7 +13,8 @@ is kept (`Interval.resamples`).
 """
 
 import dataclasses
-from typing import Mapping, Sequence
+import math
+from typing import Any, Mapping, Sequence
 import warnings
 
 import numpy as np
@@ -23,7 +24,10 @@ from pvl_jax.evaluation import classification
 
 METRICS = ("accuracy", "f1", "auc")
 RESAMPLES = 2000
+# Fewer resamples make the 2.5th and 97.5th percentiles a handful of values.
+MIN_RESAMPLES = 100
 CONFIDENCE = 0.95
+UNDEFINED = "n/a"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +121,22 @@ def paired_intervals(
                           samples[i, j] - samples[k, j], confidence)
         for j, metric in enumerate(METRICS)}
   return out
+
+
+def format_interval(interval: Mapping[str, Any], resamples: int,
+                    signed: bool = False) -> str:
+  """An `Interval` (as a dict) as `estimate [low, high]`.
+
+  The count of resamples is added when some left the value undefined;
+  `UNDEFINED` when the estimate itself is (None in JSON, or NaN).
+  """
+  estimate = interval["estimate"]
+  if estimate is None or math.isnan(estimate):
+    return UNDEFINED
+  sign = "+" if signed else ""
+  text = f"{estimate:{sign}.3f}"
+  if interval["resamples"]:
+    text += f" [{interval['low']:{sign}.3f}, {interval['high']:{sign}.3f}]"
+  if interval["resamples"] < resamples:
+    text += f" ({interval['resamples']} resamples)"
+  return text

@@ -18,6 +18,7 @@ from preprocessing import bids
 from preprocessing.io import tables
 from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import json_number
+from pvl_jax.evaluation import bootstrap
 from pvl_jax.evaluation import summary
 from pvl_jax.evaluation.classification import classification_metrics
 from pvl_jax.handfunction import atlas as atlas_lib
@@ -37,8 +38,13 @@ PRIMARY = "matrix"
 def result_row(name: str, feature_set: str, masks: str,
                result: nested_cv.CVResult,
                subject_ids: Sequence[str],
-               labels: np.ndarray) -> dict[str, Any]:
-  """One row of the output JSON (the keys launch/report.py reads)."""
+               labels: np.ndarray, resamples: int = 0,
+               seed: int = 0) -> dict[str, Any]:
+  """One row of the output JSON (the keys launch/report.py reads).
+
+  With `resamples`, "intervals" holds the pooled out-of-fold metrics with
+  their bootstrap intervals (`bootstrap.paired_intervals`).
+  """
   row: dict[str, Any] = {"name": name, "features": feature_set,
                          "masks": masks, "primary": feature_set == PRIMARY}
   for metric in ("accuracy", "f1", "auc"):
@@ -56,6 +62,14 @@ def result_row(name: str, feature_set: str, masks: str,
        "fold": int(f)}
       for s, y, p, f in zip(subject_ids, labels, result.prob, result.fold_of)]
   row["n_subjects"] = len(subject_ids)
+  if resamples:
+    found = bootstrap.paired_intervals(
+        labels, {name: bootstrap.Prediction(result.prob, result.prob >= 0.5)},
+        [], n_resamples=resamples, seed=seed)[name]
+    row["intervals"] = {m: {k: json_number(v) if isinstance(v, float) else v
+                            for k, v in dataclasses.asdict(i).items()}
+                        for m, i in found.items()}
+    row["resamples"] = resamples
   return row
 
 
@@ -113,7 +127,7 @@ def run(cohort_dir: str | os.PathLike,
         region_options: RegionOptions = RegionOptions(),
         feature_sets: Sequence[str] = FEATURE_SETS,
         masks: Sequence[str] | None = None,
-        require_all: bool = True) -> dict[str, Any]:
+        require_all: bool = True, resamples: int = 0) -> dict[str, Any]:
   """The baseline on reference masks, and on cross-fitted predicted ones.
 
   Args:
@@ -134,6 +148,7 @@ def run(cohort_dir: str | os.PathLike,
       with runs).
     require_all: with runs, every labelled subject needs a predicted mask
       (else the subjects of the runs' test splits are used).
+    resamples: bootstrap resamples of each row's pooled metrics (0: none).
 
   Returns:
     {"rows": result rows (`result_row`), by masks then feature set,
@@ -152,6 +167,9 @@ def run(cohort_dir: str | os.PathLike,
   if inner_repeats < 1:
     raise InputError(f"--inner_repeats: must be at least 1, got "
                      f"{inner_repeats}")
+  if resamples and not bootstrap.MIN_RESAMPLES <= resamples:
+    raise InputError(f"--resamples: 0 or at least {bootstrap.MIN_RESAMPLES}, "
+                     f"got {resamples}")
   masks = tuple(masks or MASK_KINDS[:1 + bool(prediction_dirs)])
   if "predicted" in masks and not prediction_dirs:
     raise InputError("--predictions: predicted masks need training runs")
@@ -201,7 +219,7 @@ def run(cohort_dir: str | os.PathLike,
           seed, inner_repeats)
       rows.append(result_row(
           f"{_ROW_NAMES[feature_set]} ({kind} masks)", feature_set, kind,
-          result, subject_ids, labels))
+          result, subject_ids, labels, resamples, seed))
   return {"rows": rows,
           "regions": {"source": region_set.source,
                       "names": list(region_set.names),
@@ -220,11 +238,20 @@ def _feature_counts(row: Mapping[str, Any]) -> str:
   return str(low) if low == high else f"{low}-{high}"
 
 
+def _metric_cell(row: Mapping[str, Any], metric: str) -> str:
+  """Pooled value [bootstrap interval]; mean ± std over folds without."""
+  if "intervals" in row:
+    return bootstrap.format_interval(row["intervals"][metric],
+                                     row["resamples"])
+  return summary.format_mean_std(row[f"{metric}_mean"],
+                                 row[f"{metric}_std"])
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """The rows as a markdown table: mean ± std across outer folds."""
+  """The rows as a markdown table (see `_metric_cell`)."""
   return tables.markdown_table(
-      ["baseline", "subjects", "features", "accuracy", "F1", "AUC"],
+      ["baseline", "subjects (bad)", "features", "accuracy", "F1", "AUC"],
       [[row["name"] + (" (primary)" if row.get("primary") else ""),
-        str(row["n_subjects"]), _feature_counts(row)]
-       + [summary.format_mean_std(row[f"{m}_mean"], row[f"{m}_std"])
-          for m in ("accuracy", "f1", "auc")] for row in rows])
+        f"{row['n_subjects']} ({row['pooled']['n_pos']})",
+        _feature_counts(row)]
+       + [_metric_cell(row, m) for m in bootstrap.METRICS] for row in rows])

@@ -5,7 +5,7 @@ Usage:
       [--predictions=RUN_DIR1,RUN_DIR2,...] [--folds=5] \
       [--downsample=2,3,4,6] [--seed=0] [--inner_repeats=2] \
       [--atlas=LABELS.nii.gz --atlas_names=NAMES.tsv] \
-      [--regions=NAME1,NAME2,...] [--tract=NAME1,...]
+      [--regions=NAME1,NAME2,...] [--tract=NAME1,...] [--resamples=2000]
 
 Nested cross-validated logistic regression on the "matrix" (block-averaged
 mask, the poster's form and the primary row; the inner CV chooses the block
@@ -20,7 +20,9 @@ are left out. The regions are the built-in ones (`regions`) or, with
 --atlas, the labels of a user's atlas in the masks' grid (`atlas`);
 --regions picks some, --tract names those whose union is the tract load.
 Writes {"rows": [...], ...} to --out (the format launch/report.py reads as
---baseline) and prints a markdown table. Bad input: `error: <file>:
+--baseline) and prints a markdown table: per row the pooled out-of-fold
+accuracy, F1 and AUC with paired-bootstrap 95% intervals over --resamples
+resamples of the subjects (seed --seed). Bad input: `error: <file>:
 <problem>` on stderr, exit status 2, nothing written.
 """
 
@@ -33,6 +35,7 @@ from absl import flags
 
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
+from pvl_jax.evaluation import bootstrap
 from pvl_jax.handfunction import baseline
 from pvl_jax.handfunction import nested_cv
 
@@ -59,6 +62,9 @@ flags.DEFINE_list("regions", [], "Lesion-load regions to use (names of the "
 flags.DEFINE_list("tract", [], "Regions whose union is the tract load; "
                   "default: the built-in corticospinal tract, or with "
                   "--atlas every region used.")
+flags.DEFINE_integer("resamples", bootstrap.RESAMPLES, "Bootstrap resamples "
+                     "of the subjects for each row's 95% intervals (pooled "
+                     "out-of-fold accuracy, F1, AUC); 0: none.")
 flags.DEFINE_integer("inner_repeats", nested_cv.INNER_REPEATS,
                      "Repeats of the inner cross-validation: more make the "
                      "choice of hyper-parameters less noisy, at proportional "
@@ -84,7 +90,8 @@ def main(argv):
     output = baseline.run(FLAGS.cohort, FLAGS.predictions, folds=FLAGS.folds,
                           downsample=downsample, seed=FLAGS.seed,
                           inner_repeats=FLAGS.inner_repeats,
-                          region_options=options)
+                          region_options=options,
+                          resamples=FLAGS.resamples)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -96,7 +103,7 @@ def main(argv):
             "min_lesion_fractions": list(nested_cv.MIN_LESION_FRACTIONS),
             "inner_folds": nested_cv.INNER_FOLDS,
             "inner_repeats": FLAGS.inner_repeats,
-            "regions": output["regions"],
+            "resamples": FLAGS.resamples, "regions": output["regions"],
             "unlabelled": output["unlabelled"], "rows": output["rows"]}
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2,
                                           allow_nan=False) + "\n")
