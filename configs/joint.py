@@ -45,11 +45,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_subjects=100, seed=0, resolution_mm=1))
   config.data.modalities = ("FLAIR",)
   config.data.mask_threshold = -1.0  # < 0: lesion masks must be binary
-  # enabled: the cohort holds raw scans; register them to the MNI template,
+  # Lesion-mask value of voxels that are neither lesion nor background (e.g.
+  # 2, WMH's "other pathology"): out of both losses, the patch sampler's
+  # lesion voxels and every metric. -1: none.
+  config.data.ignore_label = -1
+  # The binary label (0/1; n/a or empty: unlabelled) and, optionally, a
+  # table it is read from instead of participants.tsv (relative: to
+  # cohort_dir), e.g. "phenotype/hand.tsv".
+  config.data.label_column = "hand_function"
+  config.data.phenotype_file = ""
+  # Which scan of a participant: session "first", "last" or a label; run
+  # "first", "last" or a number; bids_filter e.g. "acq-3D,rec-norm".
+  config.data.session = "first"
+  config.data.run = "last"
+  config.data.bids_filter = ""
+  # Brain masks of a cohort that brings none: "auto" (the cohort's where
+  # present, else "nonzero" for scans with a zero background, else
+  # "skull_strip"), "files", "nonzero", "skull_strip" (registration to the
+  # template). See preprocessing/skull_strip_rules.py.
+  config.data.brain_mask = "auto"
+  # enabled: the cohort holds raw scans; register them to the template,
   # skull strip, N4 and resample to target_spacing (mm) first, once, cached
-  # under cache_dir (preprocessing.pipeline).
+  # under cache_dir (preprocessing.pipeline). template/template_mask: your
+  # own template and its brain mask ("": the MNI152 2009c template).
   config.data.preprocess = ml_collections.ConfigDict(dict(
-      enabled=False, target_spacing=1.0))
+      enabled=False, target_spacing=1.0, template="", template_mask=""))
   config.data.num_folds = 5
   config.data.fold = arg.fold
   config.data.patch_size = ()  # planned (128^3 for the 1 mm cohort)

@@ -1,36 +1,95 @@
-"""Reading a BIDS-style PVL cohort: participants.tsv plus per-subject files.
+"""Reading a BIDS cohort: which scans and masks each participant uses.
 
-Layout (paths relative to the cohort directory):
+Layout (paths relative to the cohort directory; `ses-`, `acq-`, `run-`,
+`rec-`, `space-`, `desc-` and the other BIDS entities may appear in any
+name):
 
-  participants.tsv                                   participant_id, label
-  sub-001/anat/sub-001_FLAIR.nii.gz                  one file per modality
-  derivatives/lesions/sub-001/anat/sub-001_label-lesion_mask.nii.gz
-  sub-001/anat/sub-001_desc-brain_mask.nii.gz        optional brain mask, or
-  derivatives/synthetic/sub-001/anat/sub-001_desc-brain_mask.nii.gz
+  participants.tsv        participant_id, label column, optional split, site
+  sub-001[/ses-01]/anat/sub-001[_ses-01][_run-1]_FLAIR.nii.gz
+  derivatives/lesions/sub-001[/ses-01]/anat/
+      sub-001[_ses-01]_label-lesion_mask.nii.gz
+  sub-001/anat/sub-001_desc-brain_mask.nii.gz     optional brain mask, beside
+                                                  the scan or in any other
+                                                  derivatives/<name>/ folder
 
-Every problem is reported as an `InputError` naming the file (and line) and
+The files are indexed with pybids (the raw folder and each derivatives
+folder on its own, so neither needs a dataset_description.json). Per
+participant the scans of the first modality are narrowed by the entity
+filter (`Selection.entities`, e.g. `acq-3D`), then to one session
+(`Selection.session`: first, last or a label) and one run (`Selection.run`:
+first, last or a number, which participants without runs ignore); every
+other modality is taken from the same
+session by the same rules. A lesion or brain mask belongs to a scan when
+each entity it has (but `label` and `desc`, which name the mask) has the
+scan's value, so `sub-1_ses-01_label-lesion_mask` covers every run of
+session 01; the most specific one is used.
+
+Every problem is reported as an `InputError` naming the file or folder and
 what is wrong, before any image is read.
 """
 
-import csv
 import dataclasses
-import io
+import functools
 import os
 import re
 from pathlib import Path
 
+from preprocessing import participants as participants_lib
 from preprocessing.io.errors import InputError
 
-PARTICIPANTS_FILE = "participants.tsv"
-ID_COLUMN = "participant_id"
-# BIDS labels are alphanumeric; anything else (dots, slashes, "..") could make
-# the id escape the cohort directory when it is joined into a path.
-_PARTICIPANT_ID = re.compile(r"sub-[A-Za-z0-9]+")
-_LABELS = {"0": 0, "1": 1}
-# BIDS spellings of a missing value.
-_MISSING = ("", "n/a")
-# Accepted NIfTI extensions, in order of preference.
-_NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+PARTICIPANTS_FILE = participants_lib.PARTICIPANTS_FILE
+ID_COLUMN = participants_lib.ID_COLUMN
+read_participants = participants_lib.read_participants
+LESION_DERIVATIVE = "lesions"
+_NIFTI = (".nii", ".nii.gz")
+# Entities that say what a file is rather than which acquisition it is.
+_NOT_ACQUISITION = ("subject", "suffix", "extension", "datatype")
+# Entities that name a mask itself ("label-lesion", "desc-brain").
+_MASK_NAMES = ("label", "desc")
+_RULES = ("first", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """Which of a participant's scans are used (see the module docstring).
+
+  Attributes:
+    session: "first", "last" (in label order, numerically when all labels
+      are numbers) or a session label, e.g. "02".
+    run: "first", "last" or a run number, e.g. "2".
+    entities: a filter such as "acq-3D,rec-norm": only scans with these
+      entity values (BIDS short names) are considered; "" keeps all.
+  """
+  session: str = "first"
+  run: str = "last"
+  entities: str = ""
+
+  def filters(self) -> dict[str, str]:
+    """The entity filter as {pybids entity name: value}."""
+    if not self.entities:
+      return {}
+    names = _short_names()
+    found = {}
+    for item in filter(None, (part.strip() for part in
+                              self.entities.split(","))):
+      key, _, value = item.partition("-")
+      if key not in names or not value or key in ("sub", "ses", "run"):
+        raise InputError(
+            f"entity filter {item!r} (data.bids_filter, --bids_filter): "
+            "expected <entity>-<value> with a BIDS entity other than sub, "
+            f"ses and run (e.g. acq-3D; known: {', '.join(sorted(names))})")
+      found[names[key]] = value
+    return found
+
+  def check(self) -> None:
+    """InputError naming the rule that is malformed."""
+    if not self.session:
+      raise InputError("session rule (data.session, --session) is empty: "
+                       "first, last or a session label")
+    if self.run not in _RULES and not self.run.isdigit():
+      raise InputError(f"run rule {self.run!r} (data.run, --run): first, "
+                       "last or a run number")
+    self.filters()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,186 +98,300 @@ class Subject:
 
   Attributes:
     participant_id: e.g. "sub-001".
-    hand_function: 0 good, 1 bad (or the value of the chosen label column).
+    hand_function: 0 good, 1 bad (the chosen label column), None unlabelled.
     image_paths: modality -> scan, e.g. {"FLAIR": .../sub-001_FLAIR.nii.gz}.
     lesion_mask_path: the manual lesion segmentation.
-    brain_mask_path: the brain mask, or None when the cohort has none: the
-      subject's own `anat/<id>_desc-brain_mask` (preprocessed datasets, see
-      `preprocessing.pipeline`), else the synthetic generator's
-      `derivatives/synthetic/<id>/anat/<id>_desc-brain_mask`.
+    brain_mask_path: the brain mask, or None when the cohort has none for
+      this scan.
+    session: the session used (None for a layout without sessions).
+    split: "train"/"test" from participants.tsv's split column, or None.
+    site: participants.tsv's site value, or None.
   """
   participant_id: str
-  hand_function: int
+  hand_function: int | None
   image_paths: dict[str, Path]
   lesion_mask_path: Path
   brain_mask_path: Path | None
-
-
-def read_participants(path: str | os.PathLike,
-                      label_column: str = "hand_function") -> dict[str, int]:
-  """Reads and validates a BIDS participants.tsv.
-
-  Args:
-    path: the tab-separated file (UTF-8, optionally with a byte-order mark).
-    label_column: the column holding the binary label.
-
-  Returns:
-    participant_id -> label (0 or 1), in file order.
-
-  Raises:
-    InputError: the file is missing, not UTF-8, empty, lacks a column, has
-      malformed rows, invalid or duplicate ids, or labels other than 0/1.
-  """
-  path = Path(path)
-  header, rows = _read_tsv(path)
-  id_index = _column_index(path, header, ID_COLUMN)
-  label_index = _column_index(path, header, label_column)
-  labels: dict[str, int] = {}
-  lines: dict[str, list[int]] = {}
-  for line, row in rows:
-    if len(row) != len(header):
-      raise InputError(f"{path}: line {line}: {len(row)} fields but the "
-                       f"header has {len(header)} (is the file tab-separated?)")
-    participant_id = row[id_index]
-    _check_participant_id(path, line, participant_id)
-    labels[participant_id] = _parse_label(path, line, label_column,
-                                          row[label_index])
-    lines.setdefault(participant_id, []).append(line)
-  duplicates = [f"{pid} (lines {', '.join(map(str, found))})"
-                for pid, found in lines.items() if len(found) > 1]
-  if duplicates:
-    raise InputError(f"{path}: duplicate participant ids: "
-                     f"{'; '.join(duplicates)}")
-  return labels
+  session: str | None = None
+  split: str | None = None
+  site: str | None = None
 
 
 def load_cohort(bids_dir: str | os.PathLike,
                 modalities: tuple[str, ...] = ("FLAIR",),
-                label_column: str = "hand_function") -> list[Subject]:
+                label_column: str = "hand_function",
+                selection: Selection = Selection(),
+                phenotype: str | os.PathLike | None = None,
+                require_label_column: bool = True) -> list[Subject]:
   """Finds every participant's files and label, checking nothing is missing.
 
   Args:
     bids_dir: the cohort directory.
-    modalities: BIDS suffixes of the required scans, e.g. ("FLAIR", "T1w").
-    label_column: participants.tsv column stored as `Subject.hand_function`.
+    modalities: BIDS suffixes of the required scans, e.g. ("FLAIR", "T1w");
+      the first is the one the lesion mask is drawn on. Empty: no scan is
+      needed (the session and run rules then pick the lesion mask).
+    label_column: column stored as `Subject.hand_function`.
+    selection: which session, run and acquisition are used.
+    phenotype: a table the labels come from instead of participants.tsv.
+    require_label_column: a participants table without `label_column` is an
+      error; False: every participant is unlabelled.
 
   Returns:
     Subjects sorted by participant_id.
 
   Raises:
-    InputError: bids_dir is missing, participants.tsv is invalid (see
-      `read_participants`), a scan folder has no participants.tsv row, or a
-      required scan or lesion mask is missing.
+    InputError: bids_dir is missing, a table is invalid
+      (`participants.read_table`), a scan folder or mask has no
+      participants.tsv row, a rule matches no scan or several, a mask
+      matches no scan, or a required scan or lesion mask is missing.
   """
   bids_dir = Path(bids_dir)
   if not bids_dir.is_dir():
     problem = "not a directory" if bids_dir.exists() else "not found"
     raise InputError(f"{bids_dir}: BIDS cohort directory {problem}")
+  selection.check()
   tsv = bids_dir / PARTICIPANTS_FILE
-  labels = read_participants(tsv, label_column)
-  _check_scan_folders(bids_dir, tsv, labels)
-  return [_find_subject_files(bids_dir, participant_id, label, modalities)
-          for participant_id, label in sorted(labels.items())]
+  rows = participants_lib.read_table(tsv, label_column, phenotype,
+                                     require_label_column)
+  index = _Index(bids_dir)
+  listed = {row.participant_id for row in rows}
+  for folder, ids in index.subjects.items():
+    orphans = sorted(ids - listed)
+    if orphans:
+      raise InputError(f"{tsv}: no row for {', '.join(orphans)} (found in "
+                       f"{folder})")
+  index.check_masks_match_scans()
+  return [_find_subject_files(index, row, modalities, selection)
+          for row in sorted(rows, key=lambda r: r.participant_id)]
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-  """Returns the header and the non-blank (line number, cells) rows."""
-  if not path.is_file():
-    raise InputError(f"{path}: file not found")
-  try:
-    raw = path.read_bytes()
-  except OSError as err:
-    raise InputError(f"{path}: cannot be read ({err.strerror})") from err
-  try:
-    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-    text = raw.decode("utf-8-sig")
-  except UnicodeDecodeError as err:
-    line = raw[:err.start].count(b"\n") + 1
+@functools.cache
+def _short_names() -> dict[str, str]:
+  """BIDS short entity names (acq, rec, ...) -> pybids names, from pybids."""
+  from bids.layout.models import Config  # pylint: disable=g-import-not-at-top
+  names = {}
+  for config in ("bids", "derivatives"):
+    for name, entity in Config.load(config).entities.items():
+      match = re.search(r"([a-z]+)-\(", entity.pattern)
+      if match:
+        names[match.group(1)] = name
+  return names
+
+
+@dataclasses.dataclass(frozen=True)
+class _File:
+  """An indexed NIfTI file: its path, entities (as text) and folder.
+
+  Attributes:
+    path: the file.
+    entities: pybids entity name -> value, e.g. {"session": "01"}.
+    derivative: the derivatives folder it is in; "" for the raw folder.
+  """
+  path: Path
+  entities: dict[str, str]
+  derivative: str
+
+  def get(self, entity: str) -> str:
+    return self.entities.get(entity, "")
+
+  @property
+  def acquisition(self) -> dict[str, str]:
+    """The entities that identify the acquisition."""
+    return {k: v for k, v in self.entities.items()
+            if k not in _NOT_ACQUISITION}
+
+
+class _Index:
+  """pybids' index of the raw folder and of each derivatives folder."""
+
+  def __init__(self, bids_dir: Path):
+    # Imported here: pybids (and its SQL index) is only needed while a
+    # cohort is read, not by modules that merely name a Subject.
+    from bids import BIDSLayout  # pylint: disable=g-import-not-at-top
+    self.root = bids_dir.absolute()
+    folders = {"": self.root}
+    derivatives = self.root / "derivatives"
+    if derivatives.is_dir():
+      folders.update((f.name, f) for f in sorted(derivatives.iterdir())
+                     if f.is_dir())
+    self.folders = folders
+    # participant id -> its anat NIfTI files, in every folder.
+    self.files: dict[str, list[_File]] = {}
+    self.subjects: dict[Path, set[str]] = {}
+    for name, folder in folders.items():
+      layout = BIDSLayout(folder, validate=False,
+                          config=["bids", "derivatives"])
+      self.subjects[folder] = {f"sub-{s}" for s in layout.get_subjects()}
+      # One query per folder: pybids' per-query cost (~7 ms) times the
+      # queries of a participant would dominate a cohort's reading.
+      for file in layout.get(datatype="anat", extension=list(_NIFTI)):
+        entities = {k: str(v) for k, v in file.get_entities().items()}
+        self.files.setdefault(f"sub-{entities['subject']}", []).append(
+            _File(Path(file.path), entities, name))
+
+  def scans(self, participant_id: str, suffix: str | None = None,
+            **filters: str) -> list[_File]:
+    """A participant's raw images (not masks), optionally filtered."""
+    return [f for f in self.files.get(participant_id, [])
+            if not f.derivative and f.get("suffix") != "mask"
+            and (suffix is None or f.get("suffix") == suffix)
+            and all(f.get(k) == v for k, v in filters.items())]
+
+  def masks(self, participant_id: str) -> list[_File]:
+    """A participant's lesion masks (derivatives/lesions, label-lesion)
+    and brain masks (desc-brain, anywhere else)."""
+    return [f for f in self.files.get(participant_id, [])
+            if f.get("suffix") == "mask" and (
+                f.get("label") == "lesion" if f.derivative == LESION_DERIVATIVE
+                else f.get("desc") == "brain")]
+
+  def check_masks_match_scans(self) -> None:
+    """Rejects a mask whose entities match none of its participant's scans."""
+    for participant in sorted(self.files):
+      scans = self.scans(participant)
+      for mask in self.masks(participant):
+        if not any(_covers(mask, scan) for scan in scans):
+          raise InputError(
+              f"{mask.path}: matches no scan of {participant} (its entities: "
+              f"{_describe(mask)}; scans: "
+              f"{', '.join(s.path.name for s in scans) or 'none'})")
+
+
+def _covers(mask: _File, scan: _File) -> bool:
+  """Whether every acquisition entity of `mask` has `scan`'s value."""
+  return all(scan.get(k) == v for k, v in mask.acquisition.items()
+             if k not in _MASK_NAMES)
+
+
+def _describe(file: _File) -> str:
+  entities = {k: v for k, v in file.acquisition.items()
+              if k not in _MASK_NAMES}
+  return ", ".join(f"{k}={v}" for k, v in sorted(entities.items())) or "none"
+
+
+def _order_key(values: list[str]):
+  """Sort key: numeric when every value is a number, else by text."""
+  return int if all(v.isdigit() for v in values) else str
+
+
+def _pick(files: list[_File], entity: str, rule: str, what: str,
+          key: str) -> list[_File]:
+  """The files whose `entity` has the first, last or the named value.
+
+  When no file has the entity, first and last (and a run number: a scan
+  without runs is its only run) keep them all; a rule that names a value no
+  file has is an error naming `what` and the config `key`.
+  """
+  values = sorted({f.get(entity) for f in files})
+  present = [v for v in values if v]
+  if not present and (rule in _RULES or entity == "run"):
+    return files
+  if rule in _RULES:
+    chosen = sorted(present, key=_order_key(present))[
+        0 if rule == "first" else -1]
+  elif entity == "run" and rule.isdigit():  # run-2 and run-02 are one run
+    chosen = next((v for v in present if int(v) == int(rule)), rule)
+  else:
+    chosen = rule
+  kept = [f for f in files if f.get(entity) == chosen]
+  if not kept:
+    raise InputError(f"{what}: {key} {rule!r} matches no scan (found: "
+                     f"{', '.join(v or '<none>' for v in values)})")
+  return kept
+
+
+def _one_scan(index: _Index, pid: str, modality: str, selection: Selection,
+              session: str | None) -> _File:
+  """The scan of one modality that the rules choose.
+
+  Args:
+    index: the cohort's index.
+    pid: the participant.
+    modality: the scan's suffix.
+    selection: the rules.
+    session: the session the first modality's scan is from; None for the
+      first modality (then `selection.session` chooses it).
+  """
+  folder = index.root / pid
+  what = f"{folder}: {modality}"
+  scans = index.scans(pid, modality, **selection.filters())
+  if not scans:
+    raise InputError(f"{folder}: {pid} has no {modality} scan"
+                     + (f" with {selection.entities} (data.bids_filter, "
+                        "--bids_filter)" if selection.entities else "")
+                     + " (file not found)")
+  scans = _pick(scans, "session",
+                selection.session if session is None else session, what,
+                "session rule (data.session, --session)")
+  scans = _pick(scans, "run", selection.run, what,
+                "run rule (data.run, --run)")
+  if len(scans) > 1:
     raise InputError(
-        f"{path}: line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}; "
-        "perhaps Latin-1 or Windows-1252): re-save the file as UTF-8") from None
-  # QUOTE_NONE: BIDS TSV has no quoting, so quotes are ordinary characters.
-  reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t",
-                      quoting=csv.QUOTE_NONE)
-  records = [(reader.line_num, [cell.strip() for cell in row])
-             for row in reader]
-  records = [(line, row) for line, row in records if any(row)]
-  if not records:
-    raise InputError(f"{path}: no participants (the file is empty)")
-  (_, header), *rows = records
-  if not rows:
-    raise InputError(f"{path}: no participants (only a header line)")
-  return header, rows
+        f"{what}: the session and run rules match {len(scans)} scans: "
+        f"{', '.join(sorted(s.path.name for s in scans))}; choose one with "
+        "data.bids_filter (--bids_filter, e.g. acq-<label>), data.session or "
+        "data.run")
+  return scans[0]
 
 
-def _column_index(path: Path, header: list[str], column: str) -> int:
-  if column not in header:
-    raise InputError(f"{path}: line 1: no '{column}' column (columns present:"
-                     f" {', '.join(map(repr, header))}; the file must be "
-                     "tab-separated)")
-  return header.index(column)
+def _find_subject_files(index: _Index, row: participants_lib.Participant,
+                        modalities: tuple[str, ...],
+                        selection: Selection) -> Subject:
+  pid = row.participant_id
+  images: dict[str, _File] = {}
+  for modality in modalities:
+    reference = next(iter(images.values()), None)
+    images[modality] = _one_scan(
+        index, pid, modality, selection,
+        None if reference is None else reference.get("session"))
+  masks = index.masks(pid)
+  lesions = [m for m in masks if m.derivative == LESION_DERIVATIVE]
+  brain = None
+  if images:
+    reference = next(iter(images.values()))
+    lesion = _mask_for(reference, lesions, pid, "lesion mask", required=True)
+    brain = _mask_for(reference, [m for m in masks if m not in lesions], pid,
+                      "brain mask")
+  else:  # no scan needed: the rules pick the lesion mask
+    folder = index.root / "derivatives" / LESION_DERIVATIVE / pid
+    if not lesions:
+      raise InputError(f"{folder}: {pid} has no lesion mask (file not found)")
+    what = f"{folder}: lesion mask"
+    lesions = _pick(lesions, "session", selection.session, what,
+                    "session rule (data.session, --session)")
+    lesion = _most_specific(_pick(lesions, "run", selection.run, what,
+                                  "run rule (data.run, --run)"), what)
+  return Subject(
+      participant_id=pid, hand_function=row.label,
+      image_paths={m: f.path for m, f in images.items()},
+      lesion_mask_path=lesion.path,
+      brain_mask_path=None if brain is None else brain.path,
+      session=(reference if images else lesion).get("session") or None,
+      split=row.split, site=row.site)
 
 
-def _check_participant_id(path: Path, line: int, participant_id: str) -> None:
-  if not _PARTICIPANT_ID.fullmatch(participant_id):
-    raise InputError(f"{path}: line {line}: participant_id "
-                     f"{participant_id!r} is not of the form sub-<label> "
-                     "(label: letters and digits only)")
+def _mask_for(scan: _File, masks: list[_File], pid: str, kind: str,
+              required: bool = False) -> _File | None:
+  """The most specific of `masks` covering `scan` (None if none and allowed).
+
+  Masks beside the scans (the raw folder) come before derivatives.
+  """
+  covering = [m for m in masks if _covers(m, scan)]
+  if not covering:
+    if not required:
+      return None
+    raise InputError(
+        f"{scan.path}: {pid} has no {kind} for this scan (file not found; "
+        f"{kind}s of {pid}: {', '.join(m.path.name for m in masks) or 'none'})")
+  raw = [m for m in covering if not m.derivative]
+  return _most_specific(raw or covering, f"{scan.path}: {kind}")
 
 
-def _parse_label(path: Path, line: int, column: str, value: str) -> int:
-  if value in _MISSING:
-    raise InputError(f"{path}: line {line}: missing {column} value")
-  if value not in _LABELS:
-    raise InputError(f"{path}: line {line}: {column} is {value!r}, must be "
-                     "0 or 1")
-  return _LABELS[value]
-
-
-def _check_scan_folders(bids_dir: Path, tsv: Path,
-                        labels: dict[str, int]) -> None:
-  """Rejects subject folders that participants.tsv does not list."""
-  orphans = sorted(folder.name for folder in bids_dir.glob("sub-*")
-                   if folder.is_dir() and folder.name not in labels)
-  if orphans:
-    raise InputError(f"{tsv}: no row for scan folder(s) {', '.join(orphans)}"
-                     f" in {bids_dir}")
-
-
-def _find_subject_files(bids_dir: Path, participant_id: str, label: int,
-                        modalities: tuple[str, ...]) -> Subject:
-  anat = Path(participant_id, "anat")
-  image_paths = {
-      modality: _require_nifti(
-          bids_dir / anat / f"{participant_id}_{modality}",
-          f"{participant_id} has no {modality} scan")
-      for modality in modalities
-  }
-  lesion_mask = _require_nifti(
-      bids_dir / "derivatives" / "lesions" / anat
-      / f"{participant_id}_label-lesion_mask",
-      f"{participant_id} has no lesion mask")
-  brain_mask_name = f"{participant_id}_desc-brain_mask"
-  brain_mask = (_find_nifti(bids_dir / anat / brain_mask_name)
-                or _find_nifti(bids_dir / "derivatives" / "synthetic" / anat
-                               / brain_mask_name))
-  return Subject(participant_id=participant_id, hand_function=label,
-                 image_paths=image_paths, lesion_mask_path=lesion_mask,
-                 brain_mask_path=brain_mask)
-
-
-def _find_nifti(stem: Path) -> Path | None:
-  """The existing `stem`.nii.gz or `stem`.nii, None if neither exists."""
-  found = [Path(f"{stem}{ext}") for ext in _NIFTI_EXTENSIONS
-           if Path(f"{stem}{ext}").is_file()]
-  if len(found) > 1:
-    raise InputError(f"{found[0]}: ambiguous: {found[1].name} also exists")
-  return found[0] if found else None
-
-
-def _require_nifti(stem: Path, problem: str) -> Path:
-  path = _find_nifti(stem)
-  if path is None:
-    raise InputError(f"{stem}{_NIFTI_EXTENSIONS[0]}: {problem} (file not "
-                     "found)")
-  return path
+def _most_specific(masks: list[_File], what: str) -> _File:
+  """The mask naming the most entities; two such are ambiguous."""
+  best = max(len(m.acquisition) for m in masks)
+  top = [m for m in masks if len(m.acquisition) == best]
+  if len(top) > 1:
+    raise InputError(f"{what} is ambiguous: "
+                     f"{', '.join(sorted(str(m.path) for m in top))}")
+  return top[0]

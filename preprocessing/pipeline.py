@@ -3,15 +3,18 @@
 Per subject, in worker processes (one subject each, in parallel):
   1. load and validate every scan and the lesion mask
      (`preprocessing.io.nifti`); the lesion mask is binarised
-     (`mask >= mask_threshold`, or it must already be 0/1);
-  2. register each modality to the MNI152 2009c template (rigid, or rigid
-     then affine with `Params.registration`);
+     (`mask >= mask_threshold`, or it must already be 0/1), voxels of
+     `Params.ignore_label` apart (`lesion_labels`);
+  2. register each modality to the template: the MNI152 2009c template, or
+     the user's (`Params.template`, `Params.template_mask`); rigid, or rigid
+     then affine with `Params.registration`;
   3. skull strip (the template's brain mask carried into native space);
   4. N4 bias-field correction inside the brain;
   5. resample into template space at `target_spacing`: images by cubic
      B-spline, the brain and the binarised lesion mask linearly then >= 0.5
      (`geometry.resample_mask`; it kept lesions 2.5 Dice points closer to
-     the truth than nearest neighbour);
+     the truth than nearest neighbour); ignored voxels the same way, written
+     into the lesion mask with the ignore label where no lesion is;
   6. z-score inside the brain, crop to the brain's bounding box plus a
      margin, write.
 
@@ -45,47 +48,30 @@ import tqdm
 
 from preprocessing import bids
 from preprocessing import geometry
+from preprocessing import lesion_labels
 from preprocessing import outputs
 from preprocessing import qc
 from preprocessing import registration
+from preprocessing import template as template_lib
 from preprocessing import template_space
+from preprocessing.pipeline_output import DESCRIPTION_FILE
+from preprocessing.pipeline_output import GENERATED_BY
+from preprocessing.pipeline_output import Params
+from preprocessing.pipeline_output import is_preprocessed
 from preprocessing.io import nifti
 from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
-from preprocessing.template import Template
-from preprocessing.template import TEMPLATE_SPACE
 
 log = logging.getLogger(__name__)
 
-GENERATED_BY = "pvl_jax preprocessing"
 # Part of every subject's cache key: bump it when the pipeline's output
 # changes, so that existing outputs are recomputed.
 VERSION = "1.2.0"
-DESCRIPTION_FILE = "dataset_description.json"
 RUN_FILE = Path("qc") / "run.json"
 # White matter, for the bias-correction QC: template WM probability >= this.
 _WM_PROBABILITY = 0.9
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-  """Pipeline parameters (all part of each subject's cache key).
-
-  Attributes:
-    target_spacing: isotropic voxel size (mm) of the template-space output.
-    mask_threshold: lesion masks are binarised with mask >= threshold; None
-      means they must already contain only 0 and 1.
-    modalities: BIDS suffixes of the scans; the first is the reference
-      whose grid the lesion mask shares.
-    registration: "rigid" (the pose) or "affine" (also head size and
-      shear); see `registration.KINDS`.
-  """
-  target_spacing: float = 1.0
-  mask_threshold: float | None = None
-  modalities: tuple[str, ...] = ("FLAIR",)
-  registration: str = "rigid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,27 +88,6 @@ class Summary:
   cached: list[str]
   failed: dict[str, str]
   seconds: float
-
-
-def is_preprocessed(directory: str | os.PathLike) -> bool:
-  """Whether `directory` is an output of this pipeline."""
-  path = Path(directory) / DESCRIPTION_FILE
-  try:
-    description = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError):
-    return False
-  generated_by = description.get("GeneratedBy", [])
-  return isinstance(generated_by, list) and any(
-      isinstance(g, dict) and g.get("Name") == GENERATED_BY
-      for g in generated_by)
-
-
-def output_params(directory: str | os.PathLike) -> Params:
-  """The parameters an output of this pipeline (`is_preprocessed`) used."""
-  description = json.loads(
-      (Path(directory) / DESCRIPTION_FILE).read_text(encoding="utf-8"))
-  params = description["PipelineParameters"]
-  return Params(**{**params, "modalities": tuple(params["modalities"])})
 
 
 def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -161,7 +126,14 @@ def preprocess_cohort(bids_dir: str | os.PathLike, out_dir: str | os.PathLike,
   if params.registration not in registration.KINDS:
     raise InputError(f"registration: one of {', '.join(registration.KINDS)} "
                      f"(got {params.registration!r})")
-  subjects = bids.load_cohort(bids_dir, modalities=params.modalities)
+  if params.ignore_label in (0, 1):
+    raise InputError(f"ignore_label: {params.ignore_label} is the "
+                     f"{'background' if params.ignore_label == 0 else 'lesion'}"
+                     " label; the ignored label must be another value")
+  params.user_template()  # a bad template stops the run before any work
+  subjects = bids.load_cohort(bids_dir, modalities=params.modalities,
+                              selection=params.selection(),
+                              require_label_column=False)
   _prepare_output_dir(bids_dir, out_dir, params)
   records, todo = {}, []
   for subject in subjects:
@@ -205,15 +177,18 @@ def inputs_hash(bids_dir: Path, subject: bids.Subject, params: Params) -> str:
 
   Files are identified by their path relative to the cohort, size and
   modification time, so a cohort moved or copied with its timestamps is
-  not processed again.
+  not processed again. A user's template counts as an input of every
+  subject.
   """
   paths = [subject.image_paths[m] for m in params.modalities]
   paths.append(subject.lesion_mask_path)
+  paths += [Path(p) for p in (params.template, params.template_mask) if p]
   files = []
   for path in paths:
     stat = path.stat()
-    files.append([str(path.relative_to(bids_dir)), stat.st_size,
-                  stat.st_mtime_ns])
+    name = (path.relative_to(bids_dir) if path.is_relative_to(bids_dir)
+            else path)
+    files.append([str(name), stat.st_size, stat.st_mtime_ns])
   key = json.dumps({"files": files, "params": dataclasses.asdict(params),
                     "version": VERSION}, sort_keys=True)
   return hashlib.sha256(key.encode()).hexdigest()
@@ -246,25 +221,32 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
                  *nifti.load_volume(subject.image_paths[m]))
              for m in params.modalities}
     _, native, native_affine = scans[reference]
-    lesion = nifti.load_mask(
+    labels = lesion_labels.load_lesion_labels(
         subject.lesion_mask_path, reference_shape=native.shape,
         reference_affine=native_affine, reference_path=reference_path,
-        threshold=params.mask_threshold)
-    template = template_space.template_for_scan(native_affine)
+        threshold=params.mask_threshold, ignore_label=params.ignore_label)
+    lesion = labels == lesion_labels.LESION
+    template_files = params.user_template()
+    template = template_space.template_for_scan(native_affine, template_files)
   result = template_space.to_template(scans, params.target_spacing, seconds,
-                                      params.registration)
+                                      params.registration, template_files)
   reference_steps = result.native[reference]
   brain = sitk.GetArrayFromImage(reference_steps.mask).T > 0
   white_matter = brain & ~lesion & _white_matter(
       reference_steps.mask, result.to_native, template)
-  cv_before = qc.white_matter_cv(native, white_matter)
-  cv_after = qc.white_matter_cv(
-      sitk.GetArrayFromImage(reference_steps.correction.corrected).T,
-      white_matter)
+  cv_before, cv_after = (
+      qc.white_matter_cv(image, white_matter) if white_matter.any()
+      else float("nan")
+      for image in (native, sitk.GetArrayFromImage(
+          reference_steps.correction.corrected).T))
   with template_space.timed_step(seconds, "resample", reference_path):
-    lesion_t = sitk.GetArrayFromImage(geometry.resample_mask(
-        geometry.image_from_array(lesion.astype(np.uint8), native_affine),
+    lesion_t, ignored_t = (sitk.GetArrayFromImage(geometry.resample_mask(
+        geometry.image_from_array(mask.astype(np.uint8), native_affine),
         result.grid, result.to_native)).T
+                           for mask in (lesion,
+                                        labels == lesion_labels.IGNORE))
+    mask_t = np.where(ignored_t > 0, params.ignore_label or 0, 0)
+    mask_t = np.where(lesion_t > 0, 1, mask_t)
   voxel_ml = abs(np.linalg.det(native_affine[:3, :3])) / 1000
   row = {
       "participant_id": pid, "status": "ok",
@@ -286,7 +268,7 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
         f"{row['lesion_volume_template_ml']:.2f} ml")
     template_affine = geometry.image_affine(result.grid)
     with atomic_directory(outputs.lesion_dir(out_dir, pid)) as tmp:
-      nifti.save_nifti(lesion_t, template_affine,
+      nifti.save_nifti(mask_t, template_affine,
                        tmp / "anat" / f"{pid}_label-lesion_mask.nii.gz",
                        np.uint8)
     with atomic_directory(out_dir / pid) as tmp:
@@ -325,8 +307,14 @@ def preprocess_subject(subject: bids.Subject, out_dir: Path, params: Params,
 
 
 def _white_matter(image: sitk.Image, to_native: sitk.Transform,
-                  template: Template) -> np.ndarray:
-  """Template white matter (probability >= _WM_PROBABILITY) on `image`."""
+                  template: template_lib.Template) -> np.ndarray:
+  """Template white matter (probability >= _WM_PROBABILITY) on `image`.
+
+  Empty for a template without a white-matter map (the QC's coefficients
+  of variation are then NaN).
+  """
+  if template.white_matter is None:
+    return np.zeros(image.GetSize(), bool)
   probability = sitk.Resample(template.white_matter, image,
                               to_native.GetInverse(), sitk.sitkLinear, 0.0,
                               sitk.sitkFloat32)
@@ -392,7 +380,8 @@ def _prepare_output_dir(bids_dir: Path, out_dir: Path, params: Params) -> None:
                      f"{GENERATED_BY} (no {DESCRIPTION_FILE} naming it); "
                      "choose another folder")
   description = {
-      "Name": f"{bids_dir.name}, preprocessed into {TEMPLATE_SPACE}",
+      "Name": f"{bids_dir.name}, preprocessed into "
+              f"{params.template or template_lib.TEMPLATE_SPACE}",
       "BIDSVersion": "1.9.0",
       "DatasetType": "derivative",
       "GeneratedBy": [{

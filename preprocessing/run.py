@@ -3,10 +3,14 @@ r"""Preprocesses a raw BIDS cohort into template space for training.
 Usage:
   python -m preprocessing.run --bids=RAW_DIR --out=PREP_DIR \
       [--target_spacing=1.0] [--mask_threshold=0.5] [--num_workers=N] \
-      [--skip_failed] [--modalities=FLAIR,T1w] [--registration=rigid]
+      [--skip_failed] [--modalities=FLAIR,T1w] [--registration=rigid] \
+      [--template=T.nii.gz --template_mask=M.nii.gz] [--ignore_label=2] \
+      [--session=first] [--run=last] [--bids_filter=acq-3D]
 
-Registers every scan to the MNI152 2009c template, skull strips, N4-corrects,
-resamples to `target_spacing`, z-scores and crops it; see
+Registers every scan to the MNI152 2009c template (or the user's own,
+`--template` with its brain mask `--template_mask`, e.g. an age-matched
+paediatric template), skull strips, N4-corrects, resamples to
+`target_spacing`, z-scores and crops it; see
 `preprocessing.pipeline` for the steps and the output layout. PREP_DIR is
 then a cohort for training (`--config.data.cohort_dir=PREP_DIR`). A rerun
 only processes subjects whose inputs or parameters changed.
@@ -49,6 +53,20 @@ flags.DEFINE_string("registration", "rigid", "What registration to the "
                     "template fits: rigid (the head's pose) or affine (also "
                     "head size and shear, e.g. children against the adult "
                     "template).")
+flags.DEFINE_string("template", "", "Your own registration template (a "
+                    "skull-stripped NIfTI image, e.g. age-matched); empty: "
+                    "the MNI152 2009c template that nilearn ships.")
+flags.DEFINE_string("template_mask", "", "The brain mask (0/1) of --template,"
+                    " on its grid.")
+flags.DEFINE_integer("ignore_label", None, "Lesion-mask value of voxels that "
+                     "are neither lesion nor background (e.g. 2, 'other "
+                     "pathology'); kept as this value in the outputs.")
+flags.DEFINE_string("session", "first", "Which session of a participant is "
+                    "used: first, last or a session label.")
+flags.DEFINE_string("run", "last", "Which run is used: first, last or a run "
+                    "number.")
+flags.DEFINE_string("bids_filter", "", "Only scans with these entities, e.g. "
+                    "acq-3D or acq-3D,rec-norm.")
 
 
 def main(argv):
@@ -58,7 +76,12 @@ def main(argv):
   params = pipeline.Params(target_spacing=FLAGS.target_spacing,
                            mask_threshold=FLAGS.mask_threshold,
                            modalities=tuple(FLAGS.modalities),
-                           registration=FLAGS.registration)
+                           registration=FLAGS.registration,
+                           ignore_label=FLAGS.ignore_label,
+                           template=FLAGS.template,
+                           template_mask=FLAGS.template_mask,
+                           session=FLAGS.session, run=FLAGS.run,
+                           bids_filter=FLAGS.bids_filter)
   try:
     summary = pipeline.preprocess_cohort(
         FLAGS.bids, FLAGS.out, params, num_workers=FLAGS.num_workers,

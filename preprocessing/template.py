@@ -1,17 +1,23 @@
-"""The MNI152 2009c template: the registration target and its grids.
+"""The registration target and its grids: MNI152 2009c, or the user's own.
 
-The template is the MNI152 2009c nonlinear asymmetric T1 that nilearn ships
-(skull-stripped, 1 or 2 mm), with its brain mask and white-matter map, as
-SimpleITK images in LPS geometry (`geometry`).
+The default template is the MNI152 2009c nonlinear asymmetric T1 that nilearn
+ships (skull-stripped, 1 or 2 mm), with its brain mask and white-matter map.
+A user may bring another (`template_files.TemplateFiles`: an image and its
+brain mask on one grid), e.g. an age-matched paediatric template for children born preterm;
+registration, skull stripping and the template-space grid then use it. All
+are SimpleITK images in LPS geometry (`geometry`).
 """
 
 import dataclasses
 import functools
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import geometry
+from preprocessing.io import nifti
+from preprocessing.template_files import TemplateFiles
 
 # The template's name in BIDS file names (space-, from-, to- entities).
 TEMPLATE_SPACE = "MNI152NLin2009cAsym"
@@ -22,15 +28,17 @@ class Template:
   """The registration target and the maps propagated from it.
 
   Attributes:
-    t1: the skull-stripped T1 (float32).
-    brain_mask: brain mask (uint8, 0/1) on the T1's grid.
-    white_matter: white-matter probability map (float32) on the same grid.
-    resolution_mm: the grid's voxel size (1 or 2).
+    t1: the skull-stripped template image (float32).
+    brain_mask: brain mask (uint8, 0/1) on the image's grid.
+    white_matter: white-matter probability map (float32) on the same grid;
+      None for a user's template (the pipeline's white-matter QC is then
+      left out).
+    resolution_mm: the grid's (finest) voxel size.
   """
   t1: sitk.Image
   brain_mask: sitk.Image
-  white_matter: sitk.Image
-  resolution_mm: int
+  white_matter: sitk.Image | None
+  resolution_mm: float
 
 
 @functools.lru_cache(maxsize=2)
@@ -62,22 +70,47 @@ def load_template(resolution_mm: int) -> Template:
 
 
 @functools.lru_cache(maxsize=2)
-def template_grid(spacing_mm: float) -> sitk.Image:
+def load_user_template(files: TemplateFiles) -> Template:
+  """The user's template (checked by `check_files`), cached per process."""
+  data, affine = nifti.load_volume(files.image, kind="template image")
+  brain = nifti.load_mask(files.mask)
+  spacing = np.linalg.norm(affine[:3, :3], axis=0)
+  return Template(
+      t1=geometry.image_from_array(data, affine),
+      brain_mask=geometry.image_from_array(brain.astype(np.uint8), affine),
+      white_matter=None, resolution_mm=float(spacing.min()))
+
+
+def registration_target(files: TemplateFiles | None,
+                        default_mm: int) -> Template:
+  """The user's template, else the MNI152 template at `default_mm`."""
+  return (load_template(default_mm) if files is None
+          else load_user_template(files))
+
+
+@functools.lru_cache(maxsize=4)
+def template_grid(spacing_mm: float, files: TemplateFiles | None = None
+                  ) -> sitk.Image:
   """An empty uint8 image on the template's field of view at `spacing_mm`.
 
-  The grid shares the 1 mm template's first voxel centre and direction, so
-  at 1 and 2 mm it is exactly nilearn's 1 and 2 mm template grid.
+  The grid shares the template's first voxel centre and direction (for the
+  MNI152 default, the 1 mm template's, so at 1 and 2 mm it is exactly
+  nilearn's 1 and 2 mm template grid).
 
   Args:
     spacing_mm: isotropic voxel size of the grid.
+    files: the user's template; None: the MNI152 template.
 
   Returns:
     A reference image for `sitk.Resample`.
   """
-  from nilearn import datasets  # pylint: disable=g-import-not-at-top
-  template = datasets.load_mni152_brain_mask(resolution=1)
-  extent = (np.asarray(template.shape) - 1) * template.header.get_zooms()[:3]
+  if files is None:
+    from nilearn import datasets  # pylint: disable=g-import-not-at-top
+    template = datasets.load_mni152_brain_mask(resolution=1)
+  else:
+    template = nib.load(files.mask)
+  zooms = np.asarray(template.header.get_zooms()[:3], float)
+  extent = (np.asarray(template.shape[:3]) - 1) * zooms
   size = [int(n) for n in np.floor(extent / spacing_mm + 1e-6) + 1]
-  affine = template.affine @ np.diag([spacing_mm / z for z in
-                                      template.header.get_zooms()[:3]] + [1])
+  affine = template.affine @ np.diag(list(spacing_mm / zooms) + [1])
   return geometry.image_from_array(np.zeros(size, np.uint8), affine)

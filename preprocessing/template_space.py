@@ -2,12 +2,13 @@
 
 The steps of the pipeline (`pipeline`) that need no lesion mask, which
 `pvl_jax.predict` runs as well on the scans it segments (`to_template`):
-  2. register each modality to the MNI152 2009c template (`registration`:
-     multi-resolution Mattes mutual information; rigid, or rigid then
-     affine, see `registration.KINDS`);
+  2. register each modality to the template (`registration`: multi-resolution
+     Mattes mutual information; rigid, or rigid then affine, see
+     `registration.KINDS`): the MNI152 2009c template, or the user's own
+     (`template.TemplateFiles`);
   3. skull strip: the template brain mask carried into native space
-     (`skull_strip`), with the 1 mm template's mask for scans finer than
-     1.5 mm, else the 2 mm one;
+     (`skull_strip`), with the 1 mm MNI template's mask for scans finer than
+     1.5 mm, else the 2 mm one (a user's template: its own mask);
   4. N4 bias-field correction inside the brain (`bias_field`);
   5. resample into template space at a target spacing: images by cubic
      B-spline, the brain mask linearly then >= 0.5
@@ -80,7 +81,9 @@ class TemplateScans:
 def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
                 target_spacing: float,
                 seconds: dict[str, float] | None = None,
-                registration_kind: str = "rigid") -> TemplateScans:
+                registration_kind: str = "rigid",
+                template_files: template.TemplateFiles | None = None
+                ) -> TemplateScans:
   """Steps 2-6 on one subject's scans, without the lesion mask or writing.
 
   Training data and the scans `pvl_jax.predict` segments go through this
@@ -92,6 +95,7 @@ def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
     target_spacing: isotropic voxel size (mm) of the template grid.
     seconds: step name -> seconds, added to (see `qc.STEPS`).
     registration_kind: what registration fits, see `registration.KINDS`.
+    template_files: the user's template; None: the MNI152 template.
 
   Returns:
     The scans in template space, with what it took to get them there.
@@ -103,13 +107,14 @@ def to_template(scans: dict[str, tuple[Path, np.ndarray, np.ndarray]],
   seconds = dict.fromkeys(qc.STEPS, 0.0) if seconds is None else seconds
   for path, data, _ in scans.values():
     check_scan(path, data)
-  native = {m: _native_steps(*scan, registration_kind, seconds)
+  native = {m: _native_steps(*scan, registration_kind, seconds,
+                            template_files)
             for m, scan in scans.items()}
   reference_path = next(iter(scans.values()))[0]
   reference = next(iter(native.values()))
   with timed_step(seconds, "resample", reference_path):
     grid, brain = _brain_grid(reference.mask, reference.fit.transform,
-                              target_spacing)
+                              target_spacing, template_files)
     # Cubic B-spline, as nnU-Net resamples images (order 3): linear
     # interpolation blurs the scan a second time after the scanner's grid.
     images = {m: sitk.GetArrayFromImage(sitk.Resample(
@@ -138,10 +143,38 @@ def check_scan(path: str | os.PathLike, data: np.ndarray) -> None:
                      f"{data.flat[0]:g})")
 
 
-def template_for_scan(affine: np.ndarray) -> template.Template:
-  """The template (1 or 2 mm) whose brain mask a scan is stripped with."""
+def template_for_scan(affine: np.ndarray,
+                      template_files: template.TemplateFiles | None = None
+                      ) -> template.Template:
+  """The template whose brain mask a scan is stripped with.
+
+  The user's template if there is one, else the MNI152 template at 1 mm for
+  scans finer than `_FINE_SCAN_MM`, at 2 mm for the others.
+  """
+  if template_files is not None:
+    return template.load_user_template(template_files)
   finest = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).min()
   return template.load_template(1 if finest < _FINE_SCAN_MM else 2)
+
+
+def native_brain_mask(path: Path, data: np.ndarray, affine: np.ndarray,
+                      template_files: template.TemplateFiles | None = None
+                      ) -> np.ndarray:
+  """Steps 2-3 alone: a scan's brain mask on its own grid (bool).
+
+  For cohorts that bring no brain masks and are not skull stripped.
+
+  Raises:
+    InputError: naming `path`: the scan cannot be registered or stripped.
+  """
+  check_scan(path, data)
+  image = geometry.image_from_array(data, affine)
+  seconds = dict.fromkeys(qc.STEPS, 0.0)
+  fit = _register(path, image, "rigid", seconds, template_files)
+  with timed_step(seconds, "skull_strip", path):
+    mask = skull_strip.brain_mask(image, fit.transform,
+                                  template_for_scan(affine, template_files))
+  return sitk.GetArrayFromImage(mask).T > 0
 
 
 @contextlib.contextmanager
@@ -170,14 +203,25 @@ def timed_step(seconds: dict[str, float], name: str, path: Path
     seconds[name] += time.perf_counter() - start
 
 
+def _register(path: Path, image: sitk.Image, kind: str,
+              seconds: dict[str, float],
+              template_files: template.TemplateFiles | None
+              ) -> registration.Registration:
+  """Step 2 on one scan, timed."""
+  with timed_step(seconds, "register", path):
+    return registration.register_to_template(
+        image, template.registration_target(template_files,
+                                            _REGISTRATION_TEMPLATE_MM), kind)
+
+
 def _native_steps(path: Path, data: np.ndarray, affine: np.ndarray,
-                  kind: str, seconds: dict[str, float]) -> NativeSteps:
+                  kind: str, seconds: dict[str, float],
+                  template_files: template.TemplateFiles | None
+                  ) -> NativeSteps:
   """Steps 2-4 (register: `kind`, skull strip, N4) on one scan, timed."""
   image = geometry.image_from_array(data, affine)
-  with timed_step(seconds, "register", path):
-    fit = registration.register_to_template(
-        image, template.load_template(_REGISTRATION_TEMPLATE_MM), kind)
-  stripping_template = template_for_scan(affine)
+  fit = _register(path, image, kind, seconds, template_files)
+  stripping_template = template_for_scan(affine, template_files)
   with timed_step(seconds, "skull_strip", path):
     mask = skull_strip.brain_mask(image, fit.transform, stripping_template)
   with timed_step(seconds, "bias_field", path):
@@ -186,13 +230,15 @@ def _native_steps(path: Path, data: np.ndarray, affine: np.ndarray,
 
 
 def _brain_grid(native_mask: sitk.Image, to_native: sitk.Transform,
-                spacing: float) -> tuple[sitk.Image, np.ndarray]:
+                spacing: float,
+                template_files: template.TemplateFiles | None
+                ) -> tuple[sitk.Image, np.ndarray]:
   """The cropped template grid and the brain mask on it.
 
   The brain mask is carried into the full template grid first, so that the
   images are only resampled inside its bounding box.
   """
-  full = template.template_grid(spacing)
+  full = template.template_grid(spacing, template_files)
   brain = sitk.GetArrayFromImage(
       geometry.resample_mask(native_mask, full, to_native)).T > 0
   start, stop = normalize.bounding_box(

@@ -1,17 +1,19 @@
 """TFDS builder for a PVL cohort: sharded array_record records, fold splits.
 
-The builder reads a BIDS cohort whose scans already share one space (the
-template-space synthetic cohort, or the output of `preprocessing.run`) from
-the TFDS *manual dir*, z-scores each modality inside the brain mask, crops to
-the brain's bounding box, and writes one record per subject.
+The builder reads a BIDS cohort (`bids.load_cohort`) from the TFDS *manual
+dir*, takes each scan's brain mask from the cohort or computes it
+(`skull_strip_rules`), z-scores each modality inside the brain mask, crops to
+the brain's bounding box, and writes one record per subject. Lesion masks are
+stored as `lesion_labels` values: 0, 1, and `IGNORE` for voxels of the
+cohort's ignore label. Unlabelled subjects have hand_function -1.
 
-Subjects are assigned to `num_folds` splits `fold0`, `fold1`, ... stratified by
-hand function and deterministic (a fixed-seed permutation of the sorted ids).
-`fold_splits` turns a fold index into train/validation/test split strings
-(test = fold k, validation = fold k+1, train = the rest), which TFDS split
-arithmetic ("fold0+fold2") resolves without copying data. No TensorFlow is
-needed: build with `file_format="array_record"`, read with
-`tfds.data_source` / `builder.as_data_source`.
+Subjects are assigned to `num_folds` splits `fold0`, `fold1`, ... and, when
+participants.tsv predefines a test set, a split `test` (`folds.assign`, whose
+rule is kept in the dataset's metadata as `fold_rule`). Which of them train,
+validate and test is `pvl_jax.data.splits`'; TFDS split arithmetic
+("fold0+fold2") joins them without copying data. No TensorFlow is needed:
+build with `file_format="array_record"`, read with `tfds.data_source` /
+`builder.as_data_source`.
 """
 
 import contextlib
@@ -27,28 +29,54 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from preprocessing import bids
-from preprocessing.io import nifti
+from preprocessing import folds as folds_lib
+from preprocessing import lesion_labels
 from preprocessing import normalize
+from preprocessing import participants
+from preprocessing import skull_strip_rules
+from preprocessing import template_files
+from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 
-# Seed of the permutation that assigns subjects to folds; fixed so that the
-# split of a cohort never changes between builds.
-FOLD_SEED = 20261124
+# The hand_function of a subject without a label.
+UNLABELLED = -1
+# The metadata key of the rule the folds were made by.
+FOLD_RULE = "fold_rule"
 
 
 @dataclasses.dataclass
 class PVLCohortConfig(tfds.core.BuilderConfig):
-  """Builder config: how many folds, which modalities, mask binarisation.
+  """Builder config: folds, inputs, labels and masks.
 
   Attributes:
-    num_folds: number of stratified fold splits written.
+    num_folds: number of fold splits written.
     modalities: BIDS suffixes of the input channels, in channel order.
     mask_threshold: binarise lesion masks with mask >= threshold (None means
       masks must already be binary).
+    ignore_label: lesion-mask value stored as `lesion_labels.IGNORE`; None:
+      none.
+    label_column: the participants.tsv (or phenotype) column of the label.
+    phenotype: a table the labels come from instead; "" for none.
+    session, run, bids_filter: which scans are used (`bids.Selection`).
+    brain_mask: where brain masks come from (`skull_strip_rules.RULES`).
+    template, template_mask: the user's template for the `skull_strip`
+      brain-mask rule; "" for MNI152.
   """
   num_folds: int = 5
   modalities: tuple[str, ...] = ("FLAIR",)
   mask_threshold: float | None = None
+  ignore_label: int | None = None
+  label_column: str = "hand_function"
+  phenotype: str = ""
+  session: str = "first"
+  run: str = "last"
+  bids_filter: str = ""
+  brain_mask: str = "auto"
+  template: str = ""
+  template_mask: str = ""
+
+  def selection(self) -> bids.Selection:
+    return bids.Selection(self.session, self.run, self.bids_filter)
 
 
 class _DropCustomConfigNotice(logging.Filter):
@@ -80,10 +108,12 @@ def _tfds_progress_bars_off() -> Iterator[None]:
 class PVLCohort(tfds.core.GeneratorBasedBuilder):
   """A PVL cohort: images, lesion masks, brain masks and hand function."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Template-space cohort, z-scored, brain-cropped.",
       "1.1.0": "Z-scoring no longer clips intensities (kept lesion contrast).",
+      "1.2.0": "Unlabelled subjects (-1), ignored voxels (255), computed "
+               "brain masks and their source, a predefined test split.",
   }
   BUILDER_CONFIGS = [PVLCohortConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -104,38 +134,53 @@ class PVLCohort(tfds.core.GeneratorBasedBuilder):
                 shape=volume, dtype=np.uint8, encoding="zlib"),
             "brain_mask": tfds.features.Tensor(
                 shape=volume, dtype=np.uint8, encoding="zlib"),
-            "hand_function": tfds.features.ClassLabel(names=["good", "bad"]),
+            # 0 good, 1 bad, UNLABELLED.
+            "hand_function": tfds.features.Scalar(dtype=np.int32),
             "subject_id": tfds.features.Text(),
+            "brain_mask_source": tfds.features.Text(),
             "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
             "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64),
             "crop_start": tfds.features.Tensor(shape=(3,), dtype=np.int32),
             "original_shape": tfds.features.Tensor(shape=(3,), dtype=np.int32),
         }),
         supervised_keys=None,
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
-    subjects = bids.load_cohort(dl_manager.manual_dir,
-                                modalities=config.modalities)
-    folds = assign_folds([s.participant_id for s in subjects],
-                         [s.hand_function for s in subjects], config.num_folds)
+    cohort = Path(dl_manager.manual_dir)
+    subjects = bids.load_cohort(
+        cohort, modalities=config.modalities, label_column=config.label_column,
+        selection=config.selection(), phenotype=config.phenotype or None,
+        require_label_column=False)
+    assignment = folds_lib.assign(subjects, config.num_folds,
+                                  config.label_column,
+                                  cohort / participants.PARTICIPANTS_FILE)
+    self.info.metadata[FOLD_RULE] = assignment.rule
+    without = sum(s.brain_mask_path is None for s in subjects)
+    if without and config.brain_mask != "files":
+      log.info("%d of %d subjects have no brain mask: computing them "
+               "(data.brain_mask=%s)", without, len(subjects),
+               config.brain_mask)
+    split_of = {pid: fold if fold == folds_lib.TEST else f"fold{fold}"
+                for pid, fold in assignment.folds.items()}
     return {
-        f"fold{k}": self._generate_examples(
-            [s for s, f in zip(subjects, folds) if f == k])
-        for k in range(config.num_folds)
+        name: self._generate_examples(
+            [s for s in subjects if split_of[s.participant_id] == name])
+        for name in sorted(set(split_of.values()))
     }
 
   def _generate_examples(self, subjects: list[bids.Subject]):
     for subject in subjects:
-      yield subject.participant_id, encode_subject(
-          subject, self.builder_config.modalities,
-          self.builder_config.mask_threshold)
+      yield subject.participant_id, encode_subject(subject,
+                                                   self.builder_config)
 
 
-def encode_subject(subject: bids.Subject, modalities: tuple[str, ...],
-                   mask_threshold: float | None) -> dict[str, object]:
+def encode_subject(subject: bids.Subject, config: PVLCohortConfig
+                   ) -> dict[str, object]:
   """Loads, normalises and crops one subject into a TFDS example dict."""
+  modalities = config.modalities
   reference_path = subject.image_paths[modalities[0]]
   reference, affine = nifti.load_volume(reference_path)
   channels = [reference]
@@ -143,19 +188,16 @@ def encode_subject(subject: bids.Subject, modalities: tuple[str, ...],
     path = subject.image_paths[modality]
     image, other_affine = nifti.load_volume(path)
     nifti.check_same_geometry(reference_path, reference.shape, affine,
-                                 path, image.shape, other_affine)
+                              path, image.shape, other_affine)
     channels.append(image)
-  lesion = nifti.load_mask(
+  lesion = lesion_labels.load_lesion_labels(
       subject.lesion_mask_path, reference_shape=reference.shape,
       reference_affine=affine, reference_path=reference_path,
-      threshold=mask_threshold)
-  if subject.brain_mask_path is not None:
-    brain = nifti.load_mask(
-        subject.brain_mask_path, reference_shape=reference.shape,
-        reference_affine=affine, reference_path=reference_path)
-  else:
-    # Skull-stripped inputs: the brain is everything above background.
-    brain = reference > 0
+      threshold=config.mask_threshold, ignore_label=config.ignore_label)
+  brain, source = skull_strip_rules.brain_mask(
+      config.brain_mask, reference_path, reference, affine,
+      subject.brain_mask_path,
+      template_files.check_files(config.template, config.template_mask))
   start, stop = normalize.bounding_box(
       brain, margin=normalize.BRAIN_CROP_MARGIN)
   crop = tuple(slice(a, b) for a, b in zip(start, stop))
@@ -163,67 +205,17 @@ def encode_subject(subject: bids.Subject, modalities: tuple[str, ...],
                     for c in channels], axis=-1)
   return {
       "image": image,
-      "lesion_mask": lesion[crop].astype(np.uint8),
+      "lesion_mask": lesion[crop],
       "brain_mask": brain[crop].astype(np.uint8),
-      "hand_function": int(subject.hand_function),
+      "hand_function": (UNLABELLED if subject.hand_function is None
+                        else int(subject.hand_function)),
       "subject_id": subject.participant_id,
+      "brain_mask_source": source,
       "spacing": np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).astype(np.float32),
       "affine": normalize.crop_affine(affine, start),
       "crop_start": np.asarray(start, np.int32),
       "original_shape": np.asarray(reference.shape, np.int32),
   }
-
-
-def assign_folds(subject_ids: list[str], labels: list[int], num_folds: int
-                 ) -> list[int]:
-  """Stratified, deterministic fold index per subject.
-
-  Within each class, subjects (sorted by id, then permuted with a fixed seed)
-  are dealt round-robin to folds, so each fold gets a near-equal share of
-  every class, and the class dealing continues where the previous class
-  stopped so fold sizes differ by at most one.
-
-  Args:
-    subject_ids: unique ids.
-    labels: class per subject.
-    num_folds: number of folds (>= 2).
-
-  Returns:
-    Fold index per subject, aligned with `subject_ids`.
-  """
-  if num_folds < 2:
-    raise ValueError(f"num_folds must be >= 2, got {num_folds}")
-  if len(subject_ids) < num_folds:
-    raise ValueError(f"{len(subject_ids)} subjects cannot fill {num_folds} "
-                     "folds")
-  rng = np.random.default_rng(FOLD_SEED)
-  folds = [0] * len(subject_ids)
-  next_fold = 0
-  for label in sorted(set(labels)):
-    members = sorted((i for i, l in enumerate(labels) if l == label),
-                     key=lambda i: subject_ids[i])
-    for i in rng.permutation(members):
-      folds[i] = next_fold
-      next_fold = (next_fold + 1) % num_folds
-  return folds
-
-
-def fold_splits(fold: int, num_folds: int) -> dict[str, str]:
-  """TFDS split strings for one cross-validation fold.
-
-  Args:
-    fold: index of the test fold.
-    num_folds: total folds written by the builder.
-
-  Returns:
-    {"train": "foldA+foldB+...", "validation": "foldV", "test": "foldT"}.
-  """
-  if not 0 <= fold < num_folds:
-    raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
-  val = (fold + 1) % num_folds
-  train = [k for k in range(num_folds) if k not in (fold, val)]
-  return {"train": "+".join(f"fold{k}" for k in train),
-          "validation": f"fold{val}", "test": f"fold{fold}"}
 
 
 def build(cohort_dir: str | Path, data_dir: str | Path,

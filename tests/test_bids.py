@@ -8,6 +8,7 @@ import pytest
 from preprocessing import bids
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
+from tests import own_data
 
 GOOD_TSV = ("participant_id\tage\thand_function\n"
             "sub-003\t7\t1\n"
@@ -100,7 +101,10 @@ def test_both_nii_and_nii_gz_is_ambiguous(tmp_path):
   root = _make_cohort(tmp_path / "cohort")
   _write_volume(root / "sub-002" / "anat" / "sub-002_FLAIR.nii")
   message = _error(bids.load_cohort, root)
-  assert "sub-002_FLAIR.nii.gz: ambiguous" in message
+  assert message == (f"{root / 'sub-002'}: FLAIR: the session and run rules "
+                     "match 2 scans: sub-002_FLAIR.nii, sub-002_FLAIR.nii.gz;"
+                     " choose one with data.bids_filter (--bids_filter, e.g. "
+                     "acq-<label>), data.session or data.run")
 
 
 def test_read_participants_file_order(tmp_path):
@@ -126,6 +130,10 @@ def test_participants_missing(tmp_path):
      ["line 1", "no 'participant_id' column", "'subject', 'hand_function'"]),
     ("participant_id\tgroup\nsub-01\t1\n",
      ["line 1", "no 'hand_function' column", "'participant_id', 'group'"]),
+    ("participant_id\thand_function\tsplit\nsub-01\t1\tval\n",
+     ["line 2", "split is 'val', must be train or test"]),
+    ("participant_id\thand_function\tsite\nsub-01\t1\tA\nsub-02\t0\tn/a\n",
+     ["line 3", "missing site value"]),
     ("participant_id hand_function\nsub-01 1\n",
      ["no 'participant_id' column", "tab-separated"]),
     ("participant_id\thand_function\nsub-01\t1\tx\n",
@@ -164,16 +172,15 @@ def test_empty_participant_id(tmp_path):
 def test_non_binary_labels(tmp_path, value):
   path = _tsv(tmp_path, f"participant_id\thand_function\nsub-01\t{value}\n")
   message = _error(bids.read_participants, path)
-  assert message == (f"{path}: line 2: hand_function is {value!r}, must be 0 "
-                     "or 1")
+  assert message == (f"{path}: line 2: hand_function is {value!r}, must be "
+                     "0, 1 or n/a")
 
 
 @pytest.mark.parametrize("value", ["", "n/a"])
-def test_missing_labels(tmp_path, value):
+def test_missing_labels_are_unlabelled(tmp_path, value):
   path = _tsv(tmp_path, "participant_id\thand_function\nsub-01\t0\n"
                         f"sub-02\t{value}\n")
-  message = _error(bids.read_participants, path)
-  assert message == f"{path}: line 3: missing hand_function value"
+  assert bids.read_participants(path) == {"sub-01": 0, "sub-02": None}
 
 
 def test_latin1_participants(tmp_path):
@@ -201,25 +208,198 @@ def test_cohort_participants_defect_propagates(tmp_path):
 
 def test_missing_scan(tmp_path):
   root = _make_cohort(tmp_path / "cohort", modalities=("FLAIR", "T1w"))
-  expected = root / "sub-002" / "anat" / "sub-002_T1w.nii.gz"
-  expected.unlink()
+  (root / "sub-002" / "anat" / "sub-002_T1w.nii.gz").unlink()
   message = _error(bids.load_cohort, root, modalities=("FLAIR", "T1w"))
-  assert message == f"{expected}: sub-002 has no T1w scan (file not found)"
+  assert message == (f"{root / 'sub-002'}: sub-002 has no T1w scan (file not "
+                     "found)")
 
 
 def test_scan_folder_without_row(tmp_path):
   root = _make_cohort(tmp_path / "cohort")
   _write_volume(root / "sub-004" / "anat" / "sub-004_FLAIR.nii.gz")
-  (root / "sub-005").mkdir()
+  _write_volume(root / "sub-005" / "anat" / "sub-005_FLAIR.nii.gz")
   message = _error(bids.load_cohort, root)
-  assert message.startswith(f"{root / 'participants.tsv'}: no row for scan "
-                            "folder(s) sub-004, sub-005")
+  assert message == (f"{root / 'participants.tsv'}: no row for sub-004, "
+                     f"sub-005 (found in {root})")
+
+
+def test_mask_without_row(tmp_path):
+  root = _make_cohort(tmp_path / "cohort")
+  lesions = root / "derivatives" / "lesions"
+  _write_volume(lesions / "sub-009" / "anat"
+                / "sub-009_label-lesion_mask.nii.gz")
+  message = _error(bids.load_cohort, root)
+  assert message == (f"{root / 'participants.tsv'}: no row for sub-009 "
+                     f"(found in {lesions})")
 
 
 def test_missing_lesion_mask(tmp_path):
   root = _make_cohort(tmp_path / "cohort")
-  expected = (root / "derivatives" / "lesions" / "sub-003" / "anat"
-              / "sub-003_label-lesion_mask.nii.gz")
-  expected.unlink()
+  (root / "derivatives" / "lesions" / "sub-003" / "anat"
+   / "sub-003_label-lesion_mask.nii.gz").unlink()
   message = _error(bids.load_cohort, root)
-  assert message == f"{expected}: sub-003 has no lesion mask (file not found)"
+  scan = root / "sub-003" / "anat" / "sub-003_FLAIR.nii.gz"
+  assert message == (f"{scan}: sub-003 has no lesion mask for this scan (file"
+                     " not found; lesion masks of sub-003: none)")
+
+
+# A lab's study: sessions, runs, n/a labels, sites (tests/own_data.py).
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  return own_data.write_study(tmp_path_factory.mktemp("study") / "study")
+
+
+def _copy(study, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  return Path(shutil.copytree(study, tmp_path / "study"))
+
+
+def _by_id(subjects):
+  return {s.participant_id: s for s in subjects}
+
+
+def test_study_defaults_first_session_last_run(study):
+  subjects = _by_id(bids.load_cohort(study, modalities=("FLAIR", "T1w")))
+  assert len(subjects) == own_data.NUM_SUBJECTS
+  two = subjects["sub-002"]
+  assert two.session == "01"
+  assert two.image_paths["T1w"] == (study / "sub-002" / "ses-01" / "anat"
+                                    / "sub-002_ses-01_T1w.nii.gz")
+  assert two.lesion_mask_path.name == "sub-002_ses-01_label-lesion_mask.nii.gz"
+  runs = subjects[own_data.TWO_RUNS]
+  assert runs.image_paths["FLAIR"].name == "sub-005_ses-01_run-2_FLAIR.nii.gz"
+  assert runs.image_paths["T1w"].name == "sub-005_ses-01_run-2_T1w.nii.gz"
+  assert runs.lesion_mask_path.name == (
+      "sub-005_ses-01_run-2_label-lesion_mask.nii.gz")
+  assert [s.hand_function for s in subjects.values()
+          if s.participant_id in own_data.UNLABELLED] == [None] * 3
+  assert subjects["sub-015"].site == "F" and subjects["sub-015"].split is None
+  assert all(s.brain_mask_path is None for s in subjects.values())
+
+
+def test_study_last_session(study):
+  subjects = _by_id(bids.load_cohort(
+      study, selection=bids.Selection(session="last")))
+  for pid in own_data.TWO_SESSIONS:
+    assert subjects[pid].session == "02"
+    assert subjects[pid].lesion_mask_path.name == (
+        f"{pid}_ses-02_label-lesion_mask.nii.gz")
+  assert subjects["sub-001"].session == "01"
+
+
+def test_session_rule_matching_no_scan(study):
+  message = _error(bids.load_cohort, study,
+                   selection=bids.Selection(session="02"))
+  assert message == (f"{study / 'sub-001'}: FLAIR: session rule (data.session,"
+                     " --session) '02' matches no scan (found: 01)")
+
+
+def test_run_whose_scan_has_no_mask(study):
+  message = _error(bids.load_cohort, study, selection=bids.Selection(run="1"))
+  scan = (study / "sub-005" / "ses-01" / "anat"
+          / "sub-005_ses-01_run-1_FLAIR.nii.gz")
+  assert message.startswith(f"{scan}: sub-005 has no lesion mask for this "
+                            "scan (file not found; lesion masks of sub-005: "
+                            "sub-005_ses-01_run-2_label-lesion_mask.nii.gz)")
+
+
+def test_run_rule_matching_no_scan(study):
+  message = _error(bids.load_cohort, study, selection=bids.Selection(run="3"))
+  assert message == (f"{study / 'sub-005'}: FLAIR: run rule (data.run, --run) "
+                     "'3' matches no scan (found: 1, 2)")
+
+
+def test_two_acquisitions_need_a_filter(study, tmp_path):
+  root = _copy(study, tmp_path)
+  anat = root / "sub-003" / "ses-01" / "anat"
+  _write_volume(anat / "sub-003_ses-01_acq-2D_FLAIR.nii.gz")
+  message = _error(bids.load_cohort, root)
+  assert message == (
+      f"{root / 'sub-003'}: FLAIR: the session and run rules match 2 scans: "
+      "sub-003_ses-01_FLAIR.nii.gz, sub-003_ses-01_acq-2D_FLAIR.nii.gz; choose"
+      " one with data.bids_filter (--bids_filter, e.g. acq-<label>), "
+      "data.session or data.run")
+  # With an acq-2D scan for everyone, the filter picks those; the masks name
+  # no acquisition, so they cover the filtered scans as well.
+  for subject in bids.load_cohort(study):
+    scan = subject.image_paths["FLAIR"]
+    copy = (root / scan.relative_to(study)).with_name(
+        scan.name.replace("_FLAIR", "_acq-2D_FLAIR").replace(
+            "_run-2_acq-2D", "_acq-2D_run-2"))
+    _write_volume(copy)
+  chosen = _by_id(bids.load_cohort(
+      root, selection=bids.Selection(entities="acq-2D")))
+  assert chosen["sub-003"].image_paths["FLAIR"].name == (
+      "sub-003_ses-01_acq-2D_FLAIR.nii.gz")
+  assert chosen["sub-005"].image_paths["FLAIR"].name == (
+      "sub-005_ses-01_acq-2D_run-2_FLAIR.nii.gz")
+  assert chosen["sub-003"].lesion_mask_path.name == (
+      "sub-003_ses-01_label-lesion_mask.nii.gz")
+
+
+def test_filter_matching_no_scan(study):
+  message = _error(bids.load_cohort, study,
+                   selection=bids.Selection(entities="acq-3D"))
+  assert message == (f"{study / 'sub-001'}: sub-001 has no FLAIR scan with "
+                     "acq-3D (data.bids_filter, --bids_filter) (file not "
+                     "found)")
+
+
+def test_mask_matching_no_scan(study, tmp_path):
+  root = _copy(study, tmp_path)
+  mask = (root / "derivatives" / "lesions" / "sub-003" / "ses-04" / "anat"
+          / "sub-003_ses-04_label-lesion_mask.nii.gz")
+  _write_volume(mask)
+  message = _error(bids.load_cohort, root)
+  assert message == (
+      f"{mask}: matches no scan of sub-003 (its entities: session=04; scans: "
+      "sub-003_ses-01_FLAIR.nii.gz, sub-003_ses-01_T1w.nii.gz)")
+
+
+@pytest.mark.parametrize("session, run, entities, words", [
+    ("", "last", "", ["session rule", "is empty"]),
+    ("first", "second", "", ["run rule 'second'", "first, last or a run"]),
+    ("first", "last", "acq3D", ["entity filter 'acq3D'", "<entity>-<value>"]),
+    ("first", "last", "ses-01", ["entity filter 'ses-01'", "other than sub"]),
+])
+def test_malformed_rules(study, session, run, entities, words):
+  message = _error(bids.load_cohort, study,
+                   selection=bids.Selection(session, run, entities))
+  for word in words:
+    assert word in message, message
+
+
+def test_labels_from_a_phenotype_table(study, tmp_path):
+  table = tmp_path / "hand.tsv"
+  table.write_text("participant_id\tmanual_ability\n"
+                   "sub-001\t1\nsub-002\tn/a\n")
+  subjects = _by_id(bids.load_cohort(study, label_column="manual_ability",
+                                     phenotype=table))
+  assert subjects["sub-001"].hand_function == 1
+  # Missing from the table, or n/a there: unlabelled.
+  assert subjects["sub-002"].hand_function is None
+  assert subjects["sub-003"].hand_function is None
+  table.write_text("participant_id\tmanual_ability\nsub-099\t1\n")
+  message = _error(bids.load_cohort, study, label_column="manual_ability",
+                   phenotype=table)
+  assert message == (f"{table}: participant(s) sub-099 are not in "
+                     f"{study / 'participants.tsv'}")
+
+
+def test_label_column_optional_only_when_asked(study):
+  message = _error(bids.load_cohort, study, label_column="grip")
+  assert "no 'grip' column" in message
+  subjects = bids.load_cohort(study, label_column="grip",
+                              require_label_column=False)
+  assert {s.hand_function for s in subjects} == {None}
+
+
+def test_lesion_mask_chosen_by_the_rules_without_scans(study):
+  """The hand-function baseline asks for masks alone (modalities=())."""
+  subjects = _by_id(bids.load_cohort(study, modalities=(),
+                                     selection=bids.Selection(session="last")))
+  assert subjects["sub-007"].lesion_mask_path.name == (
+      "sub-007_ses-02_label-lesion_mask.nii.gz")
+  assert subjects["sub-007"].image_paths == {}

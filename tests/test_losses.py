@@ -2,10 +2,12 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from preprocessing.lesion_labels import IGNORE
 from pvl_jax.training import losses
 
 # Foreground probability 0.75 everywhere: logits (0, log 3).
@@ -77,3 +79,55 @@ def test_joint_loss_is_r_times_cls_plus_seg(r):
   seg = float(losses.dice_ce_loss(LOGITS, LABELS))
   assert float(parts["cls_loss"]) == pytest.approx(math.log(2), abs=1e-6)
   assert float(loss) == pytest.approx(r * math.log(2) + seg, abs=1e-5)
+
+
+# Ignored voxels (lesion_labels.IGNORE) and unlabelled subjects (-1).
+
+
+def _numpy_dice_ce(logits, labels):
+  """Soft Dice (per sample, foreground) + CE over the non-ignored voxels."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  dice = []
+  ce_sum, count = 0.0, 0
+  for p, l in zip(probs, labels):
+    keep = l != IGNORE
+    fg, ref = p[..., 1][keep], (l[keep] == 1)
+    dice.append((2 * (fg * ref).sum() + 1e-5)
+                / (fg.sum() + ref.sum() + 1e-5))
+    ce_sum -= np.log(p[keep][np.arange(keep.sum()), l[keep]]).sum()
+    count += keep.sum()
+  return 1 - np.mean(dice) + ce_sum / count
+
+
+def test_ignored_voxels_count_in_neither_term():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 6, 5, 2)).astype(np.float32)
+  labels = (rng.random((2, 6, 5)) < 0.3).astype(np.int32)
+  labels[0, :2] = IGNORE
+  labels[1, 4, 1:3] = IGNORE
+  got = losses.dice_ce_loss(jnp.asarray(logits), jnp.asarray(labels))
+  assert float(got) == pytest.approx(_numpy_dice_ce(logits, labels),
+                                     rel=1e-5)
+  # Whatever the network says inside them changes nothing, nor its gradient.
+  changed = np.where((labels == IGNORE)[..., None], 50.0 * logits, logits)
+  assert float(losses.dice_ce_loss(jnp.asarray(changed), jnp.asarray(labels))
+               ) == pytest.approx(float(got), rel=1e-6)
+  grad = jax.grad(lambda x: losses.dice_ce_loss(x, jnp.asarray(labels)))(
+      jnp.asarray(logits))
+  assert not np.asarray(grad)[labels == IGNORE].any()
+  assert np.asarray(grad)[labels != IGNORE].any()
+
+
+def test_unlabelled_subjects_are_out_of_the_classification_loss():
+  logits = jnp.array([0.3, -1.2, 2.0, 0.5])
+  labels = jnp.array([1, -1, 0, -1])
+  kept = np.array([0, 2])
+  z, y = np.asarray(logits)[kept], np.array([1.0, 0.0])
+  expected = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-abs(z))))
+  assert float(losses.classification_loss(logits, labels)) == pytest.approx(
+      expected, rel=1e-6)
+  assert float(losses.classification_loss(logits, -jnp.ones(4, jnp.int32))
+               ) == 0.0
+  grad = jax.grad(losses.classification_loss)(logits, labels)
+  assert np.asarray(grad)[[1, 3]].tolist() == [0.0, 0.0]

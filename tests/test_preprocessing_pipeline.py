@@ -245,7 +245,8 @@ def test_output_is_a_cohort_for_training(prep):
   first = subjects[0]
   assert first.brain_mask_path == (out / "sub-001" / "anat" /
                                    "sub-001_desc-brain_mask.nii.gz")
-  example = tfds_builder.encode_subject(first, ("FLAIR",), None)
+  example = tfds_builder.encode_subject(
+      first, tfds_builder.PVLCohortConfig(name="test"))
   assert example["lesion_mask"].sum() > 0
   np.testing.assert_allclose(example["spacing"], [2, 2, 2])
 
@@ -341,7 +342,7 @@ BAD_FILES = {
     "nan": "1 NaN",
     "mask_shape": "differs from shape",
     "mask_affine": "affine differs",
-    "non_binary": "mask is not binary",
+    "non_binary": "holds values other than 0, 1",
 }
 
 
@@ -406,7 +407,7 @@ def test_non_binary_mask_is_binarised_with_a_threshold(raw_cohort, tmp_path):
   _corrupt("non_binary", raw, "sub-001")  # values 0 and 0.7
   subject = bids.load_cohort(raw)[0]
   out = tmp_path / "out"
-  with pytest.raises(InputError, match="mask is not binary"):
+  with pytest.raises(InputError, match="holds values other than 0, 1"):
     pipeline.preprocess_subject(subject, out, pipeline.Params(), "digest")
   assert _no_partial_outputs(out, "sub-001")
   record = pipeline.preprocess_subject(
@@ -448,7 +449,7 @@ def test_scan_without_row(raw_cohort, tmp_path):
                                         "sub-001\t1\n")
   result = _run_cli(f"--bids={raw}", f"--out={tmp_path / 'out'}")
   assert result.returncode == 2
-  assert "no row for scan folder(s) sub-002" in result.stderr
+  assert "no row for sub-002 (found in " in result.stderr
 
 
 @pytest.mark.parametrize("where", ["raw", "parent", "foreign"])

@@ -366,3 +366,46 @@ def test_remove_small_components_and_choice_on_validation():
   # Reference includes the single voxel: no postprocessing is best.
   ref[8, 8, 8] = True
   assert postprocess_choice.choose_min_size([mask], [ref | mask]) == 0
+
+
+# Ignored voxels: the prediction there is masked out (WMH's label 2).
+
+
+def _blob_case():
+  ref = np.zeros((20, 20, 20), bool)
+  ref[3:7, 3:7, 3:7] = True
+  ignore = np.zeros_like(ref)
+  ignore[12:17, 12:17, 12:17] = True
+  pred = np.zeros_like(ref)
+  pred[4:7, 3:7, 3:7] = True
+  return pred, ref, ignore
+
+
+def test_prediction_inside_ignored_voxels_is_not_held_against_the_model():
+  pred, ref, ignore = _blob_case()
+  clean = seg.evaluate_subject(pred, ref, (1, 1, 1), ignore=ignore)
+  with_blob = seg.evaluate_subject(pred | ignore, ref, (1, 1, 1),
+                                   ignore=ignore)
+  assert with_blob == clean
+  # Dice by hand: 48 predicted voxels inside the 64-voxel lesion.
+  assert clean["dice"] == pytest.approx(2 * 48 / (48 + 64))
+  assert clean["lesion_precision"] == 1.0
+  # Without the ignore mask the blob is a false positive lesion.
+  scored = seg.evaluate_subject(pred | ignore, ref, (1, 1, 1))
+  assert scored["dice"] == pytest.approx(2 * 48 / (48 + 125 + 64))
+  assert scored["lesion_precision"] == 0.5
+
+
+def test_missing_ignored_voxels_costs_nothing_either():
+  pred, ref, ignore = _blob_case()
+  partly = pred.copy()
+  partly[13:15, 13:15, 13:15] = True  # half the blob predicted
+  assert (seg.evaluate_subject(partly, ref, (1, 1, 1), ignore=ignore)
+          == seg.evaluate_subject(pred, ref, (1, 1, 1), ignore=ignore))
+
+
+def test_ignore_overlapping_the_reference_is_refused():
+  pred, ref, ignore = _blob_case()
+  ignore[5, 5, 5] = True
+  with pytest.raises(ValueError, match="ignore overlaps ref"):
+    seg.evaluate_subject(pred, ref, (1, 1, 1), ignore=ignore)

@@ -16,6 +16,11 @@ and the records are built from that. The pipeline skips subjects whose input
 files and parameters are unchanged, so a rerun processes nothing again and,
 writing nothing, keeps the records' cache key. A cohort that is already a
 pipeline output is used as it is.
+
+The cohort's own options (`data.label_column`, `data.phenotype_file`,
+`data.session`, `data.run`, `data.bids_filter`, `data.ignore_label`,
+`data.brain_mask`, `data.preprocess.template`) go into the builder config,
+whose name encodes them, so each combination has its own records.
 """
 
 import contextlib
@@ -29,9 +34,13 @@ from typing import Any, Iterator
 
 import ml_collections
 
+from preprocessing import participants
+from preprocessing import pipeline_output
+from preprocessing import template_files as template_files_lib
 from preprocessing import tfds_builder
 from preprocessing.io import workers
 from preprocessing.io.errors import InputError
+from pvl_jax.data import splits
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +74,16 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
   from preprocessing.synthetic import cohort as synthetic_cohort_lib  # pylint: disable=g-import-not-at-top
   from preprocessing.synthetic import params as synthetic_params  # pylint: disable=g-import-not-at-top
   spec = config.data.synthetic
-  params = synthetic_params.CohortParams(resolution_mm=spec.resolution_mm)
+  # A run's config.json gives tuples back as lists; older ones have none.
+  overrides = {name: tuple(value) if isinstance(value, list) else value
+               for name, value in (spec.get("overrides") or {}).items()}
+  try:
+    params = synthetic_params.CohortParams(resolution_mm=spec.resolution_mm,
+                                           **overrides)
+  except TypeError as e:
+    fields = [f.name for f in dataclasses.fields(synthetic_params.CohortParams)]
+    raise InputError(f"config.data.synthetic.overrides: {e}; the fields are "
+                     f"{fields}") from None
   key = _digest(repr((synthetic_cohort_lib.GENERATOR_VERSION, spec.num_subjects,
                       spec.seed, dataclasses.asdict(params))))
   out = (cache_root(config) / "cohorts" /
@@ -89,13 +107,17 @@ def preprocessed_cohort(config: ml_collections.ConfigDict, cohort: Path
   """Runs the preprocessing pipeline on a raw cohort (cached, see above)."""
   # Imported here: SimpleITK and the pipeline are only needed for raw data.
   from preprocessing import pipeline  # pylint: disable=g-import-not-at-top
-  if pipeline.is_preprocessed(cohort):
+  if pipeline_output.is_preprocessed(cohort):
     return cohort
-  threshold = config.data.mask_threshold
-  params = pipeline.Params(
-      target_spacing=config.data.preprocess.target_spacing,
-      mask_threshold=threshold if threshold >= 0 else None,
-      modalities=tuple(config.data.modalities))
+  data = config.data
+  files = template_files(config)
+  params = pipeline_output.Params(
+      target_spacing=data.preprocess.target_spacing,
+      mask_threshold=_mask_threshold(data), modalities=tuple(data.modalities),
+      ignore_label=_ignore_label(data),
+      template=files.image if files else "",
+      template_mask=files.mask if files else "",
+      **{k: _option(data, k) for k in ("session", "run", "bids_filter")})
   out = (cache_root(config) / "preprocessed" /
          f"{cohort.name}-{_digest(repr((str(cohort), params)))}")
   with _locked(out.with_suffix(".lock")):
@@ -113,15 +135,13 @@ def template_spacing(config: ml_collections.ConfigDict) -> float:
   pipeline output records its own spacing. Any other cohort is taken to be
   in template space at data.preprocess.target_spacing.
   """
-  # Imported here: SimpleITK and the pipeline are only needed for raw data.
-  from preprocessing import pipeline  # pylint: disable=g-import-not-at-top
   data = config.data
   # Runs older than the preprocessing option have no data.preprocess.
   preprocess = data.get("preprocess")
   if data.cohort_dir:
     cohort = Path(data.cohort_dir).expanduser()
-    if pipeline.is_preprocessed(cohort):
-      return pipeline.output_params(cohort).target_spacing
+    if pipeline_output.is_preprocessed(cohort):
+      return pipeline_output.output_params(cohort).target_spacing
   elif not (preprocess and preprocess.enabled):
     return float(data.synthetic.resolution_mm)
   if preprocess is None:
@@ -129,6 +149,30 @@ def template_spacing(config: ml_collections.ConfigDict) -> float:
                      "data.preprocess.target_spacing, so the template spacing "
                      "of its cohort is unknown")
   return float(preprocess.target_spacing)
+
+
+def template_files(config: ml_collections.ConfigDict
+                   ) -> template_files_lib.TemplateFiles | None:
+  """The template the config's volumes are registered to; None: MNI152.
+
+  The config's `data.preprocess.template` (checked), else the template of a
+  cohort that is a pipeline output.
+
+  Raises:
+    InputError: naming the config key: an image without a mask or the
+      reverse, or a mask on another grid (`template.check_files`).
+  """
+  data = config.data
+  preprocess = data.get("preprocess") or {}
+  key = "config.data.preprocess.template"
+  files = template_files_lib.check_files(preprocess.get("template", ""),
+                                   preprocess.get("template_mask", ""),
+                                   key, f"{key}_mask")
+  if files is None and data.cohort_dir:
+    cohort = Path(data.cohort_dir).expanduser()
+    if pipeline_output.is_preprocessed(cohort):
+      return pipeline_output.output_template(cohort)
+  return files
 
 
 def cohort_fingerprint(cohort_dir: Path) -> str:
@@ -142,16 +186,95 @@ def cohort_fingerprint(cohort_dir: Path) -> str:
   return _digest("\n".join(entries))
 
 
-def builder_config(config: ml_collections.ConfigDict
-                   ) -> tfds_builder.PVLCohortConfig:
-  """The TFDS builder config; its name encodes every field it depends on."""
+def _file_identity(path: str) -> str:
+  """A file outside the cohort, identified as the fingerprint does."""
+  if not path:
+    return ""
+  stat = Path(path).stat()
+  return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+# The cohort options of configs/joint.py, for configs of runs older than them
+# (e.g. a finished run that `cross_evaluate` reads).
+_OPTION_DEFAULTS = {"label_column": "hand_function", "phenotype_file": "",
+                    "session": "first", "run": "last", "bids_filter": "",
+                    "ignore_label": -1, "brain_mask": "auto"}
+
+
+def _option(data: ml_collections.ConfigDict, key: str) -> Any:
+  return data.get(key, _OPTION_DEFAULTS[key])
+
+
+def _mask_threshold(data: ml_collections.ConfigDict) -> float | None:
+  return data.mask_threshold if data.mask_threshold >= 0 else None
+
+
+def _ignore_label(data: ml_collections.ConfigDict) -> int | None:
+  label = _option(data, "ignore_label")
+  return label if label >= 0 else None
+
+
+def _phenotype(config: ml_collections.ConfigDict) -> str:
+  """data.phenotype_file as an absolute path (relative: to the cohort)."""
   data = config.data
-  threshold = data.mask_threshold if data.mask_threshold >= 0 else None
+  if not _option(data, "phenotype_file"):
+    return ""
+  path = Path(data.phenotype_file).expanduser()
+  if not path.is_absolute():
+    path = Path(data.cohort_dir).expanduser() / path
+  if not path.is_file():
+    raise InputError(f"{path}: config.data.phenotype_file not found")
+  return str(path.resolve())
+
+
+def builder_config(config: ml_collections.ConfigDict,
+                   preprocessed: bool = False
+                   ) -> tfds_builder.PVLCohortConfig:
+  """The TFDS builder config; its name encodes every field it depends on.
+
+  Args:
+    config: the training config.
+    preprocessed: the cohort is a pipeline output: one scan per subject,
+      already chosen, so the session, run and entity rules are not applied.
+  """
+  data = config.data
+  threshold = _mask_threshold(data)
+  files = template_files(config)
+  options = dict(
+      ignore_label=_ignore_label(data),
+      label_column=_option(data, "label_column"),
+      phenotype=_phenotype(config), brain_mask=_option(data, "brain_mask"),
+      template=files.image if files else "",
+      template_mask=files.mask if files else "")
+  if not preprocessed:
+    options.update((k, _option(data, k))
+                   for k in ("session", "run", "bids_filter"))
+  defaults = tfds_builder.PVLCohortConfig(name="defaults")
+  changed = {k: v for k, v in options.items() if getattr(defaults, k) != v}
+  # Options off their defaults enter the name as a hash (with the identity
+  # of the files outside the cohort they name).
+  key = repr(sorted(changed.items())) + "".join(
+      _file_identity(changed.get(k, "")) for k in
+      ("phenotype", "template", "template_mask"))
   name = (f"folds{data.num_folds}-{'-'.join(data.modalities)}"
-          + ("" if threshold is None else f"-thr{threshold:g}"))
+          + ("" if threshold is None else f"-thr{threshold:g}")
+          + (f"-{_digest(key)}" if changed else ""))
   return tfds_builder.PVLCohortConfig(
       name=name, num_folds=data.num_folds, modalities=tuple(data.modalities),
-      mask_threshold=threshold)
+      mask_threshold=threshold, **options)
+
+
+def _check_labels(config: ml_collections.ConfigDict, cohort: Path) -> None:
+  """r > 0 needs the label column (an all-n/a column trains with r = 0)."""
+  if config.r <= 0:
+    return
+  table = (Path(_phenotype(config)) if _phenotype(config)
+           else cohort / participants.PARTICIPANTS_FILE)
+  column = _option(config.data, "label_column")
+  if not participants.has_column(table, column):
+    raise InputError(
+        f"{table}: no '{column}' column (config.data.label_column), which "
+        f"r = {config.r:g} needs; set config.r=0 to train segmentation only")
 
 
 def prepare(config: ml_collections.ConfigDict) -> tfds_builder.PVLCohort:
@@ -161,25 +284,30 @@ def prepare(config: ml_collections.ConfigDict) -> tfds_builder.PVLCohort:
     config: the training config.
 
   Raises:
-    InputError: if a configured cohort directory does not exist.
+    InputError: the cohort directory does not exist, the label column is
+      missing while r > 0, or the cohort is invalid.
   """
   if config.data.cohort_dir:
     cohort = Path(config.data.cohort_dir).expanduser().resolve()
     if not cohort.is_dir():
       raise InputError(f"{cohort}: config.data.cohort_dir does not exist")
+    _check_labels(config, cohort)
   else:
     cohort = synthetic_cohort(config)
   if config.data.preprocess.enabled:
     cohort = preprocessed_cohort(config, cohort)
+  build_config = builder_config(config,
+                                pipeline_output.is_preprocessed(cohort))
   data_dir = (cache_root(config) / "tfds" /
               f"{cohort.name}-{cohort_fingerprint(cohort)}")
   with _locked(data_dir.with_suffix(".lock")):
-    return tfds_builder.build(cohort, data_dir, builder_config(config))
+    return tfds_builder.build(cohort, data_dir, build_config)
 
 
 def split_sources(builder: tfds_builder.PVLCohort,
                   config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Random-access data sources for train/validation/test of the fold."""
-  splits = tfds_builder.fold_splits(config.data.fold, config.data.num_folds)
+  names = splits.fold_splits(config.data.fold, config.data.num_folds,
+                             splits.has_predefined_test(builder.info))
   return {name: builder.as_data_source(split)
-          for name, split in splits.items()}
+          for name, split in names.items()}

@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from preprocessing import lesion_labels
 from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from pvl_jax.data import records
@@ -115,8 +116,9 @@ def decoded_subjects(source: Any) -> list[Subject]:
 def _decode(record: Mapping[str, Any], directory: Path) -> None:
   """Writes a record's volumes to `directory` (appears complete or not)."""
   label = np.asarray(record["lesion_mask"], np.uint8)
+  # Ignored voxels (lesion_labels.IGNORE) are no lesion to sample around.
   arrays = {"image": np.asarray(record["image"], np.float32), "label": label,
-            "lesion": np.flatnonzero(label)}
+            "lesion": np.flatnonzero(label == lesion_labels.LESION)}
   try:
     with atomic_directory(directory) as tmp:
       for name in _DECODED_FILES:

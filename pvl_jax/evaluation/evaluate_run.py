@@ -3,10 +3,16 @@
 Segmentation metrics are computed per subject on the cropped volume (the
 lesion mask lies inside the brain crop, so nothing is lost) and aggregated
 as the poster reports them (means over subjects). Predicted masks are
-restricted to the subject's brain mask. For r > 0 the hand-function
+restricted to the subject's brain mask. Voxels of the cohort's ignore label
+are scored as the WMH evaluation scores its label 2: the prediction there is
+masked out before every metric (and before choosing the postprocessing), so
+neither predicting nor missing them counts. For r > 0 the hand-function
 probability of a subject is the sigmoid of its logit (the head of its windows'
 mean summaries, or its mean window logit: `model.cls_head`); the decision
-threshold is chosen on the validation split and applied to the test split.
+threshold is chosen on the validation split's labelled subjects and applied
+to the test split's; unlabelled subjects are left out of the classification
+metrics (`n_labelled`). `results["split"]` names the split rule and the
+labelled subjects per split (`pvl_jax.data.splits`).
 Each subject's prediction time is recorded (`inference_s`), until its
 probability map is on the host.
 """
@@ -21,8 +27,10 @@ import numpy as np
 import tqdm
 
 from preprocessing.io import nifti
+from preprocessing import lesion_labels
 from preprocessing import normalize
 from pvl_jax.data import records
+from pvl_jax.data import splits as splits_lib
 from pvl_jax.inference import sliding_window
 from pvl_jax.models import unet
 from pvl_jax.evaluation import plots
@@ -38,7 +46,8 @@ def predict_split(
     config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
   """Predicts every subject of a split (masks at probability 0.5)."""
   split = {"subjects": [], "predictions": {}, "references": {},
-           "spacings": {}, "inference_s": {}, "logits": [], "labels": []}
+           "ignored": {}, "spacings": {}, "inference_s": {}, "logits": [],
+           "labels": []}
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
     start = time.perf_counter()
@@ -54,7 +63,9 @@ def predict_split(
     # Lesions lie in the brain by definition; what the network marks in the
     # dark background (it sees little of it in training) is discarded.
     split["predictions"][subject] = (probs > 0.5) & (record["brain_mask"] > 0)
-    split["references"][subject] = record["lesion_mask"] > 0
+    split["references"][subject] = (record["lesion_mask"]
+                                    == lesion_labels.LESION)
+    split["ignored"][subject] = record["lesion_mask"] == lesion_labels.IGNORE
     split["spacings"][subject] = tuple(record["spacing"])
     split["logits"].append(logit)
     split["labels"].append(int(record["hand_function"]))
@@ -73,7 +84,8 @@ def segmentation_results(split: Mapping[str, Any]) -> dict[str, Any]:
   `sliding_window.BUCKET`, is new; null for a single subject).
   """
   rows = [{"subject_id": s, **segmentation.evaluate_subject(
-      split["predictions"][s], split["references"][s], split["spacings"][s]),
+      split["predictions"][s], split["references"][s], split["spacings"][s],
+      ignore=split["ignored"][s]),
            "inference_s": split["inference_s"][s]}
           for s in split["subjects"]]
   seconds = [row["inference_s"] for row in rows]
@@ -104,7 +116,7 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   if config.inference.postprocess:
     val = splits["val"]
     min_size = postprocess_choice.choose_min_size(
-        [val["predictions"][s] for s in val["subjects"]],
+        [val["predictions"][s] & ~val["ignored"][s] for s in val["subjects"]],
         [val["references"][s] for s in val["subjects"]])
     for split in splits.values():
       split["predictions"] = {
@@ -115,15 +127,14 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   results["postprocessing"] = {"min_component_voxels": min_size,
                                "chosen_on": "validation"}
   if config.r > 0:
-    threshold = classification.choose_threshold(splits["val"]["labels"],
-                                                splits["val"]["cls_prob"])
-    for name, split in splits.items():
-      cls = classification.classification_metrics(
-          split["labels"], split["cls_prob"], threshold)
-      results[name].update({f"cls_{k}": v for k, v in cls.items()})
-      results[name]["cls_threshold"] = threshold
-      for row, prob in zip(results[name]["per_subject"], split["cls_prob"]):
-        row["hand_function_prob"] = float(prob)
+    classification_results(splits, results)
+  summary = splits_lib.summarize(sources, config)
+  results["split"] = {"rule": summary["rule"], "fold": summary["fold"],
+                      "num_folds": summary["num_folds"],
+                      "num_subjects": {n: len(ids) for n, ids in
+                                       summary["subjects"].items()},
+                      "num_labelled": summary["labelled"],
+                      "brain_masks": summary["brain_masks"]}
   results["threshold_baseline"] = threshold_baseline_results(sources)
   plots.prediction_overlays(
       sources["test"], splits["test"]["predictions"],
@@ -131,6 +142,37 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   save_predictions(sources["test"], splits["test"]["predictions"],
                    workdir / "predictions")
   return results
+
+
+def classification_results(splits: Mapping[str, Mapping[str, Any]],
+                           results: dict[str, Any]) -> None:
+  """Adds hand-function metrics of the labelled subjects to `results`.
+
+  The threshold is chosen on the validation split's labelled subjects; when
+  they do not hold both classes it stays at 0.5 (`cls_threshold_chosen_on`
+  says which). A split without labelled subjects gets `n_labelled` 0 and no
+  metrics.
+  """
+  val = splits["val"]
+  labelled = val["labels"] >= 0
+  if np.unique(val["labels"][labelled]).size == 2:
+    threshold = classification.choose_threshold(val["labels"][labelled],
+                                                val["cls_prob"][labelled])
+    chosen_on = "validation"
+  else:
+    threshold, chosen_on = 0.5, "default (validation lacks a class)"
+  for name, split in splits.items():
+    labelled = split["labels"] >= 0
+    results[name]["n_labelled"] = int(labelled.sum())
+    for row, prob in zip(results[name]["per_subject"], split["cls_prob"]):
+      row["hand_function_prob"] = float(prob)
+    if not labelled.any():
+      continue
+    cls = classification.classification_metrics(
+        split["labels"][labelled], split["cls_prob"][labelled], threshold)
+    results[name].update({f"cls_{k}": v for k, v in cls.items()})
+    results[name]["cls_threshold"] = threshold
+    results[name]["cls_threshold_chosen_on"] = chosen_on
 
 
 def save_predictions(source: Any, predictions: Mapping[str, np.ndarray],
@@ -154,19 +196,33 @@ def save_predictions(source: Any, predictions: Mapping[str, np.ndarray],
 
 
 def threshold_baseline_results(sources: Mapping[str, Any]) -> dict[str, float]:
-  """Tunes the intensity threshold on train, reports test Dice/VOE means."""
+  """Tunes the intensity threshold on train, reports test Dice/VOE means.
+
+  Ignored voxels are taken out of the brain mask the baseline thresholds
+  inside, so they weigh neither in its tuning nor in its scores.
+  """
   train = sources["train"]
   threshold, train_dice = threshold_baseline.tune_threshold(
-      train[i] for i in range(len(train)))
-  test = sources["test"]
+      _without_ignored(train[i]) for i in range(len(train)))
+  test = [_without_ignored(sources["test"][i])
+          for i in range(len(sources["test"]))]
   rows = [segmentation.evaluate_subject(
-      threshold_baseline.predict(test[i], threshold),
-      test[i]["lesion_mask"] > 0, tuple(test[i]["spacing"]))
-          for i in range(len(test))]
+      threshold_baseline.predict(record, threshold),
+      record["lesion_mask"] > 0, tuple(record["spacing"]))
+          for record in test]
   summary = segmentation.aggregate(rows)
   return {"threshold": threshold, "train_pooled_dice": train_dice,
           "test_dice_mean": summary["dice_mean"],
           "test_voe_mean": summary["voe_mean"]}
+
+
+def _without_ignored(record: Mapping[str, Any]) -> dict[str, Any]:
+  """A record whose ignored voxels are neither lesion nor brain."""
+  labels = np.asarray(record["lesion_mask"])
+  ignored = labels == lesion_labels.IGNORE
+  return {**record,
+          "lesion_mask": (labels == lesion_labels.LESION).astype(np.uint8),
+          "brain_mask": (np.asarray(record["brain_mask"]) > 0) & ~ignored}
 
 
 def _metrics_only(row: Mapping[str, Any]) -> dict[str, float]:

@@ -10,6 +10,12 @@ lesions shows up instead of disappearing inside a Dice score.
 Inputs are binary numpy arrays (bool, or numbers that are all 0 or 1) of equal
 shape, 2D or 3D; `spacing` is the voxel size in mm along each array axis.
 
+Ignored voxels (`evaluate_subject`'s `ignore`: a cohort's ignore label, the
+WMH challenge's label 2 "other pathology") are scored as the WMH evaluation
+script scores them: the prediction is masked out there (set to background)
+before any metric, and they are not reference lesion, so a prediction inside
+them counts neither for nor against the model.
+
 Empty-mask rule (one rule for every metric):
   * Both masks empty: the prediction is exactly right, so every metric takes
     its best value: dice 1, voe 0, hd95 0, avd 0, lesion recall, precision and
@@ -288,6 +294,7 @@ def evaluate_subject(
     ref: ArrayLike,
     spacing: ArrayLike,
     bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML,
+    ignore: ArrayLike | None = None,
 ) -> dict[str, float]:
   """All segmentation metrics of one subject, as one flat dict.
 
@@ -296,11 +303,20 @@ def evaluate_subject(
     ref: Reference binary mask, same shape.
     spacing: Voxel size in mm along each axis.
     bins_ml: Lesion size bin edges in ml, see `lesion_recall_by_size`.
+    ignore: Binary mask of voxels left out of scoring (see the module
+      docstring), same shape, disjoint from `ref`; None: none.
 
   Returns:
     Dict with dice, voe, hd95_mm, avd_pct, lesion_recall, lesion_precision,
     lesion_f1, and per size bin `size_<bin>_n_ref` and `size_<bin>_n_detected`.
   """
+  if ignore is not None:
+    ignore, ref = _as_binary_pair(ignore, ref)
+    if np.any(ignore & ref):
+      raise ValueError("ignore overlaps ref: an ignored voxel cannot be "
+                       "reference lesion")
+    pred, _ = _as_binary_pair(pred, ref)
+    pred = pred & ~ignore
   detection = lesion_detection(pred, ref)
   metrics = {
       "dice": dice(pred, ref),

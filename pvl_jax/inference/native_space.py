@@ -2,7 +2,8 @@
 
 Per scan: load and check it (one volume per modality of the run), preprocess
 it as the training volumes were (`preprocessing.template_space.to_template`:
-registration to the template, skull stripping, N4, resampling to the run's
+registration to the run's template -- MNI152, or the one the user brought,
+`dataset.template_files` -- skull stripping, N4, resampling to the run's
 template spacing, z-scoring, brain crop), predict with the run
 (`trained_run.TrainedRun.predict`: sliding window, brain mask,
 postprocessing), and bring the lesion probabilities back onto the scan's grid
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 from preprocessing import geometry
 from preprocessing import template_space
 from preprocessing.io import nifti
+from pvl_jax.data import dataset
 from pvl_jax.inference import trained_run
 
 
@@ -59,7 +61,8 @@ def segment(run: trained_run.TrainedRun, path: Path) -> Prediction:
   data, affine = load_scan(run, path)
   scans = template_space.to_template(
       {m: (path, data[..., c], affine) for c, m in enumerate(run.modalities)},
-      run.template_spacing)
+      run.template_spacing,
+      template_files=dataset.template_files(run.config))
   image = np.stack([scans.images[m] for m in run.modalities], axis=-1)
   probs, hand_function_prob = run.predict(image, scans.brain)
   native = to_native(probs, scans.grid, scans.to_native, data.shape[:3],

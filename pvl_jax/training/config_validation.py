@@ -3,6 +3,8 @@
 import jax
 import ml_collections
 
+from preprocessing import bids
+from preprocessing import skull_strip_rules
 from preprocessing.io.errors import InputError
 from pvl_jax.data import bags
 from pvl_jax.planning import config_plan
@@ -48,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= data.foreground_fraction <= 1.0, "data.foreground_fraction",
            f"must be in [0, 1] (got {data.foreground_fraction})")
   _require(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+  _validate_cohort_options(data)
   if not data.cohort_dir:
     _require(data.synthetic.num_subjects >= data.num_folds,
              "data.synthetic.num_subjects",
@@ -142,6 +145,27 @@ def _validate_platform(platform: str) -> None:
              "; is JAX's GPU/TPU plugin installed and working (e.g. "
              "pip install 'jax[cuda12]'; python -c 'import jax; "
              "print(jax.devices())')?")
+
+
+def _validate_cohort_options(data: ml_collections.ConfigDict) -> None:
+  """Labels, scan choice, ignore label, brain masks, template."""
+  ignore = data.ignore_label
+  _require(ignore == -1 or ignore >= 2, "data.ignore_label",
+           f"{ignore} is the {'lesion' if ignore == 1 else 'background'} "
+           "label; use another mask value, or -1 for none"
+           if ignore in (0, 1) else f"must be -1 (none) or >= 2 (got {ignore})")
+  _require(bool(data.label_column), "data.label_column", "is empty")
+  _require(data.brain_mask in skull_strip_rules.RULES, "data.brain_mask",
+           f"must be one of {skull_strip_rules.RULES} (got "
+           f"{data.brain_mask!r})")
+  bids.Selection(data.session, data.run, data.bids_filter).check()
+  preprocess = data.preprocess
+  for key, other in (("template", "template_mask"),
+                     ("template_mask", "template")):
+    _require(bool(preprocess[key]) or not preprocess[other],
+             f"data.preprocess.{key}",
+             f"not set, but data.preprocess.{other} is; a template needs "
+             "both its image and its brain mask")
 
 
 def _validate_mirror_axes(axes) -> None:

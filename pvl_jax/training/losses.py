@@ -4,6 +4,11 @@ L_seg is nnU-Net's DC_and_CE_loss: soft Dice over the foreground classes plus
 softmax cross-entropy, summed over deep-supervision outputs with weights
 1/2^i (finest first) except 0 for the coarsest, normalised to sum to one
 (nnU-Net v2's nnUNetTrainer._build_loss).
+
+Voxels labelled `lesion_labels.IGNORE` (a cohort's ignore label) count in
+neither term, as nnU-Net masks its ignore label out of both; subjects whose
+hand function is negative (unlabelled) count nowhere in L_cls. Both are read
+from the labels themselves, so callers pass batches as they come.
 """
 
 from collections.abc import Sequence
@@ -13,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from preprocessing.lesion_labels import IGNORE
+
 
 def soft_dice_loss(logits: jax.Array, labels: jax.Array,
                    smooth: float = 1e-5, batch_dice: bool = False) -> jax.Array:
@@ -20,7 +27,8 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array,
 
   Args:
     logits: (batch, *spatial, num_classes).
-    labels: integer class map, (batch, *spatial).
+    labels: integer class map, (batch, *spatial); IGNORE voxels are left out
+      of both sums.
     smooth: added to numerator and denominator (nnU-Net's 1e-5).
     batch_dice: pool voxels over the batch before the ratio (nnU-Net's
       batch_dice) instead of averaging per-sample Dice.
@@ -29,7 +37,9 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array,
     Scalar loss.
   """
   num_classes = logits.shape[-1]
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1:]
+  valid = (labels != IGNORE)[..., None].astype(jnp.float32)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1:] * valid
+  # one_hot of IGNORE (outside the classes) is all zeros already.
   onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)[..., 1:]
   axes = tuple(range(0 if batch_dice else 1, logits.ndim - 1))
   intersect = jnp.sum(probs * onehot, axis=axes)
@@ -39,9 +49,11 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array,
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy over all voxels."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
+  """Mean softmax cross-entropy over the voxels that are not IGNORE."""
+  valid = labels != IGNORE
+  per_voxel = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+  return jnp.sum(per_voxel * valid) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def dice_ce_loss(logits: jax.Array, labels: jax.Array,
@@ -89,9 +101,15 @@ def segmentation_loss(seg_logits: Sequence[jax.Array], labels: jax.Array,
 
 def classification_loss(cls_logit: jax.Array, hand_function: jax.Array
                         ) -> jax.Array:
-  """Binary cross-entropy of the hand-function logit (1 = bad)."""
-  return optax.sigmoid_binary_cross_entropy(
-      cls_logit.astype(jnp.float32), hand_function.astype(jnp.float32)).mean()
+  """Binary cross-entropy of the hand-function logit (1 = bad).
+
+  The mean over the labelled entries (hand_function 0 or 1); 0 when none is.
+  """
+  labelled = hand_function >= 0
+  per_subject = optax.sigmoid_binary_cross_entropy(
+      cls_logit.astype(jnp.float32),
+      jnp.where(labelled, hand_function, 0).astype(jnp.float32))
+  return jnp.sum(per_subject * labelled) / jnp.maximum(jnp.sum(labelled), 1)
 
 
 def joint_loss(seg_logits: Sequence[jax.Array], cls_logit: jax.Array,

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from preprocessing import lesion_labels
 from pvl_jax.models import unet
 from pvl_jax.training import losses
 
@@ -88,8 +89,10 @@ def make_eval_step(model: unet.UNet, r: float, batch_dice: bool):
     seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
     loss, parts = losses.joint_loss(seg_logits, cls_logit, batch["label"],
                                     batch["hand_function"], r, batch_dice)
-    pred = jnp.argmax(seg_logits[0], axis=-1) > 0
-    ref = batch["label"] > 0
+    # Ignored voxels (IGNORE) are neither: masked out of the prediction.
+    pred = ((jnp.argmax(seg_logits[0], axis=-1) > 0)
+            & (batch["label"] != lesion_labels.IGNORE))
+    ref = batch["label"] == lesion_labels.LESION
     dice = 2 * jnp.sum(pred & ref) / jnp.maximum(
         jnp.sum(pred) + jnp.sum(ref), 1)
     return {"loss": loss, "patch_dice": dice, **parts}

@@ -21,6 +21,7 @@ from preprocessing.io.atomic import atomic_write_text
 from pvl_jax.data import dataset
 from pvl_jax.data import input_pipeline
 from pvl_jax.data import records
+from pvl_jax.data import splits
 from pvl_jax.evaluation import evaluate_run
 from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import run_summary
@@ -62,6 +63,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
 
   builder = dataset.prepare(config)
   sources = dataset.split_sources(builder, config)
+  config = splits.record_splits(config, sources, workdir)
   log.info("data: %s (fold %d: %d train, %d validation, %d test subjects)",
            builder.data_dir, config.data.fold, len(sources["train"]),
            len(sources["validation"]), len(sources["test"]))
