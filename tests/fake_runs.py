@@ -1,8 +1,8 @@
 """Fake training-run workdirs for the baseline and poster tests.
 
-A run as `pvl_jax.handfunction.crossfit` reads it: splits.json and
-predictions/<subject>_pred.nii.gz (copies of the cohort's reference masks,
-unless a mask is given), optionally results.json.
+A run as `pvl_jax.handfunction.crossfit` reads it: splits.json,
+predictions/<subject>_pred.nii.gz (copies of the cohort's reference masks)
+and optionally results.json.
 """
 
 import json
@@ -12,7 +12,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-RULE = "test fold k, validation fold k+1, training the rest"
+
+def rule(fold: int, num_folds: int) -> str:
+  """As training writes it: the rule text names the run's own fold."""
+  return (f"contiguous {num_folds}-fold, fold {fold} test, fold "
+          f"{(fold + 1) % num_folds} validation")
 
 
 def reference_mask(cohort: Path, subject: str) -> Path:
@@ -23,12 +27,11 @@ def reference_mask(cohort: Path, subject: str) -> Path:
 def write_run(workdir: Path, fold: int, num_folds: int,
               splits: Mapping[str, Sequence[str]], cohort: Path,
               predicted: Sequence[str] | None = None,
-              results: Mapping[str, Any] | None = None,
-              rule: str = RULE) -> Path:
+              results: Mapping[str, Any] | None = None) -> Path:
   """Writes a run; `predicted` defaults to its test split."""
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "splits.json").write_text(json.dumps(
-      {"rule": rule, "fold": fold, "num_folds": num_folds,
+      {"rule": rule(fold, num_folds), "fold": fold, "num_folds": num_folds,
        "subjects": {k: list(v) for k, v in splits.items()}}))
   folder = workdir / "predictions"
   folder.mkdir(exist_ok=True)

@@ -113,9 +113,17 @@ def _rewrite_splits(run: Path, **changes) -> None:
 
 def test_runs_of_different_fold_schemes(runs):
   _rewrite_splits(runs[3], num_folds=5)
-  with pytest.raises(InputError, match=f"{runs[3] / 'splits.json'}: rule .* "
-                     "with 5 folds, but .*fold0/splits.json has rule .* with "
-                     "4 folds"):
+  with pytest.raises(InputError, match=f"{runs[3] / 'splits.json'}: 5 folds, "
+                     "but .*fold0/splits.json has 4"):
+    crossfit.cross_fit(runs, IDS, IDS)
+
+
+def test_runs_of_other_subjects(runs):
+  splits = fake_runs.fold_splits(IDS[:36], 3, NUM_FOLDS)
+  _rewrite_splits(runs[3], subjects=splits)
+  with pytest.raises(InputError, match=f"{runs[3] / 'splits.json'}: its "
+                     "splits hold other subjects than those of .*fold0/"
+                     r"splits.json \(sub-037, sub-038, sub-039, sub-040"):
     crossfit.cross_fit(runs, IDS, IDS)
 
 

@@ -42,6 +42,10 @@ class Run:
   def splits_path(self) -> Path:
     return self.workdir / SPLITS_FILE
 
+  @property
+  def subjects(self) -> frozenset[str]:
+    return frozenset().union(*self.splits.values())
+
   def split_of(self, subject: str) -> str | None:
     return next((name for name in SPLIT_NAMES
                  if subject in self.splits[name]), None)
@@ -114,15 +118,23 @@ def read_run(workdir: str | os.PathLike) -> Run:
 
 
 def _check_runs_agree(runs: Sequence[Run]) -> None:
-  """One fold scheme: same rule and fold count, distinct disjoint folds."""
+  """One fold scheme: same fold count and subjects, distinct disjoint folds.
+
+  (The rule text names the run's own fold, so it is not compared.)
+  """
   first = runs[0]
   for run in runs[1:]:
-    if (run.rule, run.num_folds) != (first.rule, first.num_folds):
+    if run.num_folds != first.num_folds:
       raise InputError(
-          f"{run.splits_path}: rule {run.rule!r} with {run.num_folds} folds, "
-          f"but {first.splits_path} has rule {first.rule!r} with "
-          f"{first.num_folds} folds (the runs must come from one fold "
-          "scheme)")
+          f"{run.splits_path}: {run.num_folds} folds, but "
+          f"{first.splits_path} has {first.num_folds} (the runs must come "
+          "from one fold scheme)")
+    if run.subjects != first.subjects:
+      differ = sorted(run.subjects ^ first.subjects)
+      raise InputError(
+          f"{run.splits_path}: its splits hold other subjects than those of "
+          f"{first.splits_path} ({', '.join(differ[:5])}"
+          f"{', ...' if len(differ) > 5 else ''}; runs of another cohort?)")
   for i, run in enumerate(runs):
     for other in runs[:i]:
       shared = sorted(run.splits["test"] & other.splits["test"])
@@ -175,7 +187,7 @@ def cross_fit(run_dirs: Sequence[str | os.PathLike],
   _check_runs_agree(runs)
   cohort = set(cohort_ids)
   for run in runs:
-    outside = sorted(set().union(*run.splits.values()) - cohort)
+    outside = sorted(run.subjects - cohort)
     if outside:
       raise InputError(f"{run.splits_path}: subject(s) {', '.join(outside)} "
                        "not in the cohort's participants.tsv (a run of "
