@@ -314,3 +314,46 @@ def test_demo_recipe_on_the_study_in_under_3_minutes(study, tmp_path,
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert results["split"]["brain_masks"] == {"nonzero rule": 15}
   assert "brain masks: 15 computed (nonzero rule)" in result.stderr
+
+
+@pytest.mark.slow
+def test_skull_strip_rule_on_scans_with_a_skull(raw_cohort):
+  """auto on a raw scan registers the template; Dice with the true brain."""
+  scan = raw_cohort / "sub-002" / "anat" / "sub-002_FLAIR.nii.gz"
+  image, affine = nifti.load_volume(scan)
+  mask, source = skull_strip_rules.brain_mask("auto", scan, image, affine,
+                                              None)
+  truth = nifti.load_mask(raw_cohort / "derivatives" / "synthetic" /
+                          "sub-002" / "anat" / "sub-002_desc-brain_mask.nii.gz")
+  assert source == "template skull stripping"
+  assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+
+
+@pytest.mark.slow
+def test_own_template_gives_the_default_when_it_is_the_default(raw_cohort,
+                                                               tmp_path):
+  """The MNI152 2 mm template brought as files: the same template space."""
+  from nilearn import datasets  # pylint: disable=g-import-not-at-top
+  from preprocessing import template_space  # pylint: disable=g-import-not-at-top
+  from pvl_jax.inference import native_space  # pylint: disable=g-import-not-at-top
+  for name, img in (("T", datasets.load_mni152_template(resolution=2)),
+                    ("M", datasets.load_mni152_brain_mask(resolution=2))):
+    nifti.save_nifti(np.asarray(img.get_fdata(), np.float32), img.affine,
+                     tmp_path / f"{name}.nii.gz", np.float32)
+  files = template_files.check_files(tmp_path / "T.nii.gz",
+                                     tmp_path / "M.nii.gz")
+  scan = raw_cohort / "sub-002" / "anat" / "sub-002_FLAIR.nii.gz"
+  image, affine = nifti.load_volume(scan)
+  scans = {"FLAIR": (scan, image, affine)}
+  default = template_space.to_template(scans, 2.0)
+  own = template_space.to_template(scans, 2.0, template_files=files)
+  assert own.images["FLAIR"].shape == default.images["FLAIR"].shape
+  assert 2 * (own.brain & default.brain).sum() / (
+      own.brain.sum() + default.brain.sum()) > 0.99
+  inside = own.brain & default.brain
+  assert np.corrcoef(own.images["FLAIR"][inside],
+                     default.images["FLAIR"][inside])[0, 1] > 0.99
+  # Back on the scan's own grid.
+  back = native_space.to_native(own.brain.astype(np.float32), own.grid,
+                                own.to_native, image.shape, affine)
+  assert back.shape == image.shape

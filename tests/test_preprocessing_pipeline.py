@@ -419,6 +419,42 @@ def test_non_binary_mask_is_binarised_with_a_threshold(raw_cohort, tmp_path):
   assert lesion.sum() > 0
 
 
+def test_ignore_label_is_kept_apart_from_the_lesions(prep, raw_cohort,
+                                                    tmp_path):
+  """Label-2 voxels come out as 2 and leave the lesion voxels unchanged."""
+  raw = tmp_path / "raw"
+  _copy_subject(raw_cohort, "sub-001", raw, "sub-001")
+  (raw / "participants.tsv").write_text("participant_id\thand_function\n"
+                                        "sub-001\tn/a\n")
+  path = (raw / "derivatives" / "lesions" / "sub-001" / "anat" /
+          "sub-001_label-lesion_mask.nii.gz")
+  mask, affine = nifti.load_volume(path)
+  brain = nifti.load_mask(raw_cohort / "derivatives" / "synthetic" /
+                          "sub-001" / "anat" / "sub-001_desc-brain_mask.nii.gz")
+  centre = np.argwhere(brain & (mask == 0)).mean(axis=0).astype(int)
+  block = tuple(slice(c - 2, c + 3) for c in centre)
+  assert not mask[block].any()
+  mask[block] = 2
+  path.unlink()
+  nifti.save_nifti(mask.astype(np.uint8), affine, path, np.uint8)
+  subject = bids.load_cohort(raw, require_label_column=False)[0]
+  out = tmp_path / "out"
+  with pytest.raises(InputError, match="holds values other than 0, 1"):
+    pipeline.preprocess_subject(subject, out, pipeline.Params(
+        target_spacing=2.0), "digest")
+  pipeline.preprocess_subject(subject, out, pipeline.Params(
+      target_spacing=2.0, ignore_label=2), "digest")
+  name = Path("derivatives", "lesions", "sub-001", "anat",
+              "sub-001_label-lesion_mask.nii.gz")
+  labels, _ = nifti.load_volume(out / name)
+  clean, _ = nifti.load_volume(prep[0] / name)
+  assert set(np.unique(labels)) == {0, 1, 2}
+  np.testing.assert_array_equal(labels == 1, clean == 1)
+  # 125 native voxels of the scan's size, on the 2 mm grid.
+  native_ml = 125 * abs(np.linalg.det(affine[:3, :3])) / 1000
+  assert (labels == 2).sum() * 8 / 1000 == pytest.approx(native_ml, rel=0.5)
+
+
 @pytest.mark.parametrize("tsv, problem", [
     ("participant_id\thand_function\nsub-001\t1\nsub-009\t0\n",
      "sub-009 has no FLAIR scan"),
