@@ -3,9 +3,9 @@
 The default template is the MNI152 2009c nonlinear asymmetric T1 that nilearn
 ships (skull-stripped, 1 or 2 mm), with its brain mask and white-matter map.
 A user may bring another (`template_files.TemplateFiles`: an image and its
-brain mask on one grid), e.g. an age-matched paediatric template for children born preterm;
-registration, skull stripping and the template-space grid then use it. All
-are SimpleITK images in LPS geometry (`geometry`).
+brain mask on one grid), e.g. an age-matched paediatric template for children
+born preterm; registration, skull stripping and the template-space grid then
+use it. All are SimpleITK images in LPS geometry (`geometry`).
 """
 
 import dataclasses

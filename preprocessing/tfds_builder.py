@@ -197,7 +197,9 @@ def encode_subject(subject: bids.Subject, config: PVLCohortConfig
   brain, source = skull_strip_rules.brain_mask(
       config.brain_mask, reference_path, reference, affine,
       subject.brain_mask_path,
-      template_files.check_files(config.template, config.template_mask))
+      # Checked when the config was made (`template_files.check_files`).
+      template_files.TemplateFiles(config.template, config.template_mask)
+      if config.template else None)
   start, stop = normalize.bounding_box(
       brain, margin=normalize.BRAIN_CROP_MARGIN)
   crop = tuple(slice(a, b) for a, b in zip(start, stop))
