@@ -175,7 +175,7 @@ def test_cli_with_atlas_and_regions(cohort, tmp_path):
       [sys.executable, "-m", "pvl_jax.handfunction.run", f"--cohort={cohort}",
        f"--out={out}", f"--atlas={path}", f"--atlas_names={names}",
        "--regions=spot L", "--folds=2", "--downsample=4",
-       "--inner_repeats=1"],
+       "--inner_repeats=1", "--resamples=0"],
       capture_output=True, text=True, check=False,
       cwd=Path(__file__).parents[1])
   assert proc.returncode == 0, proc.stderr
