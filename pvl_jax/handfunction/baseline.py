@@ -152,8 +152,8 @@ def run(cohort_dir: str | os.PathLike,
 
   Returns:
     {"rows": result rows (`result_row`), by masks then feature set,
-     "regions": {"source", "names", "tract"}, "folds": "stratified" or
-     "runs", "unlabelled": ids left out}.
+     "regions": {"source", "names", "tract", "lesion_load_columns"},
+     "folds": "stratified" or "runs", "unlabelled": ids left out}.
 
   Raises:
     InputError: bad arguments, cohort, masks, atlas or runs (the message
