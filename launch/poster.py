@@ -95,22 +95,25 @@ def joint_predictions(run_dirs: Sequence[Path],
   """The joint model's probabilities and decisions of `subjects`.
 
   Raises:
-    InputError: a results.json without per-subject probabilities or
-      threshold, or whose test subjects are not its splits.json's.
+    InputError: a results.json whose test subjects are not its splits.json's,
+      or that lacks the per-subject probability or the threshold of a
+      subject in `subjects`.
   """
+  wanted = set(subjects)
   prob, decision = {}, {}
   for run_dir in run_dirs:
     path = run_dir / sweep_points.RESULTS_FILE
     test = read_json(path).get("test", {})
     rows = test.get("per_subject", [])
-    if "cls_threshold" not in test or any("hand_function_prob" not in row
-                                          for row in rows):
-      raise InputError(f"{path}: test has no per-subject hand_function_prob "
-                       "and cls_threshold (a run with r = 0?)")
-    tested = crossfit.read_run(run_dir).splits["test"]
-    if {row["subject_id"] for row in rows} != tested:
+    if ({row.get("subject_id") for row in rows}
+        != crossfit.read_run(run_dir).splits["test"]):
       raise InputError(f"{path}: test.per_subject does not hold exactly the "
                        f"test split of {run_dir / crossfit.SPLITS_FILE}")
+    rows = [row for row in rows if row["subject_id"] in wanted]
+    if rows and ("cls_threshold" not in test
+                 or any("hand_function_prob" not in row for row in rows)):
+      raise InputError(f"{path}: test has no per-subject hand_function_prob "
+                       "and cls_threshold (a run with r = 0?)")
     for row in rows:
       prob[row["subject_id"]] = row["hand_function_prob"]
       decision[row["subject_id"]] = (row["hand_function_prob"]
@@ -161,6 +164,9 @@ def compare_group(group: Group, cohort: Path, options: dict[str, Any],
           "runs": [str(d) for d in group.finished],
           "unfinished": group.unfinished,
           "folds": sorted({f for _, f in folds}),
+          "unlabelled": sorted(s for run in fit.runs
+                               for s in run.splits["test"]
+                               if s not in labels),
           "subjects": len(y), "bad": int(y.sum()),
           "intervals": {name: {m: dataclasses.asdict(i)
                                for m, i in by_metric.items()}

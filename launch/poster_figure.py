@@ -67,6 +67,11 @@ def markdown(report: Mapping[str, Any]) -> str:
       "## Differences", "",
       tables.markdown_table(["setting", "subjects (bad)", "difference",
                              *labels], differences).rstrip()]
+  unlabelled = [f"- {g['label']}: {len(g['unlabelled'])} unlabelled test "
+                f"subject(s) left out: {', '.join(g['unlabelled'])}"
+                for g in report["groups"] if g["unlabelled"]]
+  if unlabelled:
+    lines += ["", "## Left out", ""] + unlabelled
   if report["skipped"]:
     lines += ["", "## Not compared (fewer than two finished runs)", ""]
     lines += [f"- {g['label']}: {g['finished']} finished; not finished: "

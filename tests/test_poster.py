@@ -1,5 +1,6 @@
 """launch.poster on a fabricated sweep: numbers against direct computation."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from scipy import stats
 
 from launch import poster
 from launch import sweep_points
+from preprocessing import bids
 from pvl_jax.evaluation import bootstrap
 from pvl_jax.handfunction import baseline
 from pvl_jax.handfunction import nested_cv
@@ -141,6 +143,8 @@ def test_r_zero_and_unfinished_settings(cohort, report):
   assert [g["label"] for g in result["groups"]] == ["r=0", "r=1"]
   r0 = result["groups"][0]
   assert "joint" not in r0["intervals"]
+  assert r0["unlabelled"] == []
+  assert "## Left out" not in paths["md"].read_text()
   assert set(r0["intervals"]) == {"LR predicted", "LR reference",
                                   "LR predicted - LR reference"}
   assert result["skipped"] == [{
@@ -196,3 +200,21 @@ def test_cli_missing_probabilities_and_sweep(cohort, tmp_path):
   assert (f"error: {results}: test has no per-subject hand_function_prob"
           in proc.stderr)
   assert not any(root.glob("poster.*"))
+
+
+def test_unlabelled_subjects_are_left_out(cohort, tmp_path, monkeypatch,
+                                          small_grids):
+  path, labels = cohort
+  root = fabricate(tmp_path, path, labels, r_values=(1.0,))
+  load_cohort = bids.load_cohort
+
+  def with_one_unlabelled(*args, **kwargs):
+    return [dataclasses.replace(s, hand_function=None)
+            if s.participant_id == "sub-017" else s
+            for s in load_cohort(*args, **kwargs)]
+  monkeypatch.setattr(bids, "load_cohort", with_one_unlabelled)
+  paths = poster.write_poster(root, path, OPTIONS | {"resamples": 100})
+  (group,) = json.loads(paths["json"].read_text())["groups"]
+  assert (group["subjects"], group["unlabelled"]) == (39, ["sub-017"])
+  assert ("- r=1: 1 unlabelled test subject(s) left out: sub-017"
+          in paths["md"].read_text())
