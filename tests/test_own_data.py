@@ -357,3 +357,20 @@ def test_own_template_gives_the_default_when_it_is_the_default(raw_cohort,
   back = native_space.to_native(own.brain.astype(np.float32), own.grid,
                                 own.to_native, image.shape, affine)
   assert back.shape == image.shape
+
+
+def test_add_ignore_blobs(tiny_cohort, tmp_path):
+  """The benchmark's blobs: label 2, off the lesions, as bright as them."""
+  out = own_data.add_ignore_blobs(tiny_cohort, tmp_path / "blobs",
+                                  blobs_per_subject=2)
+  from preprocessing import bids  # pylint: disable=g-import-not-at-top
+  for subject in bids.load_cohort(out):
+    labels, _ = nifti.load_volume(subject.lesion_mask_path)
+    original, _ = nifti.load_volume(tiny_cohort / subject.lesion_mask_path
+                                    .relative_to(out))
+    image, _ = nifti.load_volume(subject.image_paths["FLAIR"])
+    blobs = labels == 2
+    assert blobs.any()
+    np.testing.assert_array_equal(labels == 1, original == 1)
+    assert image[blobs].mean() == pytest.approx(image[labels == 1].mean(),
+                                                rel=1e-4)
