@@ -142,8 +142,3 @@ def record_splits(config: ml_collections.ConfigDict,
     atomic_write_text(workdir / "config.json",
                       config.to_json_best_effort(indent=2))
   return config
-
-
-def read_summary(workdir: str | Path) -> dict[str, Any]:
-  """The run's splits.json (written by `record_splits`)."""
-  return json.loads((Path(workdir) / SPLITS_FILE).read_text())
