@@ -41,8 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # and cached under cache_dir.
   config.data.cohort_dir = ""
   config.data.cache_dir = ""  # empty: $PVL_JAX_CACHE or ~/.cache/pvl_jax
+  # overrides: CohortParams fields (preprocessing/synthetic/params.py) to
+  # generate a shifted cohort, e.g. {"noise_level": (0.08, 0.14)}.
   config.data.synthetic = ml_collections.ConfigDict(dict(
-      num_subjects=100, seed=0, resolution_mm=1))
+      num_subjects=100, seed=0, resolution_mm=1, overrides={}))
   config.data.modalities = ("FLAIR",)
   config.data.mask_threshold = -1.0  # < 0: lesion masks must be binary
   # Lesion-mask value of voxels that are neither lesion nor background (e.g.
@@ -80,9 +82,35 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # grain worker processes: at most this many, and at most one per CPU this
   # process may use (its affinity, e.g. a Slurm allocation); 0: none.
   config.data.num_workers = 8
+  # 0: train on the whole training split; N: on its first N subjects only
+  # (a scarce-data experiment; validation and test splits stay whole).
+  config.data.max_train_subjects = 0
+  # Training augmentation. recipe "basic": flips, intensity scale/shift and
+  # noise, drawn on the host per patch (`basic`); "nnunet": nnU-Net v2's
+  # default transforms, drawn in the jitted train step on the device
+  # (`nnunet`, pvl_jax/training/augmentation.py); "none": off. A
+  # probability of 0 switches a transform off.
   config.data.augment = ml_collections.ConfigDict(dict(
-      flip=True, intensity_scale=0.1, intensity_shift=0.1, noise_std=0.1,
-      noise_prob=0.15))
+      recipe="basic",
+      basic=ml_collections.ConfigDict(dict(
+          flip=True, intensity_scale=0.1, intensity_shift=0.1, noise_std=0.1,
+          noise_prob=0.15)),
+      nnunet=ml_collections.ConfigDict(dict(
+          rotation_prob=0.2,
+          # +- degrees about each axis; None: nnU-Net's rule from the patch
+          # (30 in 3D; 180 in-plane for anisotropic 3D and for 2D patches, 15
+          # for 2D patches 1.5 times longer than wide).
+          rotation_max_deg=ml_collections.config_dict.placeholder(float),
+          scaling_prob=0.2, scaling_range=(0.7, 1.4),  # > 1: objects shrink
+          noise_prob=0.1, noise_std_range=(0.0, 0.1),
+          blur_prob=0.2, blur_channel_prob=0.5, blur_sigma_range=(0.5, 1.0),
+          brightness_prob=0.15, brightness_range=(0.75, 1.25),
+          contrast_prob=0.15, contrast_range=(0.75, 1.25),
+          low_res_prob=0.25, low_res_channel_prob=0.5,
+          low_res_scale_range=(0.5, 1.0),
+          gamma_inverted_prob=0.1, gamma_prob=0.3, gamma_range=(0.7, 1.5),
+          # Spatial axes flipped with p 0.5 each; a 2D model uses 0 and 1.
+          mirror_axes=(0, 1, 2)))))
 
   config.model = ml_collections.ConfigDict()
   # Planned: nnU-Net's 6-stage 32-64-128-256-320-320 for the 1 mm cohort.
@@ -142,7 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.demo:
     config.data.synthetic = ml_collections.ConfigDict(dict(
-        num_subjects=40, seed=0, resolution_mm=2))
+        num_subjects=40, seed=0, resolution_mm=2, overrides={}))
     config.plan = False  # sized by hand for a 2-core CPU
     # Pooled over the batch: most 32^3 patches hold no lesion, and a
     # per-patch Dice of an empty patch is a noisy loss of ~1 (the demo's

@@ -5,6 +5,7 @@ import pytest
 
 from configs import joint
 from pvl_jax.data import input_pipeline
+from pvl_jax.training import augmentation_basic
 from tests import reference_input_pipeline
 
 
@@ -129,13 +130,16 @@ def test_batches_equal_the_previous_pipelines(tiny_builder, patch_size,
   """Decoding once changes where voxels are read from, not which patches."""
   source = tiny_builder.as_data_source("fold0+fold1+fold2")
   config = _data_config(patch_size=patch_size)
+  # The previous pipeline read the basic recipe's options from augment.
+  previous = config.copy_and_resolve_references()
+  previous.augment = config.augment.basic
   # 6 subjects: 4 batches of 2 processes span several epochs.
   for process_index in range(2):
     _assert_same_batches(
         _take(input_pipeline.train_dataset(source, config, batch_size, 5,
                                            process_index, 2), 4),
         _reference(_take(reference_input_pipeline.train_dataset(
-            source, config, batch_size, 5, process_index, 2), 4), source))
+            source, previous, batch_size, 5, process_index, 2), 4), source))
   validation = tiny_builder.as_data_source("fold3")
   _assert_same_batches(
       input_pipeline.fixed_patches(validation, config, 6, 3, seed=1),
@@ -190,7 +194,7 @@ def test_augmentation_flips_image_and_label_together():
              "noise_prob": 0.0}
   flipped_any = False
   for seed in range(8):
-    out_image, out_label = input_pipeline.augment_patch(
+    out_image, out_label = augmentation_basic.augment_patch(
         image, label, options, np.random.default_rng(seed))
     np.testing.assert_array_equal(out_label, out_image[..., 0] > 1)
     flipped_any |= not np.array_equal(out_image, image)
@@ -232,3 +236,32 @@ def test_2d_patches_are_cut_across_the_slice_axis(tmp_path):
   assert patch["image"].shape == (7, 8, 1) and patch["label"].shape == (7, 8)
   # The patch is one whole slice across axis 0.
   assert any(np.array_equal(patch["image"], volume[i]) for i in range(6))
+
+
+def test_nnunet_recipe_cuts_a_larger_window_around_the_same_patch(
+    tiny_builder):
+  """The host only cuts: the patch placed as without augmentation, centred."""
+  source = tiny_builder.as_data_source("fold0+fold1+fold2")
+  plain = _data_config()
+  plain.augment.recipe = "none"
+  nnunet = _data_config()
+  nnunet.augment.recipe = "nnunet"
+  big = _take(input_pipeline.train_dataset(source, nnunet, 3, 4), 2)
+  small = _take(input_pipeline.train_dataset(source, plain, 3, 4), 2)
+  # 16^3 patches, +-30 degrees: nnU-Net's 25, grown to an even margin.
+  assert big[0]["image"].shape == (3, 26, 26, 26, 1)
+  for b, s in zip(big, small):
+    np.testing.assert_array_equal(b["image"][:, 5:21, 5:21, 5:21], s["image"])
+    np.testing.assert_array_equal(b["label"][:, 5:21, 5:21, 5:21], s["label"])
+  # Unaugmented on the host: the basic recipe changes the same patches.
+  basic = _take(input_pipeline.train_dataset(source, _data_config(), 3, 4), 1)
+  assert not np.array_equal(basic[0]["image"], small[0]["image"])
+
+
+def test_max_train_subjects_keeps_the_first_subjects(tiny_builder):
+  source = tiny_builder.as_data_source("fold0+fold1+fold2")
+  config = _data_config()
+  config.max_train_subjects = 2
+  batches = _take(input_pipeline.train_dataset(source, config, 4, 0), 5)
+  seen = np.concatenate([b["subject_index"] for b in batches])
+  assert set(seen) == {0, 1}

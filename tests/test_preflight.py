@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from preprocessing.io.errors import InputError
@@ -12,6 +13,7 @@ from pvl_jax.data import input_pipeline
 from pvl_jax.models import unet
 from pvl_jax.training import compiled_step
 from pvl_jax.training import parallel as parallel_lib
+from pvl_jax.training import steps
 from pvl_jax.training import train
 from tests.test_train import tiny_config
 
@@ -25,14 +27,37 @@ def prepared(tiny_cohort, tmp_path_factory):
   return config, sources, tmp / "cache"
 
 
-def test_batch_spec_is_what_the_pipeline_yields(prepared):
-  config, sources, _ = prepared
+@pytest.mark.parametrize("recipe", ["basic", "nnunet"])
+def test_batch_spec_is_what_the_pipeline_yields(prepared, recipe):
+  config = prepared[0].copy_and_resolve_references()
+  config.data.augment.recipe = recipe
   batch = next(iter(input_pipeline.train_dataset(
-      sources["train"], config.data, config.batch_size, seed=0)))
+      prepared[1]["train"], config.data, config.batch_size, seed=0)))
   spec = compiled_step.batch_spec(config)
   assert set(batch) == set(spec)
   for key, value in batch.items():
     assert (value.shape, value.dtype) == (spec[key].shape, spec[key].dtype), key
+  # nnU-Net's recipe: the host cuts 26^3 around the 16^3 patch.
+  assert spec["image"].shape[1:4] == ((26,) * 3 if recipe == "nnunet"
+                                      else (16,) * 3)
+
+
+@pytest.mark.slow  # 35 s: compiles the augmented step
+def test_preflight_compiles_the_augmentation_into_the_step(prepared):
+  """The AOT-compiled step takes the host's larger patches and augments."""
+  config = prepared[0].copy_and_resolve_references()
+  config.data.augment.recipe = "nnunet"
+  model, parallel, step = train.preflight(config)
+  batch = parallel.global_batch(next(iter(input_pipeline.train_dataset(
+      prepared[1]["train"], config.data, config.batch_size, seed=0))))
+  losses = []
+  for _ in range(2):  # the state is donated: a fresh one each time
+    state = steps.create_train_state(config, model, unet.init_key(0), 1,
+                                     step.tx)
+    state, metrics = step.executable(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 1
+  assert np.isfinite(losses[0]) and losses[0] == losses[1]
 
 
 def test_compiled_step_reports_parameters_and_memory(prepared):

@@ -92,6 +92,33 @@ def test_resume_from_latest_checkpoint_is_exact(tiny_run, tiny_cohort,
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # 82 s: two runs, each compiling its steps
+def test_nnunet_augmentation_in_the_step_resumes_exactly(tiny_cohort,
+                                                        tmp_path):
+  """Augmentation keyed by the step: a resumed run draws the same."""
+  config = tiny_config(tiny_cohort, tmp_path / "cache")
+  config.data.augment.recipe = "nnunet"
+  # Every spatial and intensity transform drawn, so that each runs.
+  config.data.augment.nnunet.update(
+      rotation_prob=1.0, scaling_prob=1.0, noise_prob=1.0, blur_prob=1.0,
+      low_res_prob=1.0, gamma_prob=1.0, contrast_prob=1.0)
+  runs = {}
+  for name in ("full", "resumed"):
+    prepared, sources = train.prepare_run(config, tmp_path / name)
+    if name == "resumed":  # as if killed after step 2
+      shutil.copytree(tmp_path / "full" / "checkpoints",
+                      tmp_path / name / "checkpoints")
+      shutil.rmtree(tmp_path / name / "checkpoints" / "4")
+    runs[name] = jax.device_get(train.train(prepared, tmp_path / name,
+                                            sources))
+  for a, b in zip(jax.tree.leaves(runs["full"]),
+                  jax.tree.leaves(runs["resumed"])):
+    np.testing.assert_array_equal(a, b)
+  losses = [json.loads(l).get("train/loss") for l in
+            (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert all(np.isfinite(v) for v in losses if v is not None)
+
+
 def test_resume_into_another_model_is_refused_by_name(tiny_run, tiny_cohort,
                                                       tmp_path):
   """A workdir whose checkpoint another model wrote: InputError, no crash."""

@@ -7,8 +7,12 @@ training element is one patch cut from one subject:
   lesion voxel lies inside it (nnU-Net's foreground oversampling; nnU-Net uses
   0.33); otherwise it is placed uniformly at random, so a fraction of those
   contain lesion too;
-* augmentations are cheap and label-preserving: random flips per axis,
-  intensity scale and shift, additive Gaussian noise.
+* augmentation (`data.augment.recipe`): "basic" draws cheap,
+  label-preserving ones here, per patch (random flips per axis, intensity
+  scale and shift, additive Gaussian noise); "nnunet" draws nnU-Net's in the
+  train step on the device (`pvl_jax.training.augmentation`), and the host
+  only cuts a larger patch around the chosen one for its rotations and
+  scaling to resample (`augmentation_geometry.input_patch_size`).
 
 A 2D model (two entries in `patch_size`) gets axial slabs of thickness one,
 squeezed, so the 2D and 3D models train on the same records.
@@ -44,6 +48,8 @@ from preprocessing import lesion_labels
 from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from pvl_jax.data import records
+from pvl_jax.training import augmentation_basic
+from pvl_jax.training import augmentation_geometry
 
 log = logging.getLogger(__name__)
 
@@ -133,44 +139,57 @@ class PatchSampler(grain.transforms.RandomMap):
   """Cuts one (optionally augmented) patch from a subject's volumes."""
 
   def __init__(self, patch_size: Sequence[int], foreground_fraction: float,
-               augment: Mapping[str, Any] | None, slice_axis: int = 2):
+               augment: Mapping[str, Any] | None, slice_axis: int = 2,
+               cut_size: Sequence[int] | None = None):
     """Initialises the sampler.
 
     Args:
       patch_size: 3 entries for a 3D model, 2 for a 2D model (slices).
       foreground_fraction: probability of forcing a lesion into the patch.
-      augment: dict with flip (bool), intensity_scale, intensity_shift,
-        noise_std, noise_prob; None disables augmentation.
+      augment: the basic recipe's options
+        (`augmentation_basic.augment_patch`); None: no augmentation here.
       slice_axis: the axis a 2D model's slices are cut across (the plan's
         `data.slice_axis`: 2, axial, for isotropic data).
+      cut_size: cut this larger window, centred on the patch, instead (as
+        many entries as patch_size, each exceeding it by an even number);
+        None: the patch itself.
     """
     self.patch_size = tuple(int(p) for p in patch_size)
+    self.cut_size = tuple(int(c) for c in cut_size or patch_size)
     self.slice_axis = int(slice_axis)
     self.foreground_fraction = float(foreground_fraction)
     self.augment = dict(augment) if augment else None
 
   def random_map(self, subject: Subject, rng: np.random.Generator) -> Batch:
     image, label, lesion = subject.volumes()
-    # A 2D patch is a slab one slice thick across the slice axis.
-    patch3d = list(self.patch_size)
-    if len(patch3d) == 2:
-      patch3d.insert(self.slice_axis, 1)
+    patch3d, cut3d = self._slab(self.patch_size), self._slab(self.cut_size)
     force_fg = rng.random() < self.foreground_fraction
     start = sample_patch_start(label.shape, lesion, patch3d, force_fg, rng)
-    image_patch = cut_window(image, start, patch3d)
-    label_patch = cut_window(label, start, patch3d)
+    # The patch is placed (and foreground forced) as without the larger cut,
+    # which surrounds it evenly.
+    start = [s - (c - p) // 2 for s, c, p in zip(start, cut3d, patch3d)]
+    image_patch = cut_window(image, start, cut3d)
+    label_patch = cut_window(label, start, cut3d)
     if len(self.patch_size) == 2:
       image_patch = np.squeeze(image_patch, self.slice_axis)
       label_patch = np.squeeze(label_patch, self.slice_axis)
     if self.augment:
-      image_patch, label_patch = augment_patch(image_patch, label_patch,
-                                               self.augment, rng)
+      image_patch, label_patch = augmentation_basic.augment_patch(
+          image_patch, label_patch, self.augment, rng)
     return {
         "image": np.ascontiguousarray(image_patch, np.float32),
         "label": np.ascontiguousarray(label_patch, np.int32),
         "hand_function": np.int32(subject.hand_function),
         "subject_index": np.int32(subject.index),
     }
+
+  def _slab(self, size: tuple[int, ...]) -> list[int]:
+    """The 3D window of a patch: a 2D one is one slice thick."""
+    window = list(size)
+    if len(window) == 2:
+      window.insert(self.slice_axis, 1)
+    return window
+
 
 
 def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
@@ -218,33 +237,6 @@ def cut_window(volume: np.ndarray, start: Sequence[int],
   if not any(before or after for before, after in pad):
     return piece
   return np.pad(piece, pad + [(0, 0)] * (volume.ndim - len(patch)))
-
-
-def augment_patch(image: np.ndarray, label: np.ndarray,
-                  options: Mapping[str, Any], rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Random flips, intensity scale/shift and Gaussian noise.
-
-  Args:
-    image: (*spatial, channels) patch.
-    label: (*spatial) patch.
-    options: see `PatchSampler`.
-    rng: the element's generator.
-
-  Returns:
-    Augmented (image, label).
-  """
-  if options.get("flip", False):
-    for axis in range(label.ndim):
-      if rng.random() < 0.5:
-        image, label = np.flip(image, axis), np.flip(label, axis)
-  scale = 1.0 + rng.uniform(-1, 1) * options.get("intensity_scale", 0.0)
-  shift = rng.uniform(-1, 1) * options.get("intensity_shift", 0.0)
-  image = image * scale + shift
-  if rng.random() < options.get("noise_prob", 0.0):
-    std = rng.uniform(0, options.get("noise_std", 0.0))
-    image = image + rng.normal(0, std, image.shape).astype(np.float32)
-  return image, label
 
 
 class BatchStream(grain.IterDataset):
@@ -338,8 +330,9 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
   Args:
     source: random-access TFDS data source of the training split.
     data_config: `config.data` (patch_size, foreground_fraction, augment,
-      num_workers: at most this many worker processes, fewer when this
-      process may use fewer CPUs; 0: none).
+      max_train_subjects: the first N subjects only, 0: all; num_workers: at
+      most this many worker processes, fewer when this process may use
+      fewer CPUs; 0: none).
     batch_size: per-process batch size.
     seed: shuffling and augmentation seed.
     process_index: this process's index (multi-host data loading).
@@ -349,11 +342,16 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
     A grain IterDataset of dict batches (image, label, hand_function,
     subject_index).
   """
-  patches = grain.MapDataset.source(decoded_subjects(source))
+  subjects = decoded_subjects(source)
+  patches = grain.MapDataset.source(
+      subjects[:data_config.max_train_subjects or None])
+  augment = data_config.augment
   patches = patches.shuffle(seed=seed).repeat().random_map(
       PatchSampler(data_config.patch_size, data_config.foreground_fraction,
-                   data_config.augment.to_dict(),
-                   data_config.get("slice_axis", 2)), seed=seed)
+                   augment.basic.to_dict() if augment.recipe == "basic"
+                   else None, data_config.get("slice_axis", 2),
+                   augmentation_geometry.input_patch_size(data_config)),
+      seed=seed)
   global_batch = batch_size * process_count
 
   def global_element(i: int) -> int:

@@ -29,6 +29,8 @@ from preprocessing.io import workers
 from preprocessing.io.errors import InputError
 from pvl_jax.data import bags
 from pvl_jax.models import unet
+from pvl_jax.training import augmentation
+from pvl_jax.training import augmentation_geometry
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
 
@@ -69,8 +71,14 @@ class CompiledStep:
 
 def batch_spec(config: ml_collections.ConfigDict
                ) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes and dtypes of a global training batch (`input_pipeline`'s)."""
-  batch, patch = config.batch_size, tuple(config.data.patch_size)
+  """Shapes and dtypes of a global training batch (`input_pipeline`'s).
+
+  With nnU-Net's augmentation the host cuts patches larger than
+  `data.patch_size`, which the step resamples
+  (`augmentation_geometry.input_patch_size`).
+  """
+  batch = config.batch_size
+  patch = augmentation_geometry.input_patch_size(config.data)
   return {
       "image": jax.ShapeDtypeStruct(
           (batch, *patch, len(config.data.modalities)), jnp.float32),
@@ -111,7 +119,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model: unet.UNet,
   tx = steps.make_optimizer(config)
   state = abstract_train_state(config, model, tx)
   jitted = parallel.jit(steps.make_train_step(
-      bags.training_model(model, config), config.r, config.batch_dice))
+      bags.training_model(model, config), config.r, config.batch_dice,
+      augmentation.make_augment_fn(config)))
   start = time.perf_counter()
   executable = jitted.lower(state, batch_spec(config)).compile()
   compile_s = time.perf_counter() - start

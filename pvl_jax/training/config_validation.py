@@ -12,6 +12,16 @@ from pvl_jax.planning import config_plan
 
 # config.platform values: "" accepts whatever JAX finds.
 PLATFORMS = ("", "cpu", "gpu", "tpu")
+AUGMENT_RECIPES = ("nnunet", "basic", "none")
+# data.augment.nnunet's (low, high) ranges: the smallest low allowed, and
+# whether low may equal it; low_res_scale_range must also stay <= 1.
+_NNUNET_RANGES = {"scaling_range": (0.0, False),
+                  "noise_std_range": (0.0, True),
+                  "blur_sigma_range": (0.0, True),
+                  "brightness_range": (0.0, False),
+                  "contrast_range": (0.0, False),
+                  "low_res_scale_range": (0.0, False),
+                  "gamma_range": (0.0, False)}
 
 
 def _require(condition: bool, key: str, problem: str) -> None:
@@ -50,6 +60,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= data.foreground_fraction <= 1.0, "data.foreground_fraction",
            f"must be in [0, 1] (got {data.foreground_fraction})")
   _require(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+  _require(data.max_train_subjects >= 0, "data.max_train_subjects",
+           f"must be >= 0 (0: all; got {data.max_train_subjects})")
+  _validate_augment(data.augment)
   _validate_cohort_options(data)
   if not data.cohort_dir:
     _require(data.synthetic.num_subjects >= data.num_folds,
@@ -64,7 +77,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be in [0, 1) (got {config.inference.overlap})")
   _require(config.inference.batch_size >= 1, "inference.batch_size",
            "must be >= 1")
-  _validate_mirror_axes(config.inference.mirror_axes)
+  _validate_mirror_axes(config.inference.mirror_axes, "inference.mirror_axes")
 
   if config.plan and config_plan.unset_keys(config):
     return  # checked again once the planner has filled them
@@ -168,9 +181,42 @@ def _validate_cohort_options(data: ml_collections.ConfigDict) -> None:
              "both its image and its brain mask")
 
 
-def _validate_mirror_axes(axes) -> None:
+def _validate_augment(augment: ml_collections.ConfigDict) -> None:
+  """data.augment: a known recipe, probabilities and ranges in domain."""
+  _require(augment.recipe in AUGMENT_RECIPES, "data.augment.recipe",
+           f"must be one of {AUGMENT_RECIPES} (got {augment.recipe!r})")
+  basic = augment.basic
+  _require(0 <= basic.noise_prob <= 1, "data.augment.basic.noise_prob",
+           f"is a probability, must be in [0, 1] (got {basic.noise_prob})")
+  for key in ("intensity_scale", "intensity_shift", "noise_std"):
+    _require(basic[key] >= 0, f"data.augment.basic.{key}",
+             f"must be >= 0 (got {basic[key]})")
+  nnunet = augment.nnunet
+  for key, value in nnunet.items():
+    if key.endswith("_prob"):
+      _require(0 <= value <= 1, f"data.augment.nnunet.{key}",
+               f"is a probability, must be in [0, 1] (got {value})")
+  for key, (floor, inclusive) in _NNUNET_RANGES.items():
+    bounds = nnunet[key]
+    relation = "<=" if inclusive else "<"
+    _require(len(bounds) == 2 and (floor <= bounds[0] if inclusive
+                                   else floor < bounds[0])
+             and bounds[0] <= bounds[1], f"data.augment.nnunet.{key}",
+             f"must be (low, high) with {floor:g} {relation} low <= high "
+             f"(got {tuple(bounds)})")
+  _require(nnunet.low_res_scale_range[1] <= 1,
+           "data.augment.nnunet.low_res_scale_range",
+           f"scales must be <= 1 (got {tuple(nnunet.low_res_scale_range)})")
+  rotation = nnunet.rotation_max_deg
+  _require(rotation is None or 0 <= rotation <= 180,
+           "data.augment.nnunet.rotation_max_deg",
+           f"must be in [0, 180] degrees, or None for nnU-Net's rule (got "
+           f"{rotation})")
+  _validate_mirror_axes(nnunet.mirror_axes, "data.augment.nnunet.mirror_axes")
+
+
+def _validate_mirror_axes(axes, key: str) -> None:
   """Mirror axes: distinct spatial axes 0-2 (axis 2 is ignored by 2D models)."""
-  key = "inference.mirror_axes"
   _require(isinstance(axes, (tuple, list)) and all(
       isinstance(a, int) and not isinstance(a, bool) for a in axes), key,
            f"must be a tuple of spatial axes, e.g. (0, 1, 2) (got {axes!r})")

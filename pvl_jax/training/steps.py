@@ -1,5 +1,7 @@
 """The training and validation steps, the optimizer and the train state."""
 
+from collections.abc import Callable
+
 from clu import metrics as clu_metrics
 import flax
 from flax.training import train_state
@@ -11,6 +13,8 @@ import optax
 from preprocessing import lesion_labels
 from pvl_jax.models import unet
 from pvl_jax.training import losses
+
+Batch = dict[str, jax.Array]
 
 
 @flax.struct.dataclass
@@ -57,14 +61,21 @@ def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
                                        tx=tx or make_optimizer(config))
 
 
-def make_train_step(model: unet.UNet, r: float, batch_dice: bool):
+def make_train_step(model: unet.UNet, r: float, batch_dice: bool,
+                    augment: Callable[[Batch, jax.Array], Batch] | None = None):
   """Returns train_step(state, batch) -> (state, metrics) for a global batch.
+
+  `augment(batch, state.step)`, when given, augments the batch on the device
+  first (`augmentation.make_augment_fn`: nnU-Net's recipe, from the larger
+  patches the host cut).
 
   The model classifies bags of `model.cls_bag_size` consecutive patches (one
   subject each, `pvl_jax.data.bags`); 1: each patch.
   """
 
-  def train_step(state: train_state.TrainState, batch: dict[str, jax.Array]):
+  def train_step(state: train_state.TrainState, batch: Batch):
+    if augment is not None:
+      batch = augment(batch, state.step)
     # One label per bag: its patches share their subject's.
     hand_function = batch["hand_function"][::model.cls_bag_size]
 
