@@ -13,6 +13,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from configs import joint
+from preprocessing import lesion_labels
 from preprocessing.io.errors import InputError
 from pvl_jax.training import augmentation
 from pvl_jax.training import augmentation_geometry as geometry
@@ -372,3 +373,19 @@ def test_2d_patches_rotate_in_plane_and_mirror_two_axes():
       b, jax.random.key(2), recipe))(batch)
   assert out["image"].shape == (4, 16, 20, 1)
   assert out["label"].shape == (4, 16, 20)
+
+
+def test_ignored_voxels_are_warped_as_a_label_of_their_own():
+  config = _config(**{name: 0.0 for name in _PROBS}, mirror_axes=(1,))
+  config.data.ignore_label = 2
+  recipe = augmentation.recipe_from_config(config)
+  assert recipe.label_values == (1, lesion_labels.IGNORE)
+  label = np.zeros((2, 16, 16, 16), np.int32)
+  label[:, 2:6, 3:9, 4:7] = lesion_labels.IGNORE
+  label[:, 9:12, 9:14, 1:5] = 1
+  batch = {"image": jnp.zeros((2, 16, 16, 16, 1)), "label": jnp.asarray(label)}
+  out = jax.jit(lambda b: augmentation.augment_batch(
+      b, jax.random.key(0), recipe))(batch)["label"]
+  for sample, warped in zip(label, np.asarray(out)):  # flipped or not
+    assert any(np.array_equal(warped, np.flip(sample, axis))
+               for axis in ((), 1))

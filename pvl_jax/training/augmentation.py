@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from preprocessing import lesion_labels
 from pvl_jax.training import augmentation_geometry as geometry
 from pvl_jax.training import augmentation_intensity as intensity
 from pvl_jax.training import augmentation_spatial as spatial
@@ -59,7 +60,9 @@ class Recipe:
   Attributes:
     patch_size: the training patch (the step's output).
     input_size: the patch the host cuts (the step's input).
-    label_values: label values other than background, warped as indicators.
+    label_values: label values other than background (the classes and
+      `lesion_labels.IGNORE` when the cohort has an ignore label), each
+      warped as its own indicator.
     slice_axis: the axis a 3D patch is augmented across slice by slice.
     rotation_rad: the largest rotation.
     blur_radius: half-width of the widest blur kernel.
@@ -87,11 +90,15 @@ def recipe_from_config(config: ml_collections.ConfigDict) -> Recipe | None:
     return None
   nnunet = data.augment.nnunet
   patch = tuple(int(p) for p in data.patch_size)
+  # Ignored voxels (a cohort's ignore label) carry IGNORE in the batches and
+  # are warped as a label of their own.
+  ignored = ((lesion_labels.IGNORE,) if data.get("ignore_label", -1) >= 0
+             else ())
   radius = (int(intensity.blur_kernel_size(
       float(nnunet.blur_sigma_range[1]))) - 1) // 2
   return Recipe(
       patch_size=patch, input_size=geometry.input_patch_size(data),
-      label_values=tuple(range(1, config.model.num_classes)),
+      label_values=tuple(range(1, config.model.num_classes)) + ignored,
       slice_axis=geometry.slice_axis(patch),
       rotation_rad=math.radians(geometry.rotation_deg(patch, nnunet)),
       blur_radius=max(radius, 0),
