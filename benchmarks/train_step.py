@@ -7,16 +7,21 @@ Usage (from the repository root, on the device machine):
 Each framework runs in its own process (no allocator or compiler state is
 shared): pvl_jax's jitted joint training step (nnU-Net's 6-stage
 32-64-128-256-320-320 3D U-Net, one input channel, deep supervision, the
-hand-function head, bfloat16 compute), the anchor eager and with
+hand-function head, bfloat16 compute), alone and with nnU-Net's
+augmentation in the step (`data.augment.recipe="nnunet"`: the batch is the
+larger patch the host cuts, resampled and augmented on the device), the two
+timed in alternation so that both see the same machine; the anchor eager and with
 torch.compile, and pvl_jax's sliding-window prediction of a whole 1 mm brain
 (the MNI template's brain bounding box plus the pipeline's crop margin;
 0.5 overlap, Gaussian weights, patch-sized windows) without and with 8-way
 mirroring. Prints one markdown table: ms per step (median after warm-up),
 voxels/s, achieved TFLOP/s from the analytic convolution FLOP count, peak
-device memory and the ratio to torch.compile.
+device memory and the ratio to torch.compile; the augmented step's step rate
+relative to the plain one.
 
-`--patch=32 --features=8,16,32` runs the same at CPU size (no anchor). The
-torch rows' "compile s" is the anchor's warm-up (its first three steps).
+`--patch=32 --features=8,16,32 --dtype=float32` runs the same at the CPU
+demo's size (no anchor). The torch rows' "compile s" is the anchor's warm-up
+(its first three steps).
 """
 
 from collections.abc import Sequence
@@ -35,6 +40,8 @@ import numpy as np
 
 from configs import joint
 from pvl_jax.inference import sliding_window
+from pvl_jax.training import augmentation
+from pvl_jax.training import compiled_step
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
 from pvl_jax.models import flops
@@ -82,33 +89,53 @@ def _peak_gib() -> float | None:
   return stats["peak_bytes_in_use"] / 2**30 if stats else None
 
 
-def jax_train_step() -> dict[str, float | None]:
-  """Times pvl_jax's jitted joint training step on random data."""
+def jax_train_steps() -> list[dict[str, float | None]]:
+  """Times the jitted training step without and with on-device augmentation.
+
+  Random data of the shapes the input pipeline yields for each recipe; the
+  two steps alternate, so that load on the machine falls on both alike.
+  """
   model, config = _model_and_config()
-  rng = np.random.default_rng(0)
-  shape = (_BATCH.value, *config.data.patch_size)
-  batch = {"image": rng.normal(size=(*shape, 1)).astype(np.float32),
-           "label": (rng.random(shape) > 0.97).astype(np.int32),
-           "hand_function": (np.arange(_BATCH.value) % 2).astype(np.int32)}
   parallel = parallel_lib.DataParallel()
-  state = steps.create_train_state(config, model, jax.random.key(0), 1)
-  step = parallel.jit(steps.make_train_step(model, config.r,
-                                            config.batch_dice))
-  global_batch = parallel.global_batch(batch)
-  start = time.perf_counter()
-  compiled = step.lower(state, global_batch).compile()
-  compile_s = time.perf_counter() - start
-  for _ in range(3):
-    state, metrics = compiled(state, global_batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(_STEPS.value):
+  rng = np.random.default_rng(0)
+  variants = {}
+  for name, recipe in (("pvl_jax", "none"),
+                       ("pvl_jax + nnU-Net augmentation", "nnunet")):
+    variant = config.copy_and_resolve_references()
+    variant.data.augment.recipe = recipe
+    spec = compiled_step.batch_spec(variant)
+    image = spec["image"].shape
+    batch = parallel.global_batch({
+        "image": rng.normal(size=image).astype(np.float32),
+        "label": (rng.random(image[:-1]) > 0.97).astype(np.int32),
+        "hand_function": (np.arange(_BATCH.value) % 2).astype(np.int32),
+        "subject_index": np.arange(_BATCH.value, dtype=np.int32)})
+    state = steps.create_train_state(variant, model, jax.random.key(0), 1)
+    step = parallel.jit(steps.make_train_step(
+        model, variant.r, variant.batch_dice,
+        augmentation.make_augment_fn(variant)))
     start = time.perf_counter()
-    state, metrics = compiled(state, global_batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return {"impl": "pvl_jax", "step_ms_median": 1000 * float(np.median(times)),
-          "compile_s": compile_s, "peak_gib": _peak_gib()}
+    compiled = step.lower(state, batch).compile()
+    variants[name] = {"step": compiled, "state": state, "batch": batch,
+                      "compile_s": time.perf_counter() - start, "times": []}
+  for _ in range(3):  # warm-up
+    for v in variants.values():
+      v["state"], metrics = v["step"](v["state"], v["batch"])
+      jax.block_until_ready(metrics)
+  for _ in range(_STEPS.value):
+    for v in variants.values():
+      start = time.perf_counter()
+      v["state"], metrics = v["step"](v["state"], v["batch"])
+      jax.block_until_ready(metrics)
+      v["times"].append(time.perf_counter() - start)
+  plain_ms = 1000 * float(np.median(variants["pvl_jax"]["times"]))
+  rows = []
+  for name, v in variants.items():
+    ms = 1000 * float(np.median(v["times"]))
+    rows.append({"impl": name, "step_ms_median": ms,
+                 "compile_s": v["compile_s"], "peak_gib": _peak_gib(),
+                 "rate_vs_plain": plain_ms / ms})
+  return rows
 
 
 def jax_inference() -> list[dict[str, float | None]]:
@@ -159,7 +186,8 @@ def _fmt(value: float | None, spec: str) -> str:
 def main(argv: Sequence[str]) -> None:
   del argv
   if _WORKER.value == "jax":
-    print(json.dumps(jax_train_step()))
+    for row in jax_train_steps():
+      print(json.dumps(row))
     return
   if _WORKER.value == "inference":
     for row in jax_inference():
@@ -201,13 +229,19 @@ def main(argv: Sequence[str]) -> None:
     if isinstance(rows, str):
       print(f"| {name} | {rows} | | | | | |")
       continue
-    row = rows[0]
-    ms = row["step_ms_median"]
-    ratio = f"{compiled_ms / ms:.2f}x" if compiled_ms else "n/a"
-    print(f"| {name} | {ms:.1f} | {voxels / ms / 1e3:.1f} | "
-          f"{step_flops / ms / 1e9:.2f} | {_fmt(row.get('peak_gib'), '.2f')} "
-          f"| {_fmt(row.get('compile_s', row.get('warmup_s')), '.1f')} "
-          f"| {ratio} |")
+    for row in rows:
+      ms = row["step_ms_median"]
+      ratio = f"{compiled_ms / ms:.2f}x" if compiled_ms else "n/a"
+      label = row["impl"] if len(rows) > 1 else name
+      print(f"| {label} | {ms:.1f} | {voxels / ms / 1e3:.1f} | "
+            f"{step_flops / ms / 1e9:.2f} | "
+            f"{_fmt(row.get('peak_gib'), '.2f')} "
+            f"| {_fmt(row.get('compile_s', row.get('warmup_s')), '.1f')} "
+            f"| {ratio} |")
+  augmented = results["pvl_jax"]
+  if isinstance(augmented, list) and len(augmented) > 1:
+    print(f"\nwith nnU-Net's augmentation in the step: "
+          f"{augmented[1]['rate_vs_plain']:.2f}x the plain step rate")
   brain = [int(s) for s in _BRAIN_SHAPE.value]
   print(f"\nwhole-brain inference: {'x'.join(map(str, brain))} voxels "
         f"({math.prod(brain) / 1e6:.1f} M), {_PATCH.value}^3 windows")

@@ -23,7 +23,8 @@ def test_tiny_device_check_prints_one_full_table(tiny_cohort, tmp_path,
   assert table[0] == "| check | value | detail |"
   checks = [row.split(" | ")[0].lstrip("| ") for row in table[2:]]
   assert checks == [
-      "train step: pvl_jax", "train step: torch eager",
+      "train step: pvl_jax", "train step: with nnU-Net augmentation",
+      "train step: torch eager",
       "train step: torch.compile", "inference, no mirroring",
       "inference, 8-way mirroring", "planned config",
       "planned config: steps/s", "planned config: data wait",
