@@ -30,6 +30,7 @@ what is wrong, before any image is read.
 
 import dataclasses
 import functools
+import logging
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,9 @@ _NOT_ACQUISITION = ("subject", "suffix", "extension", "datatype")
 # Entities that name a mask itself ("label-lesion", "desc-brain").
 _MASK_NAMES = ("label", "desc")
 _RULES = ("first", "last")
+# pybids' schema package logs at INFO which bundled schema it loads, on
+# every first index: nothing a user can act on.
+logging.getLogger("bidsschematools").setLevel(logging.WARNING)
 
 
 @dataclasses.dataclass(frozen=True)
