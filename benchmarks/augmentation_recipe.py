@@ -14,7 +14,10 @@ cohort: the same generator and seed with fainter lesions, more noise and
 thicker slices (`SHIFT`, through `data.synthetic.overrides`). Dice is the
 per-subject mean without postprocessing, as in
 `pvl_jax.evaluation.cross_evaluate`; the table gives mean ± sample std over
-the seeds, each seed's value and the mean training steps/s.
+the seeds, each seed's value and the mean training steps/s; a second table
+what the models do: lesion recall and precision on both cohorts, the last
+training window's segmentation loss and the unaugmented validation patches'
+Dice. `--num_steps` trains longer (another --out).
 
 Resumable: each run trains as `python -m pvl_jax.main` does (a finished run,
 one with results.json, is skipped; a killed one resumes from its checkpoint)
@@ -46,10 +49,16 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Training seeds per recipe.")
 _TRAIN_SUBJECTS = flags.DEFINE_integer("train_subjects", 12,
                                        "data.max_train_subjects.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Training steps; 0: the "
+                                  "demo's (1200).")
 _CACHE = flags.DEFINE_string("cache_dir", "", "data.cache_dir (default: the "
                              "usual cache).")
 
 RECIPES = ("basic", "nnunet")
+# The second table's columns (`run_metrics`' keys).
+DETAILS = ("usual lesion recall", "usual lesion precision",
+           "shifted lesion recall", "shifted lesion precision",
+           "train seg loss", "val patch Dice")
 # The shifted cohort's generator fields (preprocessing/synthetic/params.py;
 # defaults 0.85-1.15, 0.04-0.08 and 0.5 voxels): lesions fainter, closer to
 # grey matter and the periventricular caps; twice the Rician noise; the
@@ -62,6 +71,8 @@ def run_overrides(recipe: str, seed: int) -> dict[str, object]:
   """The demo config's keys a run changes."""
   overrides = {"seed": seed, "data.augment.recipe": recipe,
                "data.max_train_subjects": _TRAIN_SUBJECTS.value}
+  if _NUM_STEPS.value:
+    overrides["num_steps"] = _NUM_STEPS.value
   if _CACHE.value:
     overrides["data.cache_dir"] = _CACHE.value
   return overrides
@@ -88,35 +99,60 @@ def train_run(workdir: Path, recipe: str, seed: int) -> None:
   subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def run_dice(workdir: Path, sources: dict[str, object]) -> dict[str, float]:
-  """Test Dice of one run on each cohort, cached in <out>/eval."""
+def run_metrics(workdir: Path, sources: dict[str, object]
+                ) -> dict[str, float]:
+  """One run's test metrics on each cohort and its training figures.
+
+  Cached in <out>/eval/<run>.json. Keys: `<cohort>` (Dice) and
+  `<cohort> lesion recall` / `precision` (means over subjects, without
+  postprocessing); `train seg loss` and `val patch Dice` of the last
+  logged window; `steps_per_s` (mean after the first window).
+  """
   cached = workdir.parent.parent / "eval" / f"{workdir.name}.json"
   if cached.exists():
     return json.loads(cached.read_text())
   run = trained_run.load(workdir)
-  result = {name: evaluate_run.segmentation_results(evaluate_run.predict_split(
-      run.window_fn, source, run.config, f"{workdir.name} on {name}"))[
-          "dice_mean"] for name, source in sources.items()}
+  result = {}
+  for name, source in sources.items():
+    metrics = evaluate_run.segmentation_results(evaluate_run.predict_split(
+        run.window_fn, source, run.config, f"{workdir.name} on {name}"))
+    result[name] = metrics["dice_mean"]
+    result[f"{name} lesion recall"] = metrics["lesion_recall_mean"]
+    result[f"{name} lesion precision"] = metrics["lesion_precision_mean"]
   history = [json.loads(line) for line in
              (workdir / "metrics.jsonl").read_text().splitlines()]
   rates = [h["train/steps_per_s"] for h in history if "train/steps_per_s" in h]
   result["steps_per_s"] = float(np.mean(rates[1:] or rates))  # after warm-up
+  result["train seg loss"] = [h["train/seg_loss"] for h in history
+                              if "train/seg_loss" in h][-1]
+  result["val patch Dice"] = [h["val/patch_dice"] for h in history
+                              if "val/patch_dice" in h][-1]
   cached.parent.mkdir(parents=True, exist_ok=True)
   atomic_write_text(cached, json.dumps(result, indent=2))
   return result
 
 
+def _mean_std(runs: list[dict[str, float]], key: str) -> str:
+  stats = summary.summarize(r[key] for r in runs)
+  return summary.format_mean_std(stats.mean, stats.std)
+
+
 def table(results: dict[str, list[dict[str, float]]]) -> tuple[str, list]:
-  """The markdown table and its rows; one row per recipe."""
-  rows = []
+  """The markdown tables and the main one's rows; one row per recipe.
+
+  The first table is the comparison (test Dice); the second what the
+  models do (lesion recall and precision, the last training window's
+  segmentation loss and the unaugmented validation patches' Dice).
+  """
+  rows, details = [], []
   for recipe, runs in results.items():
     row = {"recipe": recipe, "n": len(runs)}
     for name in ("usual", "shifted"):
-      stats = summary.summarize(r[name] for r in runs)
-      row[f"{name} test Dice"] = summary.format_mean_std(stats.mean, stats.std)
+      row[f"{name} test Dice"] = _mean_std(runs, name)
       row[f"{name} per seed"] = ", ".join(f"{r[name]:.3f}" for r in runs)
     row["steps/s"] = f"{np.mean([r['steps_per_s'] for r in runs]):.2f}"
     rows.append(row)
+    details.append([recipe] + [_mean_std(runs, key) for key in DETAILS])
   markdown = tables.markdown_table(list(rows[0]),
                                    [list(r.values()) for r in rows])
   shifted = {recipe: summary.summarize(r["shifted"] for r in runs)
@@ -128,6 +164,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> tuple[str, list]:
                  f" (the larger seed std: {spread:.3f}; "
                  f"{'beyond' if new.mean - old.mean > spread else 'within'} "
                  "the seed spread)\n")
+  markdown += "\n" + tables.markdown_table(["recipe", *DETAILS], details)
   return markdown, rows
 
 
@@ -146,11 +183,13 @@ def main(argv: Sequence[str]) -> None:
   for seed in range(_SEEDS.value):  # seeds outermost: comparable early
     for recipe in RECIPES:
       train_run(runs[recipe][seed], recipe, seed)
-  results = {recipe: [run_dice(d, sources) for d in dirs]
+  results = {recipe: [run_metrics(d, sources) for d in dirs]
              for recipe, dirs in runs.items()}
   markdown, rows = table(results)
-  header = (f"demo recipe, first {_TRAIN_SUBJECTS.value} training subjects, "
-            f"{_SEEDS.value} seeds; test Dice without postprocessing "
+  steps = _NUM_STEPS.value or joint.get_config("demo").num_steps
+  header = (f"demo recipe, {steps} steps, first {_TRAIN_SUBJECTS.value} "
+            f"training subjects, {_SEEDS.value} seeds; test metrics without "
+            "postprocessing "
             f"(usual test split / shifted cohort {SHIFT})\n\n")
   tables.write_table(out, "augmentation_recipe", rows, header + markdown)
 
