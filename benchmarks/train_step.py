@@ -10,8 +10,8 @@ shared): pvl_jax's jitted joint training step (nnU-Net's 6-stage
 hand-function head, bfloat16 compute), alone and with nnU-Net's
 augmentation in the step (`data.augment.recipe="nnunet"`: the batch is the
 larger patch the host cuts, resampled and augmented on the device), the two
-timed in alternation so that both see the same machine; the anchor eager and with
-torch.compile, and pvl_jax's sliding-window prediction of a whole 1 mm brain
+timed in alternation so that both see the same machine; the anchor eager and
+with torch.compile, and pvl_jax's sliding-window prediction of a whole 1 mm brain
 (the MNI template's brain bounding box plus the pipeline's crop margin;
 0.5 overlap, Gaussian weights, patch-sized windows) without and with 8-way
 mirroring. Prints one markdown table: ms per step (median after warm-up),
