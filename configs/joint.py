@@ -120,6 +120,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_classes = 2
   config.model.deep_supervision = True
   config.model.cls_hidden = 64
+  # The hand-function head reads a "subject" (bags of cls_bag_size patches of
+  # one subject in training, every window of the scan at inference) or each
+  # "patch" on its own (window logits averaged at inference).
+  config.model.cls_head = "patch"
+  config.model.cls_bag_size = 0  # patches per bag; 0: the whole batch
   config.model.compute_dtype = "bfloat16"
 
   # Self-configuration (pvl_jax/planning/, nnU-Net v2's rules). With
@@ -148,11 +153,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # last good checkpoint) or "skip" (leave parameters unchanged, count it).
   config.nonfinite = "stop"
 
-  # The hand-function head reads a "subject" (bags of cls_bag_size patches of
-  # one subject in training, every window of the scan at inference) or each
-  # "patch" on its own (window logits averaged at inference).
-  config.model.cls_head = "patch"
-  config.model.cls_bag_size = 0  # patches per bag; 0: the whole batch
   config.log_every = 50
   config.eval_every = 1_000  # validation loss/Dice on fixed patches
   config.eval_patches = 16

@@ -135,6 +135,26 @@ def _decode(record: Mapping[str, Any], directory: Path) -> None:
       raise
 
 
+@dataclasses.dataclass(frozen=True)
+class BagPatch:
+  """A patch of a bag (`pvl_jax.data.bags`): its subject and its kind."""
+  subject: Subject
+  force_foreground: bool
+
+
+def bag_patches(subjects: grain.MapDataset, bag_size: int,
+                pooled_per_bag: int) -> grain.MapDataset:
+  """Element i: patch i % K of a bag of subject i // K of `subjects`.
+
+  The bag's first `pooled_per_bag` patches are drawn uniformly over the
+  volume (the hand-function head reads them), the others hold a lesion.
+  """
+  def patch(i: int) -> BagPatch:
+    return BagPatch(subjects[i // bag_size], i % bag_size >= pooled_per_bag)
+
+  return grain.MapDataset.range(len(subjects)).map(patch)
+
+
 class PatchSampler(grain.transforms.RandomMap):
   """Cuts one (optionally augmented) patch from a subject's volumes."""
 
@@ -145,7 +165,8 @@ class PatchSampler(grain.transforms.RandomMap):
 
     Args:
       patch_size: 3 entries for a 3D model, 2 for a 2D model (slices).
-      foreground_fraction: probability of forcing a lesion into the patch.
+      foreground_fraction: probability of forcing a lesion into the patch
+        (patches not in a bag).
       augment: the basic recipe's options
         (`augmentation_basic.augment_patch`); None: no augmentation here.
       slice_axis: the axis a 2D model's slices are cut across (the plan's
@@ -160,10 +181,15 @@ class PatchSampler(grain.transforms.RandomMap):
     self.foreground_fraction = float(foreground_fraction)
     self.augment = dict(augment) if augment else None
 
-  def random_map(self, subject: Subject, rng: np.random.Generator) -> Batch:
+  def random_map(self, element: Subject | BagPatch,
+                 rng: np.random.Generator) -> Batch:
+    if isinstance(element, BagPatch):
+      subject, force_fg = element.subject, element.force_foreground
+    else:
+      subject = element
+      force_fg = rng.random() < self.foreground_fraction
     image, label, lesion = subject.volumes()
     patch3d, cut3d = self._slab(self.patch_size), self._slab(self.cut_size)
-    force_fg = rng.random() < self.foreground_fraction
     start = sample_patch_start(label.shape, lesion, patch3d, force_fg, rng)
     # The patch is placed (and foreground forced) as without the larger cut,
     # which surrounds it evenly.
@@ -189,7 +215,6 @@ class PatchSampler(grain.transforms.RandomMap):
     if len(window) == 2:
       window.insert(self.slice_axis, 1)
     return window
-
 
 
 def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
@@ -316,7 +341,8 @@ def batches_taken(state: Mapping[str, Any]) -> int:
 
 def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
                   batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+                  process_count: int = 1, bag_size: int = 1,
+                  pooled_per_bag: int = 1) -> grain.IterDataset:
   """Infinite stream of this process's slices of the global training batches.
 
   The global stream of patches is a pure function of the seed: element i of
@@ -337,6 +363,9 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
     seed: shuffling and augmentation seed.
     process_index: this process's index (multi-host data loading).
     process_count: number of processes.
+    bag_size: K > 1 makes every K consecutive elements of the global stream
+      patches of one subject (`bag_patches`); 1: one patch per subject.
+    pooled_per_bag: the uniformly drawn patches at the start of each bag.
 
   Returns:
     A grain IterDataset of dict batches (image, label, hand_function,
@@ -345,8 +374,11 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
   subjects = decoded_subjects(source)
   patches = grain.MapDataset.source(
       subjects[:data_config.max_train_subjects or None])
+  patches = patches.shuffle(seed=seed).repeat()
+  if bag_size > 1:
+    patches = bag_patches(patches, bag_size, pooled_per_bag)
   augment = data_config.augment
-  patches = patches.shuffle(seed=seed).repeat().random_map(
+  patches = patches.random_map(
       PatchSampler(data_config.patch_size, data_config.foreground_fraction,
                    augment.basic.to_dict() if augment.recipe == "basic"
                    else None, data_config.get("slice_axis", 2),

@@ -18,6 +18,7 @@ import numpy as np
 import tensorboardX
 
 from preprocessing.io.atomic import atomic_write_text
+from pvl_jax.data import bags
 from pvl_jax.data import dataset
 from pvl_jax.data import input_pipeline
 from pvl_jax.data import records
@@ -121,7 +122,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   local_batch = config.batch_size // jax.process_count()
   train_ds = input_pipeline.train_dataset(
       sources["train"], config.data, local_batch, config.seed,
-      jax.process_index(), jax.process_count())
+      jax.process_index(), jax.process_count(), bags.bag_size(config),
+      bags.pooled_patches(config))
   data_iter = iter(train_ds)
   val_batches = input_pipeline.fixed_patches(
       sources["validation"], config.data, config.eval_patches, local_batch,
