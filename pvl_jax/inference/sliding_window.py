@@ -37,6 +37,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import weakref
 from typing import Any
 
 import jax
@@ -309,9 +310,17 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
   return np.array(probs[tuple(slice(0, s) for s in spatial)]), float(logit)
 
 
-@functools.lru_cache(maxsize=16)
+# WindowFn -> {images shape: output width}. Weak keys: a cache entry must not
+# keep a dropped model's device-resident variables alive.
+_OUTPUT_WIDTHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _output_width(window_fn: WindowFn, images_shape: tuple[int, ...]) -> int:
   """D of the window function's (B, D) hand-function output (1 for (B,))."""
-  _, outputs = jax.eval_shape(window_fn.apply, window_fn.variables,
-                              jax.ShapeDtypeStruct(images_shape, jnp.float32))
-  return math.prod(outputs.shape[1:])
+  widths = _OUTPUT_WIDTHS.setdefault(window_fn, {})
+  if images_shape not in widths:
+    _, outputs = jax.eval_shape(
+        window_fn.apply, window_fn.variables,
+        jax.ShapeDtypeStruct(images_shape, jnp.float32))
+    widths[images_shape] = math.prod(outputs.shape[1:])
+  return widths[images_shape]
