@@ -36,9 +36,8 @@ def _copy(study, tmp_path) -> Path:
 
 
 def _nothing_written(workdir: Path, cache: Path) -> bool:
-  """No splits, results, checkpoints or TFDS records from a failed run."""
-  return (not any((workdir / name).exists() for name in
-                  ("splits.json", "results.json", "checkpoints"))
+  """No file in the workdir and no TFDS records from a failed run."""
+  return (not (workdir.exists() and any(workdir.iterdir()))
           and not list(cache.rglob("*.array_record*")))
 
 

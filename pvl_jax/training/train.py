@@ -50,7 +50,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
 
   Args:
     config: training config (see configs/joint.py).
-    workdir: the run directory (created; the resolved config.json goes there).
+    workdir: the run directory (created by the disk checks; the resolved
+      config.json goes there once the data is ready).
 
   Returns:
     (config with the plan applied, split name -> data source).
@@ -58,12 +59,12 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   config_validation.validate_config(config)
   disk_checks.check_run_dirs(workdir, config)
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(workdir / "config.json",
-                    config.to_json_best_effort(indent=2))
-
   builder = dataset.prepare(config)
   sources = dataset.split_sources(builder, config)
+  # Written only once the data has been read and split, so that a run that
+  # fails on bad input leaves no files in its workdir.
+  atomic_write_text(workdir / "config.json",
+                    config.to_json_best_effort(indent=2))
   config = splits.record_splits(config, sources, workdir)
   log.info("data: %s (fold %d: %d train, %d validation, %d test subjects)",
            builder.data_dir, config.data.fold, len(sources["train"]),
