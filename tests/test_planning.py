@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from configs import joint
+from preprocessing import lesion_labels
 from preprocessing.io.errors import InputError
 from pvl_jax.planning import config_plan
 from pvl_jax.planning import fingerprint as fingerprint_lib
@@ -158,6 +159,20 @@ def test_fingerprint_statistics_by_hand():
   assert ch0.percentile_99_5 == pytest.approx(3.0)
   assert ch1.mean == pytest.approx(-mean)
   assert (ch1.percentile_00_5, ch1.percentile_99_5) == pytest.approx((-3, -1))
+
+
+def test_fingerprint_leaves_ignored_voxels_out():
+  lesion = np.zeros((8, 8, 8), np.uint8)
+  lesion[1:3, 1:3, 1:3] = 1
+  image = np.where(lesion > 0, 2.0, 0.0)[..., None].astype(np.float32)
+  record = {"image": image, "lesion_mask": lesion,
+            "spacing": np.ones(3, np.float32)}
+  with_ignored = dict(record, lesion_mask=lesion.copy(),
+                      image=image.copy())
+  with_ignored["lesion_mask"][5:8, 5:8, 5:8] = lesion_labels.IGNORE
+  with_ignored["image"][5:8, 5:8, 5:8] = 9.0
+  assert (fingerprint_lib.fingerprint([with_ignored])
+          == fingerprint_lib.fingerprint([record]))
 
 
 def test_fingerprint_without_lesions():

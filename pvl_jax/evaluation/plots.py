@@ -8,6 +8,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from preprocessing import lesion_labels
 from preprocessing.io import figures
 from pvl_jax.data import records
 
@@ -16,6 +17,9 @@ def prediction_overlays(source: Any, predictions: Mapping[str, np.ndarray],
                         path: Path, num_subjects: int, num_slices: int = 3
                         ) -> None:
   """Axial slices of test subjects: reference (green) vs prediction (red).
+
+  Voxels under the cohort's ignore label, left out of every metric, are
+  outlined dotted in gold.
 
   Slices are the ones with the most reference lesion voxels, so the figure
   shows lesions rather than empty brain.
@@ -36,7 +40,8 @@ def prediction_overlays(source: Any, predictions: Mapping[str, np.ndarray],
     record = source[row]
     subject = records.subject_id(record)
     image = record["image"][..., 0]
-    ref = record["lesion_mask"] > 0
+    ref = record["lesion_mask"] == lesion_labels.LESION
+    ignored = record["lesion_mask"] == lesion_labels.IGNORE
     pred = predictions[subject]
     per_slice = ref.sum(axis=(0, 1)) + 1e-3 * pred.sum(axis=(0, 1))
     for col, z in enumerate(sorted(np.argsort(per_slice)[::-1][:num_slices])):
@@ -44,11 +49,14 @@ def prediction_overlays(source: Any, predictions: Mapping[str, np.ndarray],
       ax.imshow(image[:, :, z].T, cmap="gray", origin="lower")
       if ref[:, :, z].any():
         ax.contour(ref[:, :, z].T, levels=[0.5], colors="lime", linewidths=0.8)
+      if ignored[:, :, z].any():
+        ax.contour(ignored[:, :, z].T, levels=[0.5], colors="gold",
+                   linewidths=0.8, linestyles="dotted")
       if pred[:, :, z].any():
         ax.contour(pred[:, :, z].T, levels=[0.5], colors="red", linewidths=0.8)
       ax.set_title(f"{subject} z={z}", fontsize=8)
       ax.axis("off")
-  fig.suptitle("reference (green) vs prediction (red)")
+  fig.suptitle("reference (green) vs prediction (red); ignored: dotted gold")
   figures.save_png(fig, path)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage
 
+from preprocessing import lesion_labels
 from preprocessing.io.atomic import atomic_write_text
 
 # nnU-Net samples at most 1e8 foreground voxels in total for the statistics.
@@ -134,7 +135,9 @@ def fingerprint(records: Sequence[Mapping[str, Any]]) -> Fingerprint:
   for i in range(len(records)):
     record = records[i]
     image = np.asarray(record["image"])
-    lesion = np.asarray(record["lesion_mask"]) > 0
+    # Ignored voxels (another pathology) are neither lesion size nor lesion
+    # intensity; nnU-Net's `seg > 0` would count its ignore label as both.
+    lesion = np.asarray(record["lesion_mask"]) == lesion_labels.LESION
     spacing = tuple(round(float(s), 6) for s in record["spacing"])
     spacings.append(spacing)
     shapes.append(tuple(int(s) for s in lesion.shape))
