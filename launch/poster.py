@@ -36,13 +36,13 @@ import numpy as np
 
 from launch import poster_figure
 from launch import sweep_points
-from preprocessing import bids
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import json_number
 from preprocessing.io.json_files import read_json
 from pvl_jax.evaluation import bootstrap
 from pvl_jax.handfunction import baseline
+from pvl_jax.handfunction import cohort_reading
 from pvl_jax.handfunction import crossfit
 from pvl_jax.handfunction import nested_cv
 
@@ -134,7 +134,8 @@ def compare_group(group: Group, cohort: Path, options: dict[str, Any],
                   reference_cache: dict[Any, dict[str, Any]]
                   ) -> dict[str, Any]:
   """The three classifiers on one group's subjects, with intervals."""
-  subjects_all = bids.load_cohort(cohort, modalities=())
+  reading = cohort_reading.of_runs(group.finished)
+  subjects_all = reading.load(cohort)
   labels = {s.participant_id: s.hand_function for s in subjects_all
             if s.hand_function is not None}
   fit = crossfit.cross_fit(group.finished,
@@ -145,7 +146,8 @@ def compare_group(group: Group, cohort: Path, options: dict[str, Any],
            else None)
   common = dict(downsample=options["downsample"], seed=options["seed"],
                 inner_repeats=options["inner_repeats"],
-                feature_sets=[baseline.PRIMARY], require_all=False)
+                feature_sets=[baseline.PRIMARY], require_all=False,
+                reading=reading)
   (predicted,) = baseline.run(cohort, group.finished, masks=["predicted"],
                               **common)["rows"]
   folds = tuple(sorted(fit.fold_of.items()))

@@ -1,8 +1,9 @@
 """Fake training-run workdirs for the baseline and poster tests.
 
-A run as `pvl_jax.handfunction.crossfit` reads it: splits.json,
-predictions/<subject>_pred.nii.gz (copies of the cohort's reference masks)
-and optionally results.json.
+A run as `pvl_jax.handfunction.crossfit` and `cohort_reading` read it:
+splits.json, config.json (its `data` fields: the cohort and how it was
+read), predictions/<subject>_pred.nii.gz (copies of the cohort's reference
+masks) and optionally results.json.
 """
 
 import json
@@ -27,9 +28,17 @@ def reference_mask(cohort: Path, subject: str) -> Path:
 def write_run(workdir: Path, fold: int, num_folds: int,
               splits: Mapping[str, Sequence[str]], cohort: Path,
               predicted: Sequence[str] | None = None,
-              results: Mapping[str, Any] | None = None) -> Path:
-  """Writes a run; `predicted` defaults to its test split."""
+              results: Mapping[str, Any] | None = None,
+              data: Mapping[str, Any] | None = None) -> Path:
+  """Writes a run; `predicted` defaults to its test split.
+
+  `data` sets config.json's data fields beyond the cohort (the rest take
+  `configs/joint.py`'s defaults when read).
+  """
   workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(json.dumps(
+      {"data": {"cohort_dir": str(cohort), "mask_threshold": -1.0,
+                **(data or {})}}))
   (workdir / "splits.json").write_text(json.dumps(
       {"rule": rule(fold, num_folds), "fold": fold, "num_folds": num_folds,
        "subjects": {k: list(v) for k, v in splits.items()}}))

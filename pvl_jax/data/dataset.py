@@ -227,6 +227,22 @@ def _phenotype(config: ml_collections.ConfigDict) -> str:
   return str(path.resolve())
 
 
+def cohort_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """How the config reads its cohort's labels, scans and lesion masks.
+
+  Returns:
+    label_column, phenotype (absolute path or ""), session, run, bids_filter,
+    ignore_label and mask_threshold (None when unset).
+  """
+  data = config.data
+  return dict(label_column=_option(data, "label_column"),
+              phenotype=_phenotype(config),
+              **{k: _option(data, k) for k in ("session", "run",
+                                               "bids_filter")},
+              ignore_label=_ignore_label(data),
+              mask_threshold=_mask_threshold(data))
+
+
 def builder_config(config: ml_collections.ConfigDict,
                    preprocessed: bool = False
                    ) -> tfds_builder.PVLCohortConfig:
@@ -238,17 +254,15 @@ def builder_config(config: ml_collections.ConfigDict,
       already chosen, so the session, run and entity rules are not applied.
   """
   data = config.data
-  threshold = _mask_threshold(data)
   files = template_files(config)
-  options = dict(
-      ignore_label=_ignore_label(data),
-      label_column=_option(data, "label_column"),
-      phenotype=_phenotype(config), brain_mask=_option(data, "brain_mask"),
-      template=files.image if files else "",
-      template_mask=files.mask if files else "")
-  if not preprocessed:
-    options.update((k, _option(data, k))
-                   for k in ("session", "run", "bids_filter"))
+  options = cohort_options(config)
+  threshold = options.pop("mask_threshold")
+  if preprocessed:
+    for key in ("session", "run", "bids_filter"):
+      del options[key]
+  options.update(brain_mask=_option(data, "brain_mask"),
+                 template=files.image if files else "",
+                 template_mask=files.mask if files else "")
   defaults = tfds_builder.PVLCohortConfig(name="defaults")
   changed = {k: v for k, v in options.items() if getattr(defaults, k) != v}
   # Options off their defaults enter the name as a hash (with the identity

@@ -22,6 +22,7 @@ from pvl_jax.evaluation import bootstrap
 from pvl_jax.evaluation import summary
 from pvl_jax.evaluation.classification import classification_metrics
 from pvl_jax.handfunction import atlas as atlas_lib
+from pvl_jax.handfunction import cohort_reading
 from pvl_jax.handfunction import crossfit
 from pvl_jax.handfunction import features as features_lib
 from pvl_jax.handfunction import nested_cv
@@ -111,12 +112,13 @@ class RegionOptions:
                             self.tract or self.regions or available.names)
 
 
-def _labelled(subjects: Sequence[bids.Subject]) -> list[bids.Subject]:
+def _labelled(subjects: Sequence[bids.Subject], column: str
+              ) -> list[bids.Subject]:
   """The subjects with a hand-function label; logs how many are left out."""
   unlabelled = [s.participant_id for s in subjects if s.hand_function is None]
   if unlabelled:
-    log.info("leaving out %d subject(s) without a hand_function label: %s",
-             len(unlabelled), ", ".join(unlabelled))
+    log.info("leaving out %d subject(s) without a %s label: %s",
+             len(unlabelled), column, ", ".join(unlabelled))
   return [s for s in subjects if s.hand_function is not None]
 
 
@@ -127,7 +129,9 @@ def run(cohort_dir: str | os.PathLike,
         region_options: RegionOptions = RegionOptions(),
         feature_sets: Sequence[str] = FEATURE_SETS,
         masks: Sequence[str] | None = None,
-        require_all: bool = True, resamples: int = 0) -> dict[str, Any]:
+        require_all: bool = True, resamples: int = 0,
+        reading: cohort_reading.CohortReading | None = None
+        ) -> dict[str, Any]:
   """The baseline on reference masks, and on cross-fitted predicted ones.
 
   Args:
@@ -149,11 +153,15 @@ def run(cohort_dir: str | os.PathLike,
     require_all: with runs, every labelled subject needs a predicted mask
       (else the subjects of the runs' test splits are used).
     resamples: bootstrap resamples of each row's pooled metrics (0: none).
+    reading: how the cohort's labels, scans and reference masks are read;
+      None: as the runs read it (their config.json), without runs the
+      defaults.
 
   Returns:
     {"rows": result rows (`result_row`), by masks then feature set,
      "regions": {"source", "names", "tract", "lesion_load_columns"},
-     "folds": "stratified" or "runs", "unlabelled": ids left out}.
+     "folds": "stratified" or "runs", "unlabelled": ids left out,
+     "reading": the `cohort_reading.CohortReading` used, as a dict}.
 
   Raises:
     InputError: bad arguments, cohort, masks, atlas or runs (the message
@@ -173,8 +181,11 @@ def run(cohort_dir: str | os.PathLike,
   masks = tuple(masks or MASK_KINDS[:1 + bool(prediction_dirs)])
   if "predicted" in masks and not prediction_dirs:
     raise InputError("--predictions: predicted masks need training runs")
-  cohort = bids.load_cohort(cohort_dir, modalities=())
-  subjects = _labelled(cohort)
+  if reading is None:
+    reading = (cohort_reading.of_runs(prediction_dirs) if prediction_dirs
+               else cohort_reading.CohortReading())
+  cohort = reading.load(cohort_dir)
+  subjects = _labelled(cohort, reading.label_column)
   outer: int | np.ndarray = folds
   paths = {"reference": {s.participant_id: s.lesion_mask_path
                          for s in subjects}}
@@ -194,8 +205,8 @@ def run(cohort_dir: str | os.PathLike,
     nested_cv.check_fold_class_sizes(
         labels, outer, {run.fold: run.splits_path for run in fit.runs})
   else:
-    nested_cv.check_class_sizes(labels, folds,
-                                Path(cohort_dir) / bids.PARTICIPANTS_FILE)
+    table = reading.phenotype or Path(cohort_dir) / bids.PARTICIPANTS_FILE
+    nested_cv.check_class_sizes(labels, folds, Path(table))
   grid = features_lib.read_grid(paths["reference"][subject_ids[0]])
   region_set = region_options.region_set(grid)
   extract = features_lib.FeatureExtractor(grid, region_set)
@@ -204,7 +215,8 @@ def run(cohort_dir: str | os.PathLike,
   for kind in masks:
     log.info("reading %d %s masks", len(subject_ids), kind)
     features[kind] = features_lib.load_features(
-        [paths[kind][s] for s in subject_ids], grid, extract)
+        [paths[kind][s] for s in subject_ids], grid, extract,
+        reading if kind == "reference" else None)
   searches = {"matrix": nested_cv.matrix_search(grid.shape,
                                                sorted(set(downsample))),
               "lesion_load": nested_cv.lesion_load_search()}
@@ -228,7 +240,8 @@ def run(cohort_dir: str | os.PathLike,
                           features_lib.lesion_load_names(region_set))},
           "folds": "runs" if prediction_dirs else "stratified",
           "unlabelled": [s.participant_id for s in cohort
-                         if s.hand_function is None]}
+                         if s.hand_function is None],
+          "reading": dataclasses.asdict(reading)}
 
 
 def _feature_counts(row: Mapping[str, Any]) -> str:

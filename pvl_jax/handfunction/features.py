@@ -23,6 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from preprocessing.io import nifti
+from pvl_jax.handfunction import cohort_reading
 from pvl_jax.handfunction import regions
 
 # The first lesion-load columns; the regions' follow.
@@ -71,25 +72,29 @@ def read_grid(path: Path) -> Grid:
 
 
 def load_features(paths: Sequence[Path], grid: Grid,
-                  extract: FeatureExtractor) -> dict[str, Any]:
+                  extract: FeatureExtractor,
+                  reading: cohort_reading.CohortReading | None = None
+                  ) -> dict[str, Any]:
   """Reads masks one at a time (a cohort of them need not fit in memory).
 
   Args:
-    paths: binary mask files, one per subject.
+    paths: mask files, one per subject.
     grid: the grid they must lie in.
     extract: the features of a mask of that grid.
+    reading: how the cohort's reference masks are read (ignore label,
+      threshold); None: the masks are binary (predictions).
 
   Returns:
     Feature set name -> (subjects, features) array, sparse for "matrix"
     (flat masks).
 
   Raises:
-    InputError: a mask is unreadable, not binary or in another grid.
+    InputError: a mask is unreadable, not binary (as `reading` allows) or
+      in another grid.
   """
+  reading = reading or cohort_reading.CohortReading()
   return stack_features([
-      extract(nifti.load_mask(path, reference_shape=grid.shape,
-                              reference_affine=grid.affine,
-                              reference_path=grid.path))
+      extract(reading.lesion(path, grid.shape, grid.affine, grid.path))
       for path in paths])
 
 

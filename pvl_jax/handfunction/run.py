@@ -6,6 +6,9 @@ Usage:
       [--downsample=2,3,4,6] [--seed=0] [--inner_repeats=2] \
       [--atlas=LABELS.nii.gz --atlas_names=NAMES.tsv] \
       [--regions=NAME1,NAME2,...] [--tract=NAME1,...] [--resamples=2000]
+      [--label_column=hand_function] [--phenotype=FILE] [--session=first]
+      [--run=last] [--bids_filter=acq-3D] [--ignore_label=2]
+      [--mask_threshold=0.5]
 
 Nested cross-validated logistic regression on the "matrix" (block-averaged
 mask, the poster's form and the primary row; the inner CV chooses the block
@@ -19,6 +22,11 @@ refused; see `pvl_jax.handfunction.crossfit`). Subjects whose label is n/a
 are left out. The regions are the built-in ones (`regions`) or, with
 --atlas, the labels of a user's atlas in the masks' grid (`atlas`);
 --regions picks some, --tract names those whose union is the tract load.
+The cohort is read as the training runs read it (their config.json: label
+column, phenotype file, session, run, entity filter, ignore label, mask
+threshold; `cohort_reading`); without runs, as the flags of the same names
+say, whose defaults are the training config's. A flag that contradicts the
+runs is an error.
 Writes {"rows": [...], ...} to --out (the format launch/report.py reads as
 --baseline) and prints a markdown table: per row the pooled out-of-fold
 accuracy, F1 and AUC with paired-bootstrap 95% intervals over --resamples
@@ -26,8 +34,10 @@ resamples of the subjects (seed --seed). Bad input: `error: <file>:
 <problem>` on stderr, exit status 2, nothing written.
 """
 
+import dataclasses
 import json
 import logging as py_logging
+from pathlib import Path
 import sys
 
 from absl import app
@@ -37,6 +47,7 @@ from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
 from pvl_jax.evaluation import bootstrap
 from pvl_jax.handfunction import baseline
+from pvl_jax.handfunction import cohort_reading
 from pvl_jax.handfunction import nested_cv
 
 FLAGS = flags.FLAGS
@@ -65,6 +76,19 @@ flags.DEFINE_list("tract", [], "Regions whose union is the tract load; "
 flags.DEFINE_integer("resamples", bootstrap.RESAMPLES, "Bootstrap resamples "
                      "of the subjects for each row's 95% intervals (pooled "
                      "out-of-fold accuracy, F1, AUC); 0: none.")
+flags.DEFINE_string("label_column", "hand_function", "The label's column "
+                    "(participants.tsv or --phenotype).")
+flags.DEFINE_string("phenotype", "", "A table the labels come from instead "
+                    "of participants.tsv.")
+flags.DEFINE_string("session", "first", "Session whose masks are used: "
+                    "first, last or a label.")
+flags.DEFINE_string("run", "last", "Run whose masks are used: first, last or "
+                    "a number.")
+flags.DEFINE_string("bids_filter", "", "Entity filter, e.g. acq-3D,rec-norm.")
+flags.DEFINE_integer("ignore_label", None, "Reference-mask value that is "
+                     "neither lesion nor background.")
+flags.DEFINE_float("mask_threshold", None, "Binarise reference masks with "
+                   "mask >= threshold.")
 flags.DEFINE_integer("inner_repeats", nested_cv.INNER_REPEATS,
                      "Repeats of the inner cross-validation: more make the "
                      "choice of hyper-parameters less noisy, at proportional "
@@ -76,6 +100,20 @@ def _factors(values: list[str]) -> list[int]:
     return [int(v) for v in values]
   except ValueError:
     raise InputError(f"--downsample: expected integers, got {values}") from None
+
+
+def _reading() -> cohort_reading.CohortReading:
+  """The runs' reading of the cohort, or the flags' without runs."""
+  given = {field.name: FLAGS[field.name].value
+           for field in dataclasses.fields(cohort_reading.CohortReading)
+           if FLAGS[field.name].present}
+  if given.get("phenotype"):
+    given["phenotype"] = str(Path(given["phenotype"]).expanduser().resolve())
+  if not FLAGS.predictions:
+    return cohort_reading.CohortReading(**given)
+  reading = cohort_reading.of_runs(FLAGS.predictions)
+  cohort_reading.check_flags_agree(reading, given, FLAGS.predictions[0])
+  return reading
 
 
 def main(argv):
@@ -91,7 +129,7 @@ def main(argv):
                           downsample=downsample, seed=FLAGS.seed,
                           inner_repeats=FLAGS.inner_repeats,
                           region_options=options,
-                          resamples=FLAGS.resamples)
+                          resamples=FLAGS.resamples, reading=_reading())
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -104,7 +142,8 @@ def main(argv):
             "inner_folds": nested_cv.INNER_FOLDS,
             "inner_repeats": FLAGS.inner_repeats,
             "resamples": FLAGS.resamples, "regions": output["regions"],
-            "unlabelled": output["unlabelled"], "rows": output["rows"]}
+            "unlabelled": output["unlabelled"], "reading": output["reading"],
+            "rows": output["rows"]}
   atomic_write_text(FLAGS.out, json.dumps(result, indent=2,
                                           allow_nan=False) + "\n")
   print(baseline.markdown_table(output["rows"]))

@@ -1,0 +1,148 @@
+"""The baseline reads a cohort as the training runs read it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocessing.io import nifti
+from preprocessing.io.errors import InputError
+from pvl_jax.handfunction import baseline
+from pvl_jax.handfunction import cohort_reading
+from pvl_jax.handfunction import nested_cv
+from tests import fake_runs
+from tests.test_baseline import AFFINE
+from tests.test_baseline import IDS
+from tests.test_baseline import synthetic_problem
+from tests.test_baseline import write_cohort
+
+NUM_FOLDS = 4
+# Voxels of the "other pathology" label, away from every lesion of the
+# synthetic problem (which lie at y >= 4 voxels or in its spot).
+OTHER = (slice(8, 10), slice(0, 2), slice(0, 2))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+  """The baseline tests' cohort, plus a 'grip' column that is the opposite
+  label, and label-2 voxels in every fourth subject's reference mask."""
+  masks, labels = synthetic_problem()
+  root = write_cohort(tmp_path_factory.mktemp("reading") / "cohort", masks,
+                      labels)
+  table = root / "participants.tsv"
+  lines = table.read_text().splitlines()
+  table.write_text("\n".join(
+      [lines[0] + "\tgrip"]
+      + [f"{line}\t{1 - label}" for line, label in zip(lines[1:], labels)])
+      + "\n")
+  for sid in IDS[::4]:
+    path = fake_runs.reference_mask(root, sid)
+    data = np.asarray(nifti.load_volume(path, kind="mask")[0], np.uint8)
+    data[OTHER] = 2
+    nifti.save_nifti(data, AFFINE, path, np.uint8)
+  return root
+
+
+@pytest.fixture
+def small_grids(monkeypatch):
+  monkeypatch.setattr(nested_cv, "C_GRID", (1.0,))
+  monkeypatch.setattr(nested_cv, "MIN_LESION_FRACTIONS", (0.0,))
+
+
+def _runs(root: Path, cohort: Path, **data) -> list[Path]:
+  """Fold runs whose predictions are the reference masks without label 2."""
+  runs = [fake_runs.write_run(root / f"fold{k}", k, NUM_FOLDS,
+                              fake_runs.fold_splits(IDS, k, NUM_FOLDS),
+                              cohort, data=data)
+          for k in range(NUM_FOLDS)]
+  for run in runs:
+    for path in (run / "predictions").iterdir():
+      volume, affine = nifti.load_volume(path, kind="mask")
+      nifti.save_nifti((volume == 1).astype(np.uint8), affine, path, np.uint8)
+  return runs
+
+
+def _run(cohort, runs, **kwargs):
+  return baseline.run(cohort, runs, downsample=[4], inner_repeats=1,
+                      feature_sets=["lesion_load"], **kwargs)
+
+
+def test_the_runs_reading_is_used(cohort, tmp_path, small_grids):
+  runs = _runs(tmp_path, cohort, ignore_label=2, label_column="grip")
+  output = _run(cohort, runs)
+  assert output["reading"]["ignore_label"] == 2
+  assert output["reading"]["label_column"] == "grip"
+  reference, predicted = output["rows"]
+  # Label-2 voxels are neither lesion nor background: the reference masks'
+  # lesion loads equal those of the predictions, which never held them.
+  assert reference["folds"] == predicted["folds"]
+  assert reference["out_of_fold"] == predicted["out_of_fold"]
+  _, labels = synthetic_problem()
+  truth = {e["subject_id"]: e["hand_function"]
+           for e in reference["out_of_fold"]}
+  assert [truth[s] for s in IDS] == list(1 - labels)
+
+
+def test_reference_masks_with_a_label_the_runs_did_not_ignore(
+    cohort, tmp_path, small_grids):
+  runs = _runs(tmp_path, cohort)
+  path = fake_runs.reference_mask(cohort, IDS[0])
+  with pytest.raises(InputError, match=(
+      f"{path}: lesion mask holds values other than 0, 1 \\(e.g. 2\\)")):
+    _run(cohort, runs)
+
+
+def test_runs_that_read_the_cohort_differently(cohort, tmp_path):
+  runs = _runs(tmp_path, cohort, ignore_label=2)
+  config = runs[2] / "config.json"
+  data = json.loads(config.read_text())
+  data["data"]["session"] = "last"
+  config.write_text(json.dumps(data))
+  with pytest.raises(InputError) as error:
+    cohort_reading.of_runs(runs)
+  assert str(error.value) == (
+      f"{config}: read the cohort with session = 'last', but "
+      f"{runs[0] / 'config.json'} with 'first'; the runs of one comparison "
+      "must read the cohort alike")
+
+
+def test_run_without_config(cohort, tmp_path):
+  runs = _runs(tmp_path, cohort)
+  (runs[1] / "config.json").unlink()
+  with pytest.raises(InputError, match=f"{runs[1] / 'config.json'}"):
+    cohort_reading.of_runs(runs)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, "-m", "pvl_jax.handfunction.run", *args],
+      capture_output=True, text=True, check=False,
+      cwd=Path(__file__).parents[1])
+
+
+def test_cli_flag_that_contradicts_the_runs(cohort, tmp_path):
+  runs = _runs(tmp_path / "runs", cohort, ignore_label=2)
+  out = tmp_path / "baseline.json"
+  proc = _cli(f"--cohort={cohort}", f"--out={out}", "--ignore_label=3",
+              f"--predictions={','.join(map(str, runs))}")
+  assert proc.returncode == 2
+  assert (f"error: --ignore_label=3: the training runs read the cohort with "
+          f"ignore_label = 2 ({runs[0] / 'config.json'}); leave "
+          "--ignore_label out to use theirs") in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()
+
+
+def test_cli_flags_without_runs(cohort, tmp_path):
+  out = tmp_path / "baseline.json"
+  proc = _cli(f"--cohort={cohort}", f"--out={out}", "--ignore_label=2",
+              "--label_column=grip", "--folds=2", "--downsample=4",
+              "--inner_repeats=1", "--resamples=0")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  written = json.loads(out.read_text())
+  assert written["reading"]["ignore_label"] == 2
+  assert written["reading"]["label_column"] == "grip"
+  assert written["rows"][0]["n_subjects"] == len(IDS)
