@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 
 from preprocessing import pipeline
+from preprocessing import selection_flags
 from preprocessing.io import console
 from preprocessing.io.errors import InputError
 
@@ -61,12 +62,8 @@ flags.DEFINE_string("template_mask", "", "The brain mask (0/1) of --template,"
 flags.DEFINE_integer("ignore_label", None, "Lesion-mask value of voxels that "
                      "are neither lesion nor background (e.g. 2, 'other "
                      "pathology'); kept as this value in the outputs.")
-flags.DEFINE_string("session", "first", "Which session of a participant is "
-                    "used: first, last or a session label.")
-flags.DEFINE_string("run", "last", "Which run is used: first, last or a run "
-                    "number.")
-flags.DEFINE_string("bids_filter", "", "Only scans with these entities, e.g. "
-                    "acq-3D or acq-3D,rec-norm.")
+
+flags.adopt_module_key_flags(selection_flags)
 
 
 def main(argv):
@@ -80,8 +77,9 @@ def main(argv):
                            ignore_label=FLAGS.ignore_label,
                            template=FLAGS.template,
                            template_mask=FLAGS.template_mask,
-                           session=FLAGS.session, run=FLAGS.run,
-                           bids_filter=FLAGS.bids_filter)
+                           session=selection_flags.SESSION.value,
+                           run=selection_flags.RUN.value,
+                           bids_filter=selection_flags.BIDS_FILTER.value)
   try:
     summary = pipeline.preprocess_cohort(
         FLAGS.bids, FLAGS.out, params, num_workers=FLAGS.num_workers,

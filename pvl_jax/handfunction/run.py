@@ -34,7 +34,6 @@ resamples of the subjects (seed --seed). Bad input: `error: <file>:
 <problem>` on stderr, exit status 2, nothing written.
 """
 
-import dataclasses
 import json
 import logging as py_logging
 from pathlib import Path
@@ -43,6 +42,7 @@ import sys
 from absl import app
 from absl import flags
 
+from preprocessing import selection_flags
 from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
 from pvl_jax.evaluation import bootstrap
@@ -80,11 +80,6 @@ flags.DEFINE_string("label_column", "hand_function", "The label's column "
                     "(participants.tsv or --phenotype).")
 flags.DEFINE_string("phenotype", "", "A table the labels come from instead "
                     "of participants.tsv.")
-flags.DEFINE_string("session", "first", "Session whose masks are used: "
-                    "first, last or a label.")
-flags.DEFINE_string("run", "last", "Run whose masks are used: first, last or "
-                    "a number.")
-flags.DEFINE_string("bids_filter", "", "Entity filter, e.g. acq-3D,rec-norm.")
 flags.DEFINE_integer("ignore_label", None, "Reference-mask value that is "
                      "neither lesion nor background.")
 flags.DEFINE_float("mask_threshold", None, "Binarise reference masks with "
@@ -94,6 +89,8 @@ flags.DEFINE_integer("inner_repeats", nested_cv.INNER_REPEATS,
                      "choice of hyper-parameters less noisy, at proportional "
                      "cost.")
 
+flags.adopt_module_key_flags(selection_flags)
+
 
 def _factors(values: list[str]) -> list[int]:
   try:
@@ -102,11 +99,14 @@ def _factors(values: list[str]) -> list[int]:
     raise InputError(f"--downsample: expected integers, got {values}") from None
 
 
+# The reading's other fields are the selection flags.
+_READING_FLAGS = ("label_column", "phenotype", "ignore_label", "mask_threshold")
+
+
 def _reading() -> cohort_reading.CohortReading:
   """The runs' reading of the cohort, or the flags' without runs."""
-  given = {field.name: FLAGS[field.name].value
-           for field in dataclasses.fields(cohort_reading.CohortReading)
-           if FLAGS[field.name].present}
+  given = {name: FLAGS[name].value for name in _READING_FLAGS
+           if FLAGS[name].present} | selection_flags.given()
   if given.get("phenotype"):
     given["phenotype"] = str(Path(given["phenotype"]).expanduser().resolve())
   if not FLAGS.predictions:
