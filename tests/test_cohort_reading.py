@@ -146,3 +146,11 @@ def test_cli_flags_without_runs(cohort, tmp_path):
   assert written["reading"]["ignore_label"] == 2
   assert written["reading"]["label_column"] == "grip"
   assert written["rows"][0]["n_subjects"] == len(IDS)
+
+
+def test_small_class_is_named_by_its_column(tmp_path):
+  table = tmp_path / "phenotype.tsv"
+  with pytest.raises(InputError, match=(
+      f"{table}: grip=1 has 2 subject\\(s\\), fewer than the 7 that 5-fold")):
+    nested_cv.check_class_sizes(np.array([0] * 9 + [1] * 2), 5, table,
+                                "grip")

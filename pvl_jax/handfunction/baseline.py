@@ -203,10 +203,12 @@ def run(cohort_dir: str | os.PathLike,
   labels = np.array([s.hand_function for s in subjects])
   if prediction_dirs:
     nested_cv.check_fold_class_sizes(
-        labels, outer, {run.fold: run.splits_path for run in fit.runs})
+        labels, outer, {run.fold: run.splits_path for run in fit.runs},
+        reading.label_column)
   else:
     table = reading.phenotype or Path(cohort_dir) / bids.PARTICIPANTS_FILE
-    nested_cv.check_class_sizes(labels, folds, Path(table))
+    nested_cv.check_class_sizes(labels, folds, Path(table),
+                                reading.label_column)
   grid = features_lib.read_grid(paths["reference"][subject_ids[0]])
   region_set = region_options.region_set(grid)
   extract = features_lib.FeatureExtractor(grid, region_set)

@@ -188,22 +188,29 @@ def min_class_size(folds: int, inner_folds: int = INNER_FOLDS) -> int:
               if n - math.ceil(n / folds) >= inner_folds)
 
 
-def check_class_sizes(labels: np.ndarray, folds: int, source: Path) -> None:
-  """Raises InputError naming `source` if a class is too small for the CV."""
+def check_class_sizes(labels: np.ndarray, folds: int, source: Path,
+                      column: str = "hand_function") -> None:
+  """Raises InputError naming `source` if a class is too small for the CV.
+
+  `column` names the label in the message.
+  """
   needed = min_class_size(folds)
   for label in (0, 1):
     count = int(np.count_nonzero(labels == label))
     if count < needed:
       raise InputError(
-          f"{source}: hand_function={label} has {count} subject(s), fewer "
+          f"{source}: {column}={label} has {count} subject(s), fewer "
           f"than the {needed} that {folds}-fold cross-validation (with "
           f"{INNER_FOLDS}-fold inner selection of hyper-parameters) needs "
           "per class")
 
 
 def check_fold_class_sizes(labels: np.ndarray, fold_of: np.ndarray,
-                           sources: Mapping[int, Path]) -> None:
+                           sources: Mapping[int, Path],
+                           column: str = "hand_function") -> None:
   """Predefined outer folds: each training set needs every inner fold's class.
+
+  `column` names the label in the message.
 
   Raises:
     InputError: naming the fold's source (the run whose test split it is).
@@ -215,7 +222,7 @@ def check_fold_class_sizes(labels: np.ndarray, fold_of: np.ndarray,
       if count < INNER_FOLDS:
         raise InputError(
             f"{sources[int(fold)]}: outside this test split (fold {fold}) "
-            f"hand_function={label} has {count} subject(s), fewer than the "
+            f"{column}={label} has {count} subject(s), fewer than the "
             f"{INNER_FOLDS} that {INNER_FOLDS}-fold inner selection of "
             "hyper-parameters needs")
 
