@@ -92,10 +92,14 @@ def load_features(paths: Sequence[Path], grid: Grid,
     InputError: a mask is unreadable, not binary (as `reading` allows) or
       in another grid.
   """
-  reading = reading or cohort_reading.CohortReading()
-  return stack_features([
-      extract(reading.lesion(path, grid.shape, grid.affine, grid.path))
-      for path in paths])
+  def lesion(path: Path) -> np.ndarray:
+    if reading is None:  # a prediction: its error must not advise flags
+      return nifti.load_mask(path, reference_shape=grid.shape,
+                             reference_affine=grid.affine,
+                             reference_path=grid.path)
+    return reading.lesion(path, grid.shape, grid.affine, grid.path)
+
+  return stack_features([extract(lesion(path)) for path in paths])
 
 
 def stack_features(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
