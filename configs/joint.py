@@ -73,6 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.preprocess = ml_collections.ConfigDict(dict(
       enabled=False, target_spacing=1.0, template="", template_mask=""))
   config.data.num_folds = 5
+  # "site": folds grouped by participants.tsv's site column; "": not grouped.
+  config.data.group_column = ""
   config.data.fold = arg.fold
   config.data.patch_size = ()  # planned (128^3 for the 1 mm cohort)
   # 2D models: the axis cut into slices; a 2D plan sets it (nnU-Net: the

@@ -1,12 +1,16 @@
 """Assigning participants to cross-validation folds (and a held-out test set).
 
-Three rules, chosen by the columns participants.tsv has:
+Three rules:
 
-* no `site` column: folds stratified by label (`stratified_folds`: a fixed
-  permutation of the sorted ids dealt round-robin per class);
-* a `site` column: folds stratified by label and grouped by site, so that no
-  site's participants are in two folds (scikit-learn's `StratifiedGroupKFold`
-  with a fixed seed);
+* by default, folds stratified by label (`stratified_folds`: a fixed
+  permutation of the sorted ids dealt round-robin per class); with a `site`
+  column each class is dealt site by site, so that every site's
+  participants are spread across the folds as evenly as its size allows (a
+  two-centre study trains with 5 folds as any other);
+* asked for (`data.group_column = "site"`): folds stratified by label and
+  grouped by site, so that no site's participants are in two folds
+  (scikit-learn's `StratifiedGroupKFold` with a fixed seed); a cohort with
+  fewer sites than folds is then an error;
 * a `split` column: its `test` participants are a predefined test set, kept
   out of every fold; the others are dealt into folds by one of the rules
   above.
@@ -31,6 +35,8 @@ from preprocessing.io.errors import InputError
 # split of a cohort never changes between builds.
 FOLD_SEED = 20261124
 TEST = "test"
+# The values of data.group_column: "" (no grouping) or the site column.
+GROUP_COLUMNS = ("", participants.SITE_COLUMN)
 # The label a participant without one is stratified as.
 _UNLABELLED = -1
 
@@ -49,18 +55,23 @@ class Assignment:
 
 
 def stratified_folds(subject_ids: list[str], labels: list[int],
-                     num_folds: int) -> list[int]:
+                     num_folds: int,
+                     sites: list[str | None] | None = None) -> list[int]:
   """Stratified, deterministic fold index per subject.
 
   Within each class, subjects (sorted by id, then permuted with a fixed seed)
   are dealt round-robin to folds, so each fold gets a near-equal share of
   every class, and the class dealing continues where the previous class
-  stopped so fold sizes differ by at most one.
+  stopped so fold sizes differ by at most one. With sites, a class is dealt
+  one site after another (the permutation's order kept within a site), so
+  each site is spread over the folds too; without, the folds are those of
+  earlier versions.
 
   Args:
     subject_ids: unique ids.
     labels: class per subject.
     num_folds: number of folds (>= 2).
+    sites: site per subject (None: no site), to balance the folds across.
 
   Returns:
     Fold index per subject, aligned with `subject_ids`.
@@ -76,7 +87,10 @@ def stratified_folds(subject_ids: list[str], labels: list[int],
   for label in sorted(set(labels)):
     members = sorted((i for i, l in enumerate(labels) if l == label),
                      key=lambda i: subject_ids[i])
-    for i in rng.permutation(members):
+    dealt = list(rng.permutation(members))
+    if sites is not None:  # a stable sort: the permutation holds per site
+      dealt.sort(key=lambda i: sites[i] or "")
+    for i in dealt:
       folds[i] = next_fold
       next_fold = (next_fold + 1) % num_folds
   return folds
@@ -114,7 +128,7 @@ def site_folds(subject_ids: list[str], labels: list[int], sites: list[str],
 
 
 def assign(rows: Sequence[bids.Subject], num_folds: int, label_column: str,
-           tsv: str | os.PathLike) -> Assignment:
+           tsv: str | os.PathLike, group_column: str = "") -> Assignment:
   """Folds (and the predefined test set) of a cohort's participants.
 
   Args:
@@ -122,17 +136,28 @@ def assign(rows: Sequence[bids.Subject], num_folds: int, label_column: str,
     num_folds: folds the non-test participants are dealt into.
     label_column: the label's name, for the rule's wording.
     tsv: participants.tsv, named in errors.
+    group_column: "site": folds grouped by site; "": not grouped (see the
+      module docstring).
 
   Returns:
     The assignment and its rule.
 
   Raises:
-    InputError: naming `tsv`: a predefined test set with no participant
-      left to train on, fewer sites (or participants) than folds, or an
-      empty fold.
+    InputError: an unknown `group_column`; naming `tsv`: a predefined test
+      set with no participant left to train on, no site column or fewer
+      sites than folds when grouping by site, fewer participants than
+      folds, or an empty fold.
   """
+  if group_column not in GROUP_COLUMNS:
+    raise InputError(f"data.group_column: {group_column!r} is not "
+                     f"{' or '.join(map(repr, GROUP_COLUMNS))}")
   has_split = any(r.split is not None for r in rows)
   has_site = any(r.site is not None for r in rows)
+  if group_column and not has_site:
+    raise InputError(f"{tsv}: no {participants.SITE_COLUMN} column to group "
+                     "the folds by (data.group_column = "
+                     f"{group_column!r}); set data.group_column to \"\" or "
+                     "add the column")
   test = [r for r in rows if r.split == TEST]
   pool = [r for r in rows if r.split != TEST]
   if has_split and not test:
@@ -147,7 +172,7 @@ def assign(rows: Sequence[bids.Subject], num_folds: int, label_column: str,
             for r in pool]
   where = "the participants outside the predefined test set" if has_split \
       else "the participants"
-  if has_site:
+  if group_column:
     sites = sorted({r.site for r in pool})
     if len(sites) < num_folds:
       raise InputError(
@@ -157,13 +182,16 @@ def assign(rows: Sequence[bids.Subject], num_folds: int, label_column: str,
           f"{participants.SITE_COLUMN} column")
     fold_of = site_folds(ids, labels, [r.site for r in pool], num_folds)
     rule = (f"stratified by {label_column}, grouped by site "
-            "(StratifiedGroupKFold)")
+            "(StratifiedGroupKFold, data.group_column = 'site')")
   else:
     if len(ids) < num_folds:
       raise InputError(f"{tsv}: {len(ids)} of {where} cannot fill "
                        f"{num_folds} folds; set data.num_folds lower")
-    fold_of = stratified_folds(ids, labels, num_folds)
-    rule = f"stratified by {label_column}"
+    fold_of = stratified_folds(ids, labels, num_folds,
+                               [r.site for r in pool] if has_site else None)
+    rule = f"stratified by {label_column}" + (
+        ", balanced across sites (not grouped: data.group_column = '')"
+        if has_site else "")
   empty = sorted(set(range(num_folds)) - set(fold_of))
   if empty:
     raise InputError(f"{tsv}: fold(s) {', '.join(map(str, empty))} of "

@@ -61,6 +61,7 @@ class PVLCohortConfig(tfds.core.BuilderConfig):
     brain_mask: where brain masks come from (`skull_strip_rules.RULES`).
     template, template_mask: the user's template for the `skull_strip`
       brain-mask rule; "" for MNI152.
+    group_column: "site": folds grouped by site (`folds.assign`).
   """
   num_folds: int = 5
   modalities: tuple[str, ...] = ("FLAIR",)
@@ -74,6 +75,7 @@ class PVLCohortConfig(tfds.core.BuilderConfig):
   brain_mask: str = "auto"
   template: str = ""
   template_mask: str = ""
+  group_column: str = ""
 
   def selection(self) -> bids.Selection:
     return bids.Selection(self.session, self.run, self.bids_filter)
@@ -108,12 +110,14 @@ def _tfds_progress_bars_off() -> Iterator[None]:
 class PVLCohort(tfds.core.GeneratorBasedBuilder):
   """A PVL cohort: images, lesion masks, brain masks and hand function."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
       "1.0.0": "Template-space cohort, z-scored, brain-cropped.",
       "1.1.0": "Z-scoring no longer clips intensities (kept lesion contrast).",
       "1.2.0": "Unlabelled subjects (-1), ignored voxels (255), computed "
                "brain masks and their source, a predefined test split.",
+      "1.3.0": "A site column no longer groups the folds unless asked "
+               "(group_column); it balances them across sites.",
   }
   BUILDER_CONFIGS = [PVLCohortConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -156,7 +160,8 @@ class PVLCohort(tfds.core.GeneratorBasedBuilder):
         require_label_column=False)
     assignment = folds_lib.assign(subjects, config.num_folds,
                                   config.label_column,
-                                  cohort / participants.PARTICIPANTS_FILE)
+                                  cohort / participants.PARTICIPANTS_FILE,
+                                  config.group_column)
     self.info.metadata[FOLD_RULE] = assignment.rule
     without = sum(s.brain_mask_path is None for s in subjects)
     if without and config.brain_mask != "files":

@@ -1,5 +1,6 @@
 """TFDS builder: records, fold splits, determinism, no TensorFlow."""
 
+import dataclasses
 import shutil
 import sys
 
@@ -123,17 +124,57 @@ def _cohort(n=30, sites=6, split=False, seed=0):
 
 def test_site_folds_group_sites_and_stratify():
   subjects = _cohort()
-  assignment = folds.assign(subjects, 5, "hand_function", "p.tsv")
+  assignment = folds.assign(subjects, 5, "hand_function", "p.tsv",
+                            group_column="site")
   assert assignment.rule == ("5 folds stratified by hand_function, grouped by"
-                             " site (StratifiedGroupKFold)")
+                             " site (StratifiedGroupKFold, data.group_column "
+                             "= 'site')")
   fold_of_site = {}
   for s in subjects:
     fold_of_site.setdefault(s.site, set()).add(
         assignment.folds[s.participant_id])
   assert all(len(f) == 1 for f in fold_of_site.values())
   # Order-free and deterministic.
-  again = folds.assign(subjects[::-1], 5, "hand_function", "p.tsv")
+  again = folds.assign(subjects[::-1], 5, "hand_function", "p.tsv",
+                       group_column="site")
   assert again.folds == assignment.folds
+
+
+def test_two_sites_do_not_stop_a_default_run():
+  """A two-centre study: 5 folds, each site and class spread over them."""
+  subjects = _cohort(n=40, sites=2)
+  assignment = folds.assign(subjects, 5, "hand_function", "p.tsv")
+  assert assignment.rule == (
+      "5 folds stratified by hand_function, balanced across sites (not "
+      "grouped: data.group_column = '')")
+  for site in ("site0", "site1"):
+    members = [s for s in subjects if s.site == site]
+    counts = np.bincount([assignment.folds[s.participant_id]
+                          for s in members], minlength=5)
+    # Each of the 3 classes is dealt evenly within a site: a site's fold
+    # sizes differ by at most one per class.
+    assert counts.min() > 0 and counts.max() - counts.min() <= 3, counts
+  for label in (0, 1, None):
+    counts = np.bincount([assignment.folds[s.participant_id]
+                          for s in subjects if s.hand_function == label],
+                         minlength=5)
+    assert counts.max() - counts.min() <= 1, (label, counts)
+  # Without the site column, the folds of earlier versions.
+  plain = [dataclasses.replace(s, site=None) for s in subjects]
+  ids = [s.participant_id for s in plain]
+  labels = [-1 if s.hand_function is None else s.hand_function
+            for s in plain]
+  assert folds.assign(plain, 5, "hand_function", "p.tsv").folds == dict(
+      zip(ids, folds.stratified_folds(ids, labels, 5)))
+
+
+def test_grouping_by_site_needs_the_column_and_a_known_name():
+  with pytest.raises(InputError, match="p.tsv: no site column to group"):
+    folds.assign(_cohort(sites=0), 5, "hand_function", "p.tsv",
+                 group_column="site")
+  with pytest.raises(InputError, match="data.group_column: 'centre' is not"):
+    folds.assign(_cohort(), 5, "hand_function", "p.tsv",
+                 group_column="centre")
 
 
 def test_predefined_test_set_is_kept_out_of_the_folds():
@@ -162,7 +203,8 @@ def test_predefined_test_set_is_kept_out_of_the_folds():
 ])
 def test_fold_assignment_errors(subjects, problem):
   with pytest.raises(InputError) as info:
-    folds.assign(subjects, 5, "hand_function", "p.tsv")
+    folds.assign(subjects, 5, "hand_function", "p.tsv",
+                 group_column="site" if subjects[0].site else "")
   assert str(info.value) == f"p.tsv: {problem}"
 
 
@@ -185,8 +227,8 @@ def test_study_records(study_builder):
   records = {r["subject_id"].decode(): r for r in _records(builder)}
   assert len(records) == own_data.NUM_SUBJECTS
   assert builder.info.metadata[tfds_builder.FOLD_RULE] == (
-      "5 folds stratified by hand_function, grouped by site "
-      "(StratifiedGroupKFold)")
+      "5 folds stratified by hand_function, balanced across sites (not "
+      "grouped: data.group_column = '')")
   for pid, record in records.items():
     subject = {s.participant_id: s for s in bids.load_cohort(root)}[pid]
     assert record["hand_function"] == (

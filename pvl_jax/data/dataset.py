@@ -198,7 +198,8 @@ def _file_identity(path: str) -> str:
 # (e.g. a finished run that `cross_evaluate` reads).
 _OPTION_DEFAULTS = {"label_column": "hand_function", "phenotype_file": "",
                     "session": "first", "run": "last", "bids_filter": "",
-                    "ignore_label": -1, "brain_mask": "auto"}
+                    "ignore_label": -1, "brain_mask": "auto",
+                    "group_column": ""}
 
 
 def _option(data: ml_collections.ConfigDict, key: str) -> Any:
@@ -261,6 +262,7 @@ def builder_config(config: ml_collections.ConfigDict,
     for key in ("session", "run", "bids_filter"):
       del options[key]
   options.update(brain_mask=_option(data, "brain_mask"),
+                 group_column=_option(data, "group_column"),
                  template=files.image if files else "",
                  template_mask=files.mask if files else "")
   defaults = tfds_builder.PVLCohortConfig(name="defaults")
