@@ -19,21 +19,33 @@ filter (`Selection.entities`, e.g. `acq-3D`), then to one session
 (`Selection.session`: first, last or a label) and one run (`Selection.run`:
 first, last or a number, which participants without runs ignore); every
 other modality is taken from the same
-session by the same rules. A lesion or brain mask belongs to a scan when
-each entity it has (but `label` and `desc`, which name the mask) has the
-scan's value, so `sub-1_ses-01_label-lesion_mask` covers every run of
-session 01; the most specific one is used.
+session by the same rules (`select_scans`, which `pvl_jax.predict` uses on
+its own). Masks are looked for only then, for the chosen scan: a lesion or
+brain mask belongs to a scan when each entity it has (but `label` and
+`desc`, which name the mask) has the scan's value, so
+`sub-1_ses-01_label-lesion_mask` covers every run of session 01; the most
+specific one is used.
+
+Other pipelines' derivatives (an fMRIPrep tree beside derivatives/lesions)
+never stop the reading: their participants need no participants.tsv row,
+and a brain mask of theirs is used only for a scan it matches -- every
+entity (a `space-` other than the scan's does not), a session when the scan
+has one, and the scan's grid (shape and affine, from the headers) --
+otherwise it is left alone, and one log line counts what was left and why.
 
 Every problem is reported as an `InputError` naming the file or folder and
 what is wrong, before any image is read.
 """
 
+import collections
 import dataclasses
 import functools
 import logging
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 from preprocessing import participants as participants_lib
 from preprocessing.io.errors import InputError
@@ -51,6 +63,7 @@ _RULES = ("first", "last")
 # pybids' schema package logs at INFO which bundled schema it loads, on
 # every first index: nothing a user can act on.
 logging.getLogger("bidsschematools").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +145,7 @@ def load_cohort(bids_dir: str | os.PathLike,
   Args:
     bids_dir: the cohort directory.
     modalities: BIDS suffixes of the required scans, e.g. ("FLAIR", "T1w");
-      the first is the one the lesion mask is drawn on. Empty: no scan is
-      needed (the session and run rules then pick the lesion mask).
+      the first is the one the lesion mask is drawn on.
     label_column: column stored as `Subject.hand_function`.
     selection: which session, run and acquisition are used.
     phenotype: a table the labels come from instead of participants.tsv.
@@ -165,8 +177,70 @@ def load_cohort(bids_dir: str | os.PathLike,
       raise InputError(f"{tsv}: no row for {', '.join(orphans)} (found in "
                        f"{folder})")
   index.check_masks_match_scans()
-  return [_find_subject_files(index, row, modalities, selection)
-          for row in sorted(rows, key=lambda r: r.participant_id)]
+  ignored: collections.Counter[str] = collections.Counter()
+  subjects = [_find_subject_files(index, row, modalities, selection, ignored)
+              for row in sorted(rows, key=lambda r: r.participant_id)]
+  _log_ignored(ignored)
+  return subjects
+
+
+@dataclasses.dataclass(frozen=True)
+class Scans:
+  """One participant's chosen scans (`select_scans`).
+
+  Attributes:
+    participant_id: e.g. "sub-001".
+    session: the session used (None for a layout without sessions).
+    image_paths: modality -> scan, in the order of the modalities asked for.
+  """
+  participant_id: str
+  session: str | None
+  image_paths: dict[str, Path]
+
+
+def select_scans(bids_dir: str | os.PathLike,
+                 modalities: tuple[str, ...] = ("FLAIR",),
+                 selection: Selection = Selection()) -> list[Scans]:
+  """Every participant's scans chosen by the rules, as training chooses them.
+
+  No participants.tsv, label or mask is needed (new scans to segment).
+
+  Args:
+    bids_dir: a BIDS folder of raw scans.
+    modalities: BIDS suffixes of the scans, the reference first.
+    selection: which session, run and acquisition are used.
+
+  Returns:
+    One entry per participant that has a scan of the first modality, sorted
+    by participant id.
+
+  Raises:
+    InputError: bids_dir is missing, no participant has a scan of the first
+      modality that the entity filter keeps, or a participant's rules match
+      no scan or several (as in training).
+  """
+  bids_dir = Path(bids_dir)
+  if not bids_dir.is_dir():
+    problem = "not a directory" if bids_dir.exists() else "not found"
+    raise InputError(f"{bids_dir}: BIDS folder {problem}")
+  selection.check()
+  index = _Index(bids_dir, derivatives=False)
+  if not any(index.scans(pid, modalities[0], **selection.filters())
+             for pid in index.files):
+    raise InputError(
+        f"{bids_dir}: no {modalities[0]} scan in the BIDS folder"
+        + (f" with {selection.entities} (--bids_filter)"
+           if selection.entities else "")
+        + f" (looked for sub-*/[ses-*/]anat/sub-*_{modalities[0]}.nii[.gz])")
+  chosen = []
+  # Every participant with a scan of the modality, as training reads every
+  # participant: one the filter leaves without a scan is an error.
+  for pid in sorted(pid for pid in index.files
+                    if index.scans(pid, modalities[0])):
+    images = _choose_scans(index, pid, modalities, selection)
+    chosen.append(Scans(pid, next(iter(images.values())).get("session")
+                        or None, {m: f.path for m, f in images.items()}))
+  return chosen
 
 
 @functools.cache
@@ -208,24 +282,28 @@ class _File:
 class _Index:
   """pybids' index of the raw folder and of each derivatives folder."""
 
-  def __init__(self, bids_dir: Path):
+  def __init__(self, bids_dir: Path, derivatives: bool = True):
+    """Indexes `bids_dir` and, with `derivatives`, its derivatives folders."""
     # Imported here: pybids (and its SQL index) is only needed while a
     # cohort is read, not by modules that merely name a Subject.
     from bids import BIDSLayout  # pylint: disable=g-import-not-at-top
     self.root = bids_dir.absolute()
     folders = {"": self.root}
-    derivatives = self.root / "derivatives"
-    if derivatives.is_dir():
-      folders.update((f.name, f) for f in sorted(derivatives.iterdir())
+    derived = self.root / "derivatives"
+    if derivatives and derived.is_dir():
+      folders.update((f.name, f) for f in sorted(derived.iterdir())
                      if f.is_dir())
     self.folders = folders
     # participant id -> its anat NIfTI files, in every folder.
     self.files: dict[str, list[_File]] = {}
+    # The folders whose participants need a participants.tsv row: the raw
+    # one and the lesion masks (another pipeline may hold more people).
     self.subjects: dict[Path, set[str]] = {}
     for name, folder in folders.items():
       layout = BIDSLayout(folder, validate=False,
                           config=["bids", "derivatives"])
-      self.subjects[folder] = {f"sub-{s}" for s in layout.get_subjects()}
+      if name in ("", LESION_DERIVATIVE):
+        self.subjects[folder] = {f"sub-{s}" for s in layout.get_subjects()}
       # One query per folder: pybids' per-query cost (~7 ms) times the
       # queries of a participant would dominate a cohort's reading.
       for file in layout.get(datatype="anat", extension=list(_NIFTI)):
@@ -241,19 +319,27 @@ class _Index:
             and (suffix is None or f.get("suffix") == suffix)
             and all(f.get(k) == v for k, v in filters.items())]
 
-  def masks(self, participant_id: str) -> list[_File]:
-    """A participant's lesion masks (derivatives/lesions, label-lesion)
-    and brain masks (desc-brain, anywhere else)."""
+  def lesion_masks(self, participant_id: str) -> list[_File]:
+    """A participant's lesion masks (derivatives/lesions, label-lesion)."""
     return [f for f in self.files.get(participant_id, [])
-            if f.get("suffix") == "mask" and (
-                f.get("label") == "lesion" if f.derivative == LESION_DERIVATIVE
-                else f.get("desc") == "brain")]
+            if f.get("suffix") == "mask"
+            and f.derivative == LESION_DERIVATIVE
+            and f.get("label") == "lesion"]
+
+  def brain_masks(self, participant_id: str) -> list[_File]:
+    """A participant's brain masks (desc-brain, beside the scans or in any
+    derivatives folder but the lesions')."""
+    return [f for f in self.files.get(participant_id, [])
+            if f.get("suffix") == "mask"
+            and f.derivative != LESION_DERIVATIVE
+            and f.get("desc") == "brain"]
 
   def check_masks_match_scans(self) -> None:
-    """Rejects a mask whose entities match none of its participant's scans."""
+    """Rejects a lesion mask whose entities match none of its participant's
+    scans (brain masks that match none are left alone, `_brain_mask_for`)."""
     for participant in sorted(self.files):
       scans = self.scans(participant)
-      for mask in self.masks(participant):
+      for mask in self.lesion_masks(participant):
         if not any(_covers(mask, scan) for scan in scans):
           raise InputError(
               f"{mask.path}: matches no scan of {participant} (its entities: "
@@ -338,57 +424,107 @@ def _one_scan(index: _Index, pid: str, modality: str, selection: Selection,
   return scans[0]
 
 
-def _find_subject_files(index: _Index, row: participants_lib.Participant,
-                        modalities: tuple[str, ...],
-                        selection: Selection) -> Subject:
-  pid = row.participant_id
+def _choose_scans(index: _Index, pid: str, modalities: tuple[str, ...],
+                  selection: Selection) -> dict[str, _File]:
+  """A participant's scan per modality, all from the reference's session."""
   images: dict[str, _File] = {}
   for modality in modalities:
     reference = next(iter(images.values()), None)
     images[modality] = _one_scan(
         index, pid, modality, selection,
         None if reference is None else reference.get("session"))
-  masks = index.masks(pid)
-  lesions = [m for m in masks if m.derivative == LESION_DERIVATIVE]
-  brain = None
-  if images:
-    reference = next(iter(images.values()))
-    lesion = _mask_for(reference, lesions, pid, "lesion mask", required=True)
-    brain = _mask_for(reference, [m for m in masks if m not in lesions], pid,
-                      "brain mask")
-  else:  # no scan needed: the rules pick the lesion mask
-    folder = index.root / "derivatives" / LESION_DERIVATIVE / pid
-    if not lesions:
-      raise InputError(f"{folder}: {pid} has no lesion mask (file not found)")
-    what = f"{folder}: lesion mask"
-    lesions = _pick(lesions, "session", selection.session, what,
-                    "session rule (data.session, --session)")
-    lesion = _most_specific(_pick(lesions, "run", selection.run, what,
-                                  "run rule (data.run, --run)"), what)
+  return images
+
+
+def _find_subject_files(index: _Index, row: participants_lib.Participant,
+                        modalities: tuple[str, ...], selection: Selection,
+                        ignored: collections.Counter[str]) -> Subject:
+  """The scans the rules choose, then the masks covering the reference."""
+  pid = row.participant_id
+  images = _choose_scans(index, pid, modalities, selection)
+  reference = next(iter(images.values()))
+  lesion = _mask_for(reference, index.lesion_masks(pid), pid, "lesion mask")
+  brain = _brain_mask_for(reference, index.brain_masks(pid), ignored)
   return Subject(
       participant_id=pid, hand_function=row.label,
       image_paths={m: f.path for m, f in images.items()},
       lesion_mask_path=lesion.path,
       brain_mask_path=None if brain is None else brain.path,
-      session=(reference if images else lesion).get("session") or None,
+      session=reference.get("session") or None,
       split=row.split, site=row.site)
 
 
-def _mask_for(scan: _File, masks: list[_File], pid: str, kind: str,
-              required: bool = False) -> _File | None:
-  """The most specific of `masks` covering `scan` (None if none and allowed).
+def _mask_for(scan: _File, masks: list[_File], pid: str, kind: str) -> _File:
+  """The most specific of `masks` covering `scan`.
 
   Masks beside the scans (the raw folder) come before derivatives.
+
+  Raises:
+    InputError: naming the scan: no mask covers it, or two equally specific
+      ones do.
   """
   covering = [m for m in masks if _covers(m, scan)]
   if not covering:
-    if not required:
-      return None
     raise InputError(
         f"{scan.path}: {pid} has no {kind} for this scan (file not found; "
         f"{kind}s of {pid}: {', '.join(m.path.name for m in masks) or 'none'})")
   raw = [m for m in covering if not m.derivative]
   return _most_specific(raw or covering, f"{scan.path}: {kind}")
+
+
+def _brain_mask_for(scan: _File, masks: list[_File],
+                    ignored: collections.Counter[str]) -> _File | None:
+  """The brain mask for `scan` among those that match it, or None.
+
+  A mask is left out (and counted in `ignored` by reason) unless it covers
+  the scan's entities (a `space-` other than the scan's is not the scan's),
+  names the scan's session when the scan has one (a session-less mask of
+  another pipeline is often an average over sessions), and is on the scan's
+  grid.
+  """
+  usable = []
+  for mask in masks:
+    if not _covers(mask, scan):
+      reason = ("in another space" if mask.get("space") != scan.get("space")
+                else "of another scan")
+    elif scan.get("session") and not mask.get("session"):
+      reason = "session-less in a sessioned dataset"
+    elif not _same_grid(mask.path, scan.path):
+      reason = "on another grid than its scan"
+    else:
+      usable.append(mask)
+      continue
+    ignored[f"{reason} ({_folder_name(mask)})"] += 1
+  if not usable:
+    return None
+  raw = [m for m in usable if not m.derivative]
+  return _most_specific(raw or usable, f"{scan.path}: brain mask")
+
+
+def _folder_name(file: _File) -> str:
+  return f"derivatives/{file.derivative}" if file.derivative else "raw"
+
+
+def _same_grid(a: Path, b: Path) -> bool:
+  """Whether two NIfTI files' headers give one grid (shape and affine).
+
+  An unreadable header is not this function's to report: the file is then
+  taken as matching, and its reader names the problem.
+  """
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  try:
+    first, second = nib.load(a), nib.load(b)
+  except Exception:  # pylint: disable=broad-except
+    return True
+  return (first.shape[:3] == second.shape[:3]
+          and np.allclose(first.affine, second.affine, atol=1e-3))
+
+
+def _log_ignored(ignored: collections.Counter[str]) -> None:
+  """One line: the brain masks left out, by reason."""
+  if ignored:
+    log.info("brain masks left out: %s", ", ".join(
+        f"{n} {reason}" for reason, n in sorted(ignored.items())))
 
 
 def _most_specific(masks: list[_File], what: str) -> _File:

@@ -1,6 +1,7 @@
 """Tests for preprocessing.bids: cohort discovery, participants.tsv checks."""
 
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -252,7 +253,6 @@ def study(tmp_path_factory):
 
 
 def _copy(study, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   return Path(shutil.copytree(study, tmp_path / "study"))
 
 
@@ -396,10 +396,88 @@ def test_label_column_optional_only_when_asked(study):
   assert {s.hand_function for s in subjects} == {None}
 
 
-def test_lesion_mask_chosen_by_the_rules_without_scans(study):
-  """The hand-function baseline asks for masks alone (modalities=())."""
-  subjects = _by_id(bids.load_cohort(study, modalities=(),
-                                     selection=bids.Selection(session="last")))
-  assert subjects["sub-007"].lesion_mask_path.name == (
-      "sub-007_ses-02_label-lesion_mask.nii.gz")
-  assert subjects["sub-007"].image_paths == {}
+def _fmriprep_tree(root: Path) -> Path:
+  """An fMRIPrep-like derivatives folder beside derivatives/lesions.
+
+  sub-001: a template-space brain mask, a session-less one (fMRIPrep's
+  average over sessions) and one of ses-01 on another grid; sub-003: a
+  brain mask of ses-01 on its scan's grid (the one usable mask); sub-099:
+  a participant the study's table does not list; plus a preprocessed T1w, a
+  segmentation and a report figure, as fMRIPrep writes them.
+  """
+  prep = root / "derivatives" / "fmriprep"
+  prep.mkdir(parents=True)
+  (prep / "dataset_description.json").write_text(
+      '{"Name": "fMRIPrep", "BIDSVersion": "1.9.0", "DatasetType": '
+      '"derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]}')
+  anat = prep / "sub-001" / "anat"
+  _write_volume(anat / "sub-001_space-MNI152NLin2009cAsym_desc-brain_mask"
+                ".nii.gz")
+  _write_volume(anat / "sub-001_desc-brain_mask.nii.gz")
+  _write_volume(anat / "sub-001_desc-preproc_T1w.nii.gz")
+  _write_volume(anat / "sub-001_dseg.nii.gz")
+  _write_volume(prep / "sub-001" / "ses-01" / "anat"
+                / "sub-001_ses-01_desc-brain_mask.nii.gz")
+  _write_volume(prep / "sub-099" / "anat" / "sub-099_desc-brain_mask.nii.gz")
+  (prep / "sub-001" / "figures").mkdir()
+  (prep / "sub-001" / "figures" / "sub-001_desc-brain_mask.svg").write_text(
+      "<svg/>")
+  scan = root / "sub-003" / "ses-01" / "anat" / "sub-003_ses-01_FLAIR.nii.gz"
+  data, affine = nifti.load_volume(scan)
+  nifti.save_nifti((data > 0).astype(np.uint8), affine,
+                   prep / "sub-003" / "ses-01" / "anat"
+                   / "sub-003_ses-01_desc-brain_mask.nii.gz", np.uint8)
+  return prep
+
+
+def test_other_pipelines_derivatives_are_left_alone(study, tmp_path, caplog):
+  root = _copy(study, tmp_path)
+  prep = _fmriprep_tree(root)
+  with caplog.at_level("INFO", logger="preprocessing.bids"):
+    subjects = _by_id(bids.load_cohort(root, modalities=("FLAIR", "T1w")))
+  assert len(subjects) == own_data.NUM_SUBJECTS
+  assert subjects["sub-001"].brain_mask_path is None
+  assert subjects["sub-003"].brain_mask_path == (
+      prep / "sub-003" / "ses-01" / "anat"
+      / "sub-003_ses-01_desc-brain_mask.nii.gz")
+  assert all(s.brain_mask_path is None for pid, s in subjects.items()
+             if pid != "sub-003")
+  # The preprocessed T1w of another pipeline is not a scan.
+  assert subjects["sub-001"].image_paths["T1w"].parent == (
+      root / "sub-001" / "ses-01" / "anat")
+  lines = [r.getMessage() for r in caplog.records
+           if "brain masks left out" in r.getMessage()]
+  assert lines == [
+      "brain masks left out: 1 in another space (derivatives/fmriprep), "
+      "1 on another grid than its scan (derivatives/fmriprep), "
+      "1 session-less in a sessioned dataset (derivatives/fmriprep)"]
+
+
+def test_lesion_mask_of_no_scan_still_stops(study, tmp_path):
+  """Only the lesion masks, the study's own, must each cover a scan."""
+  root = _copy(study, tmp_path)
+  _fmriprep_tree(root)
+  mask = (root / "derivatives" / "lesions" / "sub-001" / "anat"
+          / "sub-001_space-MNI152NLin2009cAsym_label-lesion_mask.nii.gz")
+  _write_volume(mask)
+  assert _error(bids.load_cohort, root).startswith(
+      f"{mask}: matches no scan of sub-001")
+
+
+def test_select_scans_needs_no_table_or_masks(study, tmp_path):
+  root = _copy(study, tmp_path)
+  (root / "participants.tsv").unlink()
+  shutil.rmtree(root / "derivatives")
+  chosen = bids.select_scans(root, selection=bids.Selection(session="last"))
+  assert [c.participant_id for c in chosen] == [
+      f"sub-{i:03d}" for i in range(1, own_data.NUM_SUBJECTS + 1)]
+  by_id = {c.participant_id: c for c in chosen}
+  assert by_id["sub-002"].session == "02"
+  assert by_id["sub-002"].image_paths["FLAIR"].name == (
+      "sub-002_ses-02_FLAIR.nii.gz")
+  assert by_id[own_data.TWO_RUNS].image_paths["FLAIR"].name == (
+      "sub-005_ses-01_run-2_FLAIR.nii.gz")
+  assert _error(bids.select_scans, root,
+                selection=bids.Selection(entities="acq-3D")) == (
+      f"{root}: no FLAIR scan in the BIDS folder with acq-3D (--bids_filter)"
+      " (looked for sub-*/[ses-*/]anat/sub-*_FLAIR.nii[.gz])")

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import joint
+from preprocessing import bids
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
+from pvl_jax.data import dataset
 from pvl_jax.handfunction import baseline
 from pvl_jax.handfunction import cohort_reading
 from pvl_jax.handfunction import nested_cv
@@ -154,3 +157,65 @@ def test_small_class_is_named_by_its_column(tmp_path):
       f"{table}: grip=1 has 2 subject\\(s\\), fewer than the 7 that 5-fold")):
     nested_cv.check_class_sizes(np.array([0] * 9 + [1] * 2), 5, table,
                                 "grip")
+
+
+# The baseline reads the masks training reads: the scan is chosen first
+# (session, run, entity filter), then the lesion mask covering it.
+
+
+def _volume(path: Path) -> None:
+  nifti.save_nifti(np.zeros((4, 4, 4), np.uint8), np.eye(4), path, np.uint8)
+
+
+def _layout(root: Path, scans: list[str], masks: list[str]) -> Path:
+  """One participant's scans (raw folder) and lesion masks, by stem."""
+  root.mkdir()
+  (root / "participants.tsv").write_text(
+      "participant_id\thand_function\nsub-001\t1\n")
+  for stem in scans:
+    session = stem.split("_")[1]
+    _volume(root / "sub-001" / session / "anat" / f"{stem}_FLAIR.nii.gz")
+  for stem in masks:
+    session = stem.split("_")[1]
+    _volume(root / "derivatives" / "lesions" / "sub-001" / session / "anat"
+            / f"{stem}_label-lesion_mask.nii.gz")
+  return root
+
+
+THREE_LAYOUTS = {
+    # The filter keeps the ses-02 scan: its session's mask, not ses-01's.
+    "filter_picks_the_session": (
+        ["sub-001_ses-01_acq-2D", "sub-001_ses-02_acq-3D"],
+        ["sub-001_ses-01", "sub-001_ses-02"], "acq-3D",
+        "sub-001_ses-02_label-lesion_mask.nii.gz"),
+    # A mask per acquisition: the chosen scan's, not "ambiguous".
+    "a_mask_per_acquisition": (
+        ["sub-001_ses-01_acq-2D", "sub-001_ses-01_acq-3D"],
+        ["sub-001_ses-01_acq-2D", "sub-001_ses-01_acq-3D"], "acq-3D",
+        "sub-001_ses-01_acq-3D_label-lesion_mask.nii.gz"),
+    # Runs: the last run's scan, covered by its run's mask (the session's
+    # run-less mask is less specific).
+    "runs_and_a_session_mask": (
+        ["sub-001_ses-01_run-1", "sub-001_ses-01_run-2"],
+        ["sub-001_ses-01", "sub-001_ses-01_run-2"], "",
+        "sub-001_ses-01_run-2_label-lesion_mask.nii.gz"),
+}
+
+
+@pytest.mark.parametrize("layout", THREE_LAYOUTS)
+def test_baseline_reads_the_masks_training_reads(layout, tmp_path):
+  scans, masks, bids_filter, expected = THREE_LAYOUTS[layout]
+  root = _layout(tmp_path / "cohort", scans, masks)
+  config = joint.get_config("demo")
+  config.data.update(cohort_dir=str(root), bids_filter=bids_filter)
+  # Training's reading: the TFDS builder's config and call.
+  builder = dataset.builder_config(config)
+  (training,) = bids.load_cohort(root, modalities=builder.modalities,
+                                 selection=builder.selection())
+  assert training.lesion_mask_path.name == expected
+  # The baseline's, through a run's config.json.
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(config.to_json_best_effort())
+  (reading,) = cohort_reading.of_runs([run]).load(root)
+  assert reading.lesion_mask_path == training.lesion_mask_path

@@ -40,6 +40,9 @@ class CohortReading:
       None: none.
     mask_threshold: binarise reference masks with mask >= threshold; None:
       they must be binary.
+    modality: the scan the lesion masks are drawn on (the runs' first
+      `data.modalities`): the scan is chosen first, as training chooses it,
+      then the lesion mask that covers it.
   """
   label_column: str = "hand_function"
   phenotype: str = ""
@@ -48,17 +51,21 @@ class CohortReading:
   bids_filter: str = ""
   ignore_label: int | None = None
   mask_threshold: float | None = None
+  modality: str = "FLAIR"
 
   def load(self, cohort_dir: str | os.PathLike) -> list[bids.Subject]:
-    """The cohort's subjects, labels and reference masks (no scans needed).
+    """The cohort's subjects, labels and reference masks.
 
-    A pipeline output holds one scan per subject, already chosen, so the
-    session, run and entity rules are not applied to it (as in training).
+    Through `bids.load_cohort`, as training reads it: the session, run and
+    entity rules choose each participant's scan, then the lesion mask
+    covering that scan is the reference. A pipeline output holds one scan
+    per subject, already chosen, so the rules are not applied to it (as in
+    training).
     """
     selection = (bids.Selection()
                  if pipeline_output.is_preprocessed(cohort_dir)
                  else bids.Selection(self.session, self.run, self.bids_filter))
-    return bids.load_cohort(cohort_dir, modalities=(),
+    return bids.load_cohort(cohort_dir, modalities=(self.modality,),
                             label_column=self.label_column,
                             selection=selection,
                             phenotype=self.phenotype or None)
@@ -75,7 +82,9 @@ class CohortReading:
 
 def of_config(config: ml_collections.ConfigDict) -> CohortReading:
   """The reading a training config gives its cohort."""
-  return CohortReading(**dataset.cohort_options(config))
+  modalities = config.data.get("modalities", (CohortReading.modality,))
+  return CohortReading(**dataset.cohort_options(config),
+                       modality=modalities[0])
 
 
 def of_runs(run_dirs: Sequence[str | os.PathLike]) -> CohortReading:
