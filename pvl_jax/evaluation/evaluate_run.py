@@ -34,6 +34,7 @@ from pvl_jax.data import splits as splits_lib
 from pvl_jax.inference import sliding_window
 from pvl_jax.models import unet
 from pvl_jax.evaluation import plots
+from pvl_jax.evaluation import qc_report
 from pvl_jax.evaluation import classification
 from pvl_jax.evaluation import postprocess_choice
 from pvl_jax.inference.postprocess import remove_small_components
@@ -141,6 +142,8 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
       workdir / "predictions.png", config.inference.num_plot_subjects)
   save_predictions(sources["test"], splits["test"]["predictions"],
                    workdir / "predictions")
+  qc_report.write_test_split(sources["test"], splits["test"], results["test"],
+                             workdir)
   return results
 
 

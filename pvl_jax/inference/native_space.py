@@ -12,6 +12,7 @@ at 0.5 (as nnU-Net resamples probabilities, not masks: the boundary falls
 between template voxels instead of snapping to them).
 """
 
+from collections.abc import Sequence
 import dataclasses
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import geometry
+from preprocessing import template as template_lib
 from preprocessing import template_space
 from preprocessing.io import nifti
 from pvl_jax.data import dataset
@@ -34,42 +36,93 @@ class Prediction:
     probabilities: float32 lesion probability (after postprocessing).
     affine: the scan's affine.
     hand_function_prob: P(bad hand function); meaningful only for r > 0.
+    scan: the reference modality's volume (for overlays).
+    brain_template_dice: Dice of the scan's brain mask, carried to the
+      template grid, with the template's brain mask: well below 1 when the
+      registration failed or the scan does not cover the brain.
   """
   mask: np.ndarray
   probabilities: np.ndarray
   affine: np.ndarray
   hand_function_prob: float
+  scan: np.ndarray | None = None
+  brain_template_dice: float | None = None
 
 
-def load_scan(run: trained_run.TrainedRun, path: Path
+def load_scan(run: trained_run.TrainedRun, path: Path | Sequence[Path]
               ) -> tuple[np.ndarray, np.ndarray]:
   """A scan as (X, Y, Z, channels) and its affine, checked for the run.
 
+  Args:
+    run: the run (its modalities).
+    path: one file of the run's modalities (4D for several), or one file per
+      modality in the run's order (a BIDS dataset's scans), on one grid.
+
   Raises:
     InputError: naming the file: unreadable, not one volume per modality of
-      the run, a single slice, empty or constant.
+      the run, not on the reference's grid, a single slice, empty or
+      constant.
   """
-  data, affine = nifti.load_channels(
-      path, len(run.modalities), kind=f"{'/'.join(run.modalities)} image")
+  if isinstance(path, Path):
+    data, affine = nifti.load_channels(
+        path, len(run.modalities), kind=f"{'/'.join(run.modalities)} image")
+    paths = [path] * len(run.modalities)
+  else:
+    paths = list(path)
+    volumes = [nifti.load_volume(p, kind=f"{m} image")
+               for p, m in zip(paths, run.modalities)]
+    affine = volumes[0][1]
+    for other, (volume, other_affine) in zip(paths[1:], volumes[1:]):
+      nifti.check_same_geometry(paths[0], volumes[0][0].shape, affine, other,
+                                volume.shape, other_affine)
+    data = np.stack([volume for volume, _ in volumes], axis=-1)
   for channel in range(data.shape[-1]):
-    template_space.check_scan(path, data[..., channel])
+    template_space.check_scan(paths[channel], data[..., channel])
   return data, affine
 
 
-def segment(run: trained_run.TrainedRun, path: Path) -> Prediction:
-  """Preprocesses, segments and maps back one scan (see the module doc)."""
+def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
+            ) -> Prediction:
+  """Preprocesses, segments and maps back one scan (see the module doc).
+
+  Args:
+    run: the trained run.
+    path: the scan, as `load_scan` takes it.
+  """
   data, affine = load_scan(run, path)
+  paths = [path] * len(run.modalities) if isinstance(path, Path) else path
+  files = dataset.template_files(run.config)
   scans = template_space.to_template(
-      {m: (path, data[..., c], affine) for c, m in enumerate(run.modalities)},
-      run.template_spacing,
-      template_files=dataset.template_files(run.config))
+      {m: (p, data[..., c], affine)
+       for c, (m, p) in enumerate(zip(run.modalities, paths))},
+      run.template_spacing, template_files=files)
   image = np.stack([scans.images[m] for m in run.modalities], axis=-1)
   probs, hand_function_prob = run.predict(image, scans.brain)
   native = to_native(probs, scans.grid, scans.to_native, data.shape[:3],
                      affine)
   return Prediction(mask=(native > 0.5).astype(np.uint8),
                     probabilities=native, affine=affine,
-                    hand_function_prob=hand_function_prob)
+                    hand_function_prob=hand_function_prob,
+                    scan=data[..., 0],
+                    brain_template_dice=_template_dice(
+                        scans.brain, scans.grid, run.template_spacing, files,
+                        template_space.template_for_scan(affine, files)))
+
+
+def _template_dice(brain: np.ndarray, grid: sitk.Image, spacing: float,
+                   files: template_lib.TemplateFiles | None,
+                   template: template_lib.Template) -> float:
+  """Dice of a brain mask on `grid` (a crop of the template grid) with the
+  template's own brain mask, both on the whole template grid (a brain the
+  scan cuts off counts as missing, not as outside the crop)."""
+  full = template_lib.template_grid(spacing, files)
+  on_full = [sitk.GetArrayFromImage(sitk.Resample(
+      image, full, sitk.Transform(), sitk.sitkNearestNeighbor)).T > 0
+             for image in (geometry.image_from_array(
+                 brain.astype(np.uint8), geometry.image_affine(grid)),
+                           template.brain_mask)]
+  total = on_full[0].sum() + on_full[1].sum()
+  return float(2 * (on_full[0] & on_full[1]).sum() / total) if total else 0.0
 
 
 def to_native(values: np.ndarray, grid: sitk.Image,
