@@ -4,7 +4,9 @@ Kept thin (as flax's examples): flags, console, multi-host setup, then
 `pvl_jax.training.train.train_and_evaluate`. Library logs are quiet unless
 `--verbosity` is given (e.g. `--verbosity=0`). Bad input (a config value, a
 file) ends the run with `error: <message>` on stderr and exit status 2,
-before training starts.
+before training starts. In a multi-process run (`--distributed`) a process
+whose peer stopped ends with `error: process K of N stopped: ...` and exit
+status 4 (`pvl_jax.training.peers`).
 """
 
 import logging
@@ -19,6 +21,7 @@ from ml_collections import config_flags
 
 from preprocessing.io import console
 from preprocessing.io.errors import InputError
+from pvl_jax.training import peers
 from pvl_jax.training import preemption
 from pvl_jax.training import train
 
@@ -35,6 +38,12 @@ flags.DEFINE_integer("num_processes", None, "With --distributed, where no "
                      "cluster tells JAX: the number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed, where no "
                      "cluster tells JAX: this process's index.")
+flags.DEFINE_float("init_timeout_s", 60, "With --distributed: every process "
+                   "must connect within this many seconds of its start, or "
+                   "all stop (exit 4).")
+flags.DEFINE_float("peer_timeout_s", 30, "With --distributed: a process that "
+                   "gives no sign of life for this many seconds is taken as "
+                   "stopped, and the others stop (exit 4).")
 flags.DEFINE_bool("preflight", False, "Prepare the data, plan, compile the "
                   "train step and check its memory, print the report and exit "
                   "without training.")
@@ -46,25 +55,48 @@ config_flags.DEFINE_config_file("config", "configs/joint.py",
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  watch = None
   if FLAGS.distributed:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
+    for name in ("init_timeout_s", "peer_timeout_s"):
+      if not FLAGS[name].value > 0:
+        _exit_with_error(f"--{name}: must be positive, got "
+                         f"{FLAGS[name].value:g}")
+    watch = peers.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id, FLAGS.init_timeout_s,
+                             FLAGS.peer_timeout_s)
   console.configure()
-  log.info("JAX: %d %s device(s) (%s), process %d of %d", jax.device_count(),
-           jax.default_backend(), jax.devices()[0].device_kind,
-           jax.process_index() + 1, jax.process_count())
+  log.info("JAX: %d %s device(s) (%s), process %d of %d (0-based)",
+           jax.device_count(), jax.default_backend(),
+           jax.devices()[0].device_kind, jax.process_index(),
+           jax.process_count())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                              preflight_only=FLAGS.preflight)
   except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _stop(watch, 2, str(e))
   except train.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    _stop(watch, 3, str(e))
   except preemption.Preempted as e:
     log.warning("%s", e)
+    # All processes stop at the step they agreed on: a normal end.
+    if watch:
+      watch.finish()
     sys.exit(143)  # the conventional status of a SIGTERM'd process
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if watch is None:
+      raise
+    watch.fail(e)
+  if watch:
+    watch.finish()
+
+
+def _stop(watch: peers.PeerWatch | None, status: int,
+          message: str) -> NoReturn:
+  """Prints `error: <message>` and exits; tells the other processes why."""
+  print(f"error: {message}", file=sys.stderr)
+  if watch:
+    watch.abandon(status, message)
+  sys.exit(status)
 
 
 def _exit_with_error(message: str) -> NoReturn:

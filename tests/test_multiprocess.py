@@ -1,13 +1,21 @@
-"""Two JAX processes (CPU collectives, localhost coordinator) train like one."""
+"""Two JAX processes (CPU collectives, localhost coordinator) train like one.
+
+And they start together without a race, and stop together when one of them
+dies (`pvl_jax.training.peers`).
+"""
 
 import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import portpicker
 import pytest
+
+from pvl_jax.training import peers
+from tests import process_pairs
 
 # Trains a few steps on the tiny cohort and prints a parameter checksum.
 # argv: cohort, cache, port, process_id, num_processes, devices_per_process.
@@ -70,3 +78,99 @@ def test_two_processes_equal_one_process(tiny_cohort, tmp_path, request):
   np.testing.assert_allclose(multi[1]["leaves"], single["leaves"], rtol=1e-5)
   print("steps/s 1 process x 2 devices:", single["steps_per_s"])
   print("steps/s 2 processes x 1 device:", multi[0]["steps_per_s"])
+
+
+# A few steps, every once-per-run output and a checkpoint written.
+SMOKE_FLAGS = ("--config.num_steps=2", "--config.log_every=1",
+               "--config.eval_every=2", "--config.eval_patches=2",
+               "--config.checkpoint_every=2",
+               "--config.inference.num_plot_subjects=1")
+
+
+def test_two_processes_start_together_and_finish(tiny_cohort, tmp_path,
+                                                 request):
+  """From nothing (no records, no workdir) to results.json, both at once.
+
+  Both processes build the records, create the workdir and its folders and
+  write at the same moments: a start-up race fails here.
+  """
+  workdir = tmp_path / "run"
+  port = portpicker.pick_unused_port()
+  procs = [process_pairs.start(tiny_cohort, tmp_path / "cache", workdir, pid,
+                               port, request.config.rootpath, SMOKE_FLAGS)
+           for pid in (0, 1)]
+  for code, out in process_pairs.finish(procs, workdir, timeout_s=300):
+    assert code == 0, out[-3000:]
+  assert (workdir / "results.json").exists()
+  history = [json.loads(line) for line in
+             (workdir / "metrics.jsonl").read_text().splitlines()]
+  # Written by process 0 alone: each step once.
+  assert [h["step"] for h in history if "train/loss" in h] == [1, 2]
+  assert len(list((workdir / "tensorboard").iterdir())) == 1
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["2"]
+
+
+def _killed_peer(tiny_cohort, tmp_path, request, extra, kill_when):
+  """Starts a pair, SIGKILLs process 1 once `kill_when(log of 0)` holds.
+
+  Returns:
+    (exit status of process 0, its output, seconds from the kill to its
+    exit).
+  """
+  workdir = tmp_path / "run"
+  port = portpicker.pick_unused_port()
+  procs = [process_pairs.start(tiny_cohort, tmp_path / "cache", workdir, pid,
+                               port, request.config.rootpath, extra)
+           for pid in (0, 1)]
+  log = process_pairs.log_path(workdir, 0)
+  deadline = time.monotonic() + 600
+  while not kill_when(log.read_text()):
+    assert procs[0].poll() is None, log.read_text()[-3000:]
+    assert time.monotonic() < deadline, "process 0 did not get there"
+    time.sleep(0.1)
+  procs[1].kill()
+  killed = time.monotonic()
+  [(code, out)] = process_pairs.finish(procs[:1], workdir, timeout_s=300)
+  procs[1].wait()
+  return code, out, time.monotonic() - killed
+
+
+def test_peer_killed_at_start_stops_the_other(tiny_cohort, tmp_path,
+                                              request):
+  """Process 1 dies before it connects: process 0 names it, exit 4."""
+  code, out, seconds = _killed_peer(tiny_cohort, tmp_path, request,
+                                    ("--init_timeout_s=10",),
+                                    kill_when=lambda log: True)
+  assert code == peers.EXIT_PEER_STOPPED, out[-3000:]
+  assert ("error: process 1 of 2 stopped: it did not connect to the "
+          "coordinator") in out, out[-3000:]
+  assert seconds < 60
+
+
+@pytest.mark.slow
+def test_peer_killed_at_start_default_timeouts(tiny_cohort, tmp_path,
+                                               request):
+  """The issue's case with the default timeouts: process 0 stops in 120 s."""
+  code, out, seconds = _killed_peer(tiny_cohort, tmp_path, request, (),
+                                    kill_when=lambda log: True)
+  assert code == peers.EXIT_PEER_STOPPED, out[-3000:]
+  assert "error: process 1 of 2 stopped:" in out, out[-3000:]
+  print(f"process 0 exited {seconds:.1f} s after process 1's SIGKILL")
+  assert seconds < 120
+
+
+@pytest.mark.slow
+def test_peer_killed_while_training_stops_the_other(tiny_cohort, tmp_path,
+                                                    request):
+  """Process 1 dies mid-training: process 0 leaves its collective, exit 4."""
+  code, out, seconds = _killed_peer(
+      tiny_cohort, tmp_path, request,
+      ("--config.num_steps=1000", "--config.log_every=1",
+       "--config.eval_every=1000", "--config.checkpoint_every=1000"),
+      kill_when=lambda log: "step 3/" in log)
+  assert code == peers.EXIT_PEER_STOPPED, out[-3000:]
+  assert ("error: process 1 of 2 stopped: no sign of life for 30 s"
+          in out), out[-3000:]
+  print(f"process 0 exited {seconds:.1f} s after process 1's SIGKILL")
+  assert seconds < 120

@@ -136,7 +136,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     state = checkpointing.restore(manager, start_step, state, data_iter)
     log.info("resumed from the checkpoint of step %d", start_step)
 
-  writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+  # Once-per-run outputs come from process 0 alone: tensorboardX creates its
+  # folder check-then-mkdir, so two processes starting together collide.
+  writer = (tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+            if jax.process_index() == 0 else None)
   history_path = workdir / "metrics.jsonl"
   train_ids = records.subject_ids(sources["train"])
   train_metrics = None
@@ -199,7 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     # so the last good checkpoint is complete on disk.
     manager.wait_until_finished()
     manager.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
 
   return state.params
 
@@ -266,11 +270,21 @@ def _check_finite(step: int, metrics: dict[str, jax.Array],
       "to skip such steps instead")
 
 
-def _write_scalars(writer: tensorboardX.SummaryWriter, history_path: Path,
-                   step: int, scalars: dict[str, float]) -> None:
-  """Writes scalars to TensorBoard and appends them to metrics.jsonl."""
+def _write_scalars(writer: tensorboardX.SummaryWriter | None,
+                   history_path: Path, step: int,
+                   scalars: dict[str, float]) -> None:
+  """Writes scalars to TensorBoard and metrics.jsonl (process 0 only).
+
+  Args:
+    writer: process 0's TensorBoard writer; None on the other processes,
+      which write nothing.
+    history_path: metrics.jsonl, appended to.
+    step: the training step the scalars belong to.
+    scalars: name -> value.
+  """
+  if writer is None:
+    return
   for name, value in scalars.items():
     writer.add_scalar(name, value, step)
-  if jax.process_index() == 0:
-    with open(history_path, "a") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+  with open(history_path, "a") as f:
+    f.write(json.dumps({"step": step, **scalars}) + "\n")
