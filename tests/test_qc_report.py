@@ -8,7 +8,6 @@ the DOM the script left. The report itself holds no script.
 """
 
 from html.parser import HTMLParser
-from pathlib import Path
 import re
 import shutil
 import subprocess
