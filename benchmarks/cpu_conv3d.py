@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import joint
+from pvl_jax.training import losses
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
 from pvl_jax.models import unet
@@ -79,8 +80,8 @@ def train_step_row() -> tuple[str, float, float]:
         depth_sliced=depth_sliced)
     state = steps.create_train_state(config, model, jax.random.key(0), 1)
     # Not donating the state lets every timed call start from the same one.
-    step = parallel.jit(steps.make_train_step(model, config.r,
-                                              config.batch_dice),
+    step = parallel.jit(steps.make_train_step(
+        model, config.r, losses.SegLoss.from_config(config)),
                         donate_state=False)
     global_batch = parallel.global_batch(batch)
 

@@ -42,6 +42,7 @@ from configs import joint
 from pvl_jax.inference import sliding_window
 from pvl_jax.training import augmentation
 from pvl_jax.training import compiled_step
+from pvl_jax.training import losses
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
 from pvl_jax.models import flops
@@ -112,7 +113,7 @@ def jax_train_steps() -> list[dict[str, float | None]]:
         "subject_index": np.arange(_BATCH.value, dtype=np.int32)})
     state = steps.create_train_state(variant, model, jax.random.key(0), 1)
     step = parallel.jit(steps.make_train_step(
-        model, variant.r, variant.batch_dice,
+        model, variant.r, losses.SegLoss.from_config(variant),
         augmentation.make_augment_fn(variant)))
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()

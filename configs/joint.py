@@ -151,6 +151,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # nnU-Net's rule (on in 2D; in 3D only with a low-resolution stage, so off
   # for brain-sized data).
   config.batch_dice = ml_collections.config_dict.placeholder(bool)
+  # Deep supervision (model.deep_supervision): weights per decoder output,
+  # finest first (): nnU-Net v2's 1/2^i with the coarsest at 0); targets:
+  # how each output's labels are brought down to its grid, "nearest"
+  # (labels[::f]), "nearest_exact" (the block's centre voxel, nnU-Net's) or
+  # "max" (lesion where any voxel of the block is; see
+  # pvl_jax/training/losses.py).
+  config.deep_supervision = ml_collections.ConfigDict(dict(
+      weights=(), targets="nearest"))
   # NaN/Inf loss or gradients: "stop" (name the step and subjects, keep the
   # last good checkpoint) or "skip" (leave parameters unchanged, count it).
   config.nonfinite = "stop"
@@ -163,8 +171,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.inference = ml_collections.ConfigDict(dict(
       overlap=0.5, batch_size=2, num_plot_subjects=3,
-      # Remove lesion components smaller than a size chosen on validation.
+      # Remove lesion components smaller than a volume chosen on validation
+      # among postprocess_candidates_mm3 (by lesion F1, then Dice;
+      # pvl_jax/evaluation/postprocess_choice.py). The candidates stop below
+      # 0.05 ml: PVL lesions are small.
       postprocess=True,
+      postprocess_candidates_mm3=(0.0, 8.0, 16.0, 24.0, 32.0, 48.0),
       # Mirroring test-time augmentation: spatial axes to flip, () = off;
       # (0, 1, 2) averages all 8 flips of a 3D model (a 2D model mirrors its
       # in-plane axes 0 and 1), at 8x the inference cost.

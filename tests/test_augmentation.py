@@ -259,6 +259,25 @@ def test_each_intensity_transform_in_the_pipeline():
                                 image)  # drawn but not switched on
 
 
+def test_background_outside_the_brain_stays_zero():
+  # nnU-Net's MaskImageTransform: noise, brightness, contrast and gamma
+  # change the brain, never the zeroed background.
+  recipe = _identity_recipe(noise_prob=1.0, brightness_prob=1.0,
+                            contrast_prob=1.0, gamma_prob=1.0)
+  # Without a spatial transform the host cuts the patch itself (16^3).
+  image = np.zeros((2, *recipe.input_size, 1), np.float32)
+  image[:, 3:13, 1:15, 3:13] = _volume((2, 10, 14, 10, 1)) + 3.0
+  batch = {"image": jnp.asarray(image),
+           "label": jnp.zeros(image.shape[:-1], jnp.int32),
+           "hand_function": jnp.zeros(2, jnp.int32)}
+  out = np.asarray(jax.jit(lambda b: augmentation.augment_batch(
+      b, jax.random.key(5), recipe))(batch)["image"][..., 0])
+  brain = np.zeros(out.shape, bool)
+  brain[:, 3:13, 1:15, 3:13] = True
+  assert np.all(out[~brain] == 0)
+  assert np.all(out[brain] != 0)
+
+
 def test_image_equal_to_its_label_stays_equal_under_spatial_transforms():
   recipe = _identity_recipe(rotation_prob=1.0, scaling_prob=1.0,
                             mirror_axes=(0, 1, 2))

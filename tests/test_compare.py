@@ -16,7 +16,8 @@ def _run(tmp_path, name, dice, subjects=("sub-001", "sub-002")):
   test = {"dice_mean": dice, "voe_mean": 1 - dice / (2 - dice),
           "hd95_mm_mean": 3.0, "avd_pct_mean": 10.0,
           "lesion_recall_mean": 0.5, "lesion_f1_mean": 0.6,
-          "size_0-0.05ml_recall": 0.25,
+          "size_0-0.05ml_recall": 0.25, "size_0-0.05ml_n_ref": 4,
+          "size_0-0.05ml_n_detected": 1,
           "per_subject": [{"subject_id": s} for s in subjects]}
   (run / "results.json").write_text(json.dumps({"test": test}))
   return run

@@ -51,6 +51,18 @@ def test_sweep_crosses_r_folds_and_seeds():
     ("inference.mirror_axes", (1, 1), "config.inference.mirror_axes: repeats"),
     ("inference.mirror_axes", ("x",), "config.inference.mirror_axes: must be a"),
     ("data.synthetic.num_subjects", 3, "cannot fill 5 folds"),
+    ("inference.postprocess_candidates_mm3", (0.0, -8.0),
+     "config.inference.postprocess_candidates_mm3: volumes must be numbers >= 0"),
+    ("inference.postprocess_candidates_mm3", (0.0, "big"),
+     "config.inference.postprocess_candidates_mm3: volumes must be numbers"),
+    ("inference.postprocess_candidates_mm3", (),
+     "config.inference.postprocess_candidates_mm3: must be a non-empty"),
+    ("deep_supervision.targets", "mean",
+     "config.deep_supervision.targets: must be one of"),
+    ("deep_supervision.weights", (1.0, 0.5, 0.25),
+     "config.deep_supervision.weights: needs one weight per output of the network (2"),
+    ("deep_supervision.weights", (0.0, 0.0),
+     "config.deep_supervision.weights: weights must be >= 0 with a positive sum"),
 ])
 def test_out_of_range_values_name_the_key(key, value, message):
   config = joint.get_config("demo")

@@ -10,6 +10,7 @@ SCRIPT = textwrap.dedent("""
     import ml_collections
     import numpy as np
     from configs import joint
+    from pvl_jax.training import losses
     from pvl_jax.training import parallel as parallel_lib
     from pvl_jax.training import steps
     from pvl_jax.models import unet
@@ -31,7 +32,8 @@ SCRIPT = textwrap.dedent("""
       parallel = parallel_lib.DataParallel(jax.devices()[:n])
       state = steps.create_train_state(config, model, unet.init_key(0), 1)
       state = jax.device_put(state, parallel.replicated)
-      step = parallel.jit(steps.make_train_step(model, r=0.5, batch_dice=False))
+      step = parallel.jit(steps.make_train_step(model, r=0.5,
+                                                seg_loss=losses.SegLoss()))
       global_batch = parallel.global_batch(batch)
       assert len(global_batch["image"].sharding.device_set) == n
       for _ in range(2):

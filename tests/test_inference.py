@@ -119,7 +119,7 @@ def _host_reference(window_fn, image, window, overlap, batch_size):
   """The accumulation on the host that device-resident sums replaced.
 
   Each image (the volume, or for a 2D window each slice) is zero-padded up to
-  the window, its windows batched (the last batch filled with zeros), and
+  the window evenly on both sides, its windows batched (the last batch filled with zeros), and
   the weighted probabilities summed in numpy, window after window.
   """
   apply = jax.jit(window_fn.apply)
@@ -128,7 +128,9 @@ def _host_reference(window_fn, image, window, overlap, batch_size):
   weights = sliding_window.gaussian_importance(window)
   padded, prob_sums, weight_sums, jobs = [], [], [], []
   for index, one in enumerate(images):
-    pads = [(0, max(w - s, 0)) for s, w in zip(one.shape[:-1], window)]
+    # Centred, as training centres an axis shorter than the patch.
+    pads = [(max(w - s, 0) // 2, max(w - s, 0) - max(w - s, 0) // 2)
+            for s, w in zip(one.shape[:-1], window)]
     padded.append(np.pad(one, pads + [(0, 0)]))
     shape = padded[-1].shape[:-1]
     prob_sums.append(np.zeros(shape, np.float32))
@@ -149,7 +151,8 @@ def _host_reference(window_fn, image, window, overlap, batch_size):
       prob_sums[index][region] += probs[j] * weights
       weight_sums[index][region] += weights
       outputs.append(np.reshape(cls_output[j], -1))
-  maps = [(p / w)[tuple(slice(0, s) for s in one.shape[:-1])]
+  maps = [(p / w)[tuple(slice(max(n - s, 0) // 2, max(n - s, 0) // 2 + s)
+                        for s, n in zip(one.shape[:-1], window))]
           for p, w, one in zip(prob_sums, weight_sums, images)]
   volume = maps[0] if len(window) == 3 else np.stack(maps, axis=2)
   mean_output = np.mean(outputs, axis=0)

@@ -60,6 +60,34 @@ def test_downsample_labels_is_nearest_neighbour():
                                 [[[0, 2], [8, 10]]])
 
 
+def test_downsample_labels_nearest_exact_and_max():
+  labels = jnp.arange(16).reshape(1, 4, 4)
+  # nnU-Net's nearest-exact: the centre voxel f // 2 of each block.
+  np.testing.assert_array_equal(
+      losses.downsample_labels(labels, (2, 2), "nearest_exact"),
+      [[[5, 7], [13, 15]]])
+  # A one-voxel lesion off the sampled voxel: lost by nearest, kept by max.
+  lesion = jnp.zeros((1, 4, 4, 4), jnp.int32).at[0, 1, 2, 3].set(1)
+  assert not losses.downsample_labels(lesion, (2, 2, 2)).any()
+  coarse = losses.downsample_labels(lesion, (2, 2, 2), "max")
+  np.testing.assert_array_equal(np.argwhere(np.asarray(coarse)), [[0, 0, 1, 1]])
+  # max: lesion beats IGNORE, IGNORE beats background, background stays.
+  mixed = jnp.array([[1, IGNORE, IGNORE, 0, 0, 0]])
+  np.testing.assert_array_equal(
+      losses.downsample_labels(mixed, (3,), "max"), [[1, IGNORE, 0]])
+  with pytest.raises(ValueError, match="unknown deep-supervision target"):
+    losses.downsample_labels(labels, (2, 2), "mean")
+
+
+def test_seg_loss_settings_weights():
+  np.testing.assert_allclose(losses.SegLoss().weights(3), [2 / 3, 1 / 3, 0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.SegLoss(ds_weights=(2, 1)).weights(2),
+                             [2 / 3, 1 / 3], rtol=1e-6)
+  with pytest.raises(ValueError, match="2 entries for a network with 3"):
+    losses.SegLoss(ds_weights=(2, 1)).weights(3)
+
+
 def test_segmentation_loss_weights_outputs():
   # Weights 2/3, 1/3, 0: the coarsest output does not count.
   middle_logits, middle_labels = LOGITS[:, ::2], LABELS[:, ::2]
@@ -68,6 +96,14 @@ def test_segmentation_loss_weights_outputs():
               + 1 / 3 * losses.dice_ce_loss(middle_logits, middle_labels))
   got = losses.segmentation_loss([LOGITS, middle_logits, coarsest_logits],
                                  LABELS)
+  assert float(got) == pytest.approx(float(expected), abs=1e-6)
+  # Weights of one's own, and max-pooled targets for the coarse outputs.
+  coarsest_logits = LOGITS[:, ::4]
+  settings = losses.SegLoss(ds_weights=(1.0, 0.0, 1.0), ds_targets="max")
+  expected = 0.5 * (losses.dice_ce_loss(LOGITS, LABELS)
+                    + losses.dice_ce_loss(coarsest_logits, jnp.array([[1]])))
+  got = losses.segmentation_loss([LOGITS, middle_logits, coarsest_logits],
+                                 LABELS, settings)
   assert float(got) == pytest.approx(float(expected), abs=1e-6)
 
 

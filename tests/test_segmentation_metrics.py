@@ -359,13 +359,34 @@ def test_remove_small_components_and_choice_on_validation():
   assert postprocess.remove_small_components(mask, 28).sum() == 0
   np.testing.assert_array_equal(postprocess.remove_small_components(mask, 0),
                                 mask)
-  # Reference = the big cube only: removing specks below 4 voxels is best.
+  # Reference = the big cube only: removing the 1- and 2-voxel specks is
+  # best (2 mm voxels: the first candidate that does is 24 mm^3, 3 voxels).
   ref = np.zeros_like(mask)
   ref[1:4, 1:4, 1:4] = True
-  assert postprocess_choice.choose_min_size([mask], [ref]) == 4
-  # Reference includes the single voxel: no postprocessing is best.
-  ref[8, 8, 8] = True
-  assert postprocess_choice.choose_min_size([mask], [ref | mask]) == 0
+  assert postprocess_choice.choose_min_size([mask], [ref], 8.0) == 24.0
+  # Reference includes the specks: no postprocessing is best.
+  assert postprocess_choice.choose_min_size([mask], [ref | mask], 8.0) == 0.0
+  # The same masks on a 1 mm grid: volumes, not voxels, are the rule.
+  assert postprocess_choice.choose_min_size([mask], [ref], 1.0) == 8.0
+  assert postprocess_choice.min_voxels(16.0, 8.0) == 2
+  assert postprocess_choice.min_voxels(20.0, 8.0) == 3
+
+
+def test_postprocessing_is_chosen_by_lesions_not_dice():
+  from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
+  # A big lesion found, plus two small true lesions of 2 voxels and one
+  # false speck of 2 voxels. Removing 2-voxel components raises Dice (the
+  # speck goes) but loses two true lesions: lesion F1 keeps them.
+  ref = np.zeros((16, 16, 16), bool)
+  ref[2:8, 2:8, 2:8] = True
+  ref[12, 12, 12:14] = True
+  ref[12, 2, 2:4] = True
+  pred = ref.copy()
+  pred[2, 12, 12:14] = True
+  assert postprocess_choice.choose_min_size([pred], [ref], 8.0) == 0.0
+  # A 2-voxel component is 16 mm^3: a 16 mm^3 minimum keeps it.
+  assert postprocess_choice.choose_min_size(
+      [pred], [ref], 8.0, candidates_mm3=(48.0, 16.0)) == 16.0
 
 
 # Ignored voxels: the prediction there is masked out (WMH's label 2).

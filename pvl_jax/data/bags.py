@@ -9,8 +9,9 @@ volume, so their mean is an unbiased estimate of the same mean over every
 window of the scan, which is what the head reads at inference; the bag's other
 K - P patches are forced to hold a lesion (nnU-Net's foreground oversampling,
 which forces the last third of its batch) and train only the segmentation.
-With `cls_head = "patch"` every patch is classified on its own and forced to
-hold a lesion with probability `data.foreground_fraction`, as before.
+With `cls_head = "patch"` every patch is classified on its own and the batch
+is forced as nnU-Net forces it: its last round(B * foreground_fraction)
+patches hold a lesion (`input_pipeline.batch_patches`).
 """
 
 import ml_collections

@@ -3,10 +3,11 @@
 Records come from the TFDS array_record dataset (`tfds.data_source`); each
 training element is one patch cut from one subject:
 
-* with probability `foreground_fraction` the patch is placed so that a random
-  lesion voxel lies inside it (nnU-Net's foreground oversampling; nnU-Net uses
-  0.33); otherwise it is placed uniformly at random, so a fraction of those
-  contain lesion too;
+* the last round(B * foreground_fraction) patches of every batch of B are
+  placed so that a random lesion voxel lies inside them, the others
+  uniformly at random (so some of those contain lesion too): nnU-Net's
+  foreground oversampling, which forces the last 33% of its batch
+  (`_oversample_last_XX_percent`), so that every batch of 2 holds a lesion;
 * augmentation (`data.augment.recipe`): "basic" draws cheap,
   label-preserving ones here, per patch (random flips per axis, intensity
   scale and shift, additive Gaussian noise); "nnunet" draws nnU-Net's in the
@@ -136,10 +137,26 @@ def _decode(record: Mapping[str, Any], directory: Path) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class BagPatch:
-  """A patch of a bag (`pvl_jax.data.bags`): its subject and its kind."""
+class PatchRequest:
+  """A patch to cut: its subject and whether it must hold a lesion."""
   subject: Subject
   force_foreground: bool
+
+
+def batch_patches(subjects: grain.MapDataset, batch_size: int,
+                  foreground_fraction: float) -> grain.MapDataset:
+  """Element i: subject i, forced onto a lesion at nnU-Net's batch places.
+
+  Element i sits at place i % batch_size of its batch; places from
+  round(batch_size * (1 - foreground_fraction)) on are forced (nnU-Net's
+  `_oversample_last_XX_percent`).
+  """
+  uniform = round(batch_size * (1 - foreground_fraction))
+
+  def patch(i: int) -> PatchRequest:
+    return PatchRequest(subjects[i], i % batch_size >= uniform)
+
+  return grain.MapDataset.range(len(subjects)).map(patch)
 
 
 def bag_patches(subjects: grain.MapDataset, bag_size: int,
@@ -149,8 +166,9 @@ def bag_patches(subjects: grain.MapDataset, bag_size: int,
   The bag's first `pooled_per_bag` patches are drawn uniformly over the
   volume (the hand-function head reads them), the others hold a lesion.
   """
-  def patch(i: int) -> BagPatch:
-    return BagPatch(subjects[i // bag_size], i % bag_size >= pooled_per_bag)
+  def patch(i: int) -> PatchRequest:
+    return PatchRequest(subjects[i // bag_size],
+                        i % bag_size >= pooled_per_bag)
 
   return grain.MapDataset.range(len(subjects)).map(patch)
 
@@ -158,15 +176,13 @@ def bag_patches(subjects: grain.MapDataset, bag_size: int,
 class PatchSampler(grain.transforms.RandomMap):
   """Cuts one (optionally augmented) patch from a subject's volumes."""
 
-  def __init__(self, patch_size: Sequence[int], foreground_fraction: float,
+  def __init__(self, patch_size: Sequence[int],
                augment: Mapping[str, Any] | None, slice_axis: int = 2,
                cut_size: Sequence[int] | None = None):
     """Initialises the sampler.
 
     Args:
       patch_size: 3 entries for a 3D model, 2 for a 2D model (slices).
-      foreground_fraction: probability of forcing a lesion into the patch
-        (patches not in a bag).
       augment: the basic recipe's options
         (`augmentation_basic.augment_patch`); None: no augmentation here.
       slice_axis: the axis a 2D model's slices are cut across (the plan's
@@ -178,16 +194,11 @@ class PatchSampler(grain.transforms.RandomMap):
     self.patch_size = tuple(int(p) for p in patch_size)
     self.cut_size = tuple(int(c) for c in cut_size or patch_size)
     self.slice_axis = int(slice_axis)
-    self.foreground_fraction = float(foreground_fraction)
     self.augment = dict(augment) if augment else None
 
-  def random_map(self, element: Subject | BagPatch,
+  def random_map(self, element: PatchRequest,
                  rng: np.random.Generator) -> Batch:
-    if isinstance(element, BagPatch):
-      subject, force_fg = element.subject, element.force_foreground
-    else:
-      subject = element
-      force_fg = rng.random() < self.foreground_fraction
+    subject, force_fg = element.subject, element.force_foreground
     image, label, lesion = subject.volumes()
     patch3d, cut3d = self._slab(self.patch_size), self._slab(self.cut_size)
     start = sample_patch_start(label.shape, lesion, patch3d, force_fg, rng)
@@ -375,16 +386,19 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
   patches = grain.MapDataset.source(
       subjects[:data_config.max_train_subjects or None])
   patches = patches.shuffle(seed=seed).repeat()
+  global_batch = batch_size * process_count
   if bag_size > 1:
     patches = bag_patches(patches, bag_size, pooled_per_bag)
+  else:
+    patches = batch_patches(patches, global_batch,
+                            data_config.foreground_fraction)
   augment = data_config.augment
   patches = patches.random_map(
-      PatchSampler(data_config.patch_size, data_config.foreground_fraction,
+      PatchSampler(data_config.patch_size,
                    augment.basic.to_dict() if augment.recipe == "basic"
                    else None, data_config.get("slice_axis", 2),
                    augmentation_geometry.input_patch_size(data_config)),
       seed=seed)
-  global_batch = batch_size * process_count
 
   def global_element(i: int) -> int:
     return (i // batch_size) * global_batch + process_index * batch_size + (
@@ -403,9 +417,9 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
 def fixed_patches(source: Any, data_config: ml_collections.ConfigDict,
                   num_patches: int, batch_size: int, seed: int) -> list[Batch]:
   """Deterministic, unaugmented patch batches for periodic validation."""
-  ds = grain.MapDataset.source(decoded_subjects(source)).repeat()
-  ds = ds.random_map(PatchSampler(data_config.patch_size,
-                                  data_config.foreground_fraction, None,
+  ds = batch_patches(grain.MapDataset.source(decoded_subjects(source)).repeat(),
+                     batch_size, data_config.foreground_fraction)
+  ds = ds.random_map(PatchSampler(data_config.patch_size, None,
                                   data_config.get("slice_axis", 2)),
                      seed=seed)
   ds = ds.batch(batch_size, drop_remainder=True)

@@ -19,6 +19,7 @@ from absl import flags
 from preprocessing.io import tables
 from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import read_json
+from pvl_jax.evaluation import segmentation
 
 # (column title, results key, scale) for the headline columns.
 COLUMNS = (
@@ -52,10 +53,8 @@ def comparison_rows(runs: dict[str, Path]) -> list[dict[str, Any]]:
     for title, key, scale in COLUMNS:
       value = test.get(key)
       row[title] = None if value is None else value * scale
-    for key in sorted(k for k in test if k.startswith("size_")
-                      and k.endswith("_recall")):
-      label = key[len("size_"):-len("_recall")]
-      row[f"recall {label}"] = test[key]
+    for label, _, _ in segmentation.size_bins(test):
+      row[f"recall {label}"] = test[f"size_{label}_recall"]
     rows.append(row)
   reference = next(iter(subjects.values()))
   for name, ids in subjects.items():

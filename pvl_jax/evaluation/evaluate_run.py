@@ -113,20 +113,10 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
             "test": predict_split(window_fn, sources["test"], config, "test")}
-  min_size = 0
-  if config.inference.postprocess:
-    val = splits["val"]
-    min_size = postprocess_choice.choose_min_size(
-        [val["predictions"][s] & ~val["ignored"][s] for s in val["subjects"]],
-        [val["references"][s] for s in val["subjects"]])
-    for split in splits.values():
-      split["predictions"] = {
-          s: remove_small_components(p, min_size)
-          for s, p in split["predictions"].items()}
+  postprocessing = postprocess_splits(splits, config)
   results: dict[str, Any] = {
       name: segmentation_results(split) for name, split in splits.items()}
-  results["postprocessing"] = {"min_component_voxels": min_size,
-                               "chosen_on": "validation"}
+  results["postprocessing"] = postprocessing
   if config.r > 0:
     classification_results(splits, results)
   summary = splits_lib.summarize(sources, config)
@@ -145,6 +135,35 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   qc_report.write_test_split(sources["test"], splits["test"], results["test"],
                              workdir)
   return results
+
+
+def postprocess_splits(splits: Mapping[str, dict[str, Any]],
+                       config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Chooses the minimum lesion volume on validation; applies it to all.
+
+  Returns:
+    results.json's `postprocessing` record: the volume (mm^3), the same in
+    voxels of the run's grid (what `trained_run` applies), the candidates,
+    the criterion and the split it was chosen on.
+  """
+  val = splits["val"]
+  voxel_mm3 = float(np.prod(val["spacings"][val["subjects"][0]]))
+  candidates = tuple(float(c) for c in
+                     config.inference.postprocess_candidates_mm3)
+  min_mm3 = 0.0
+  if config.inference.postprocess:
+    min_mm3 = postprocess_choice.choose_min_size(
+        [val["predictions"][s] & ~val["ignored"][s] for s in val["subjects"]],
+        [val["references"][s] for s in val["subjects"]], voxel_mm3,
+        candidates)
+  voxels = postprocess_choice.min_voxels(min_mm3, voxel_mm3)
+  for split in splits.values():
+    split["predictions"] = {s: remove_small_components(p, voxels)
+                            for s, p in split["predictions"].items()}
+  return {"min_component_mm3": min_mm3, "min_component_voxels": voxels,
+          "candidates_mm3": list(candidates) if config.inference.postprocess
+          else [], "criterion": "lesion F1, then Dice",
+          "chosen_on": "validation"}
 
 
 def classification_results(splits: Mapping[str, Mapping[str, Any]],

@@ -1,9 +1,10 @@
-"""The closing summary of a training run: one table per split, then files.
+"""The closing summary of a training run: its tables, then files.
 
 Printed at the end of `pvl_jax.main`: segmentation metrics per split (means
 over subjects), hand function where the run has a classification head
-(r > 0), the intensity-threshold baseline on the test split, and the paths
-of what a person opens next.
+(r > 0), the intensity-threshold baseline on the test split; lesion recall
+per lesion-size bin per split (the small lesions PVL is made of, with the
+counts they rest on); and the paths of what a person opens next.
 """
 
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocessing.io import tables
+from pvl_jax.evaluation import segmentation
 
 SPLITS = (("val", "validation"), ("test", "test"))
 SEGMENTATION = (("dice_mean", "Dice"), ("voe_mean", "VOE"),
@@ -37,11 +39,26 @@ def summary_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list]]:
   return header, rows
 
 
+def size_recall_rows(results: Mapping[str, Any]
+                     ) -> tuple[list[str], list[list]]:
+  """Header and rows of lesion recall per size bin: "recall (found/all)"."""
+  bins = {key: segmentation.size_bins(results[key]) for key, _ in SPLITS
+          if key in results}
+  labels = [label for label, _, _ in next(iter(bins.values()), [])]
+  header = ["lesion recall by size"] + [label.replace("-", " - ", 1)
+                                        for label in labels]
+  rows = [[name] + [f"{found / n:.2f} ({found}/{n})" if n else "no lesion"
+                    for _, n, found in bins[key]]
+          for key, name in SPLITS if key in bins]
+  return header, rows
+
+
 def summary_text(results: Mapping[str, Any], workdir: Path) -> str:
-  """The table and the paths of the run's results and figures."""
+  """The tables and the paths of the run's results and figures."""
   header, rows = summary_rows(results)
   table = tables.markdown_table(
       header, rows, lambda v: "" if v is None else tables.format_cell(v))
+  table += "\n" + tables.markdown_table(*size_recall_rows(results))
   files = [str(Path(workdir) / name) for name in OUTPUT_FILES
            if (Path(workdir) / name).exists()]
   return table + "\n" + "\n".join(files)

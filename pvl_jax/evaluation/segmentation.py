@@ -362,6 +362,19 @@ def _pooled_size_recall(size_counts: Mapping[str, int]) -> dict[str, float]:
   return recalls
 
 
+def size_bins(summary: Mapping[str, float]) -> list[tuple[str, int, int]]:
+  """(bin label, reference lesions, detected) of an `aggregate` summary.
+
+  In the order of the bins (smallest lesions first).
+  """
+  labels = [key[len(_SIZE_PREFIX):-len(_N_REF_SUFFIX)] for key in summary
+            if _is_size_count(key) and key.endswith(_N_REF_SUFFIX)]
+  labels.sort(key=lambda label: float(label.split("-")[0]))
+  return [(label, int(summary[f"{_SIZE_PREFIX}{label}{_N_REF_SUFFIX}"]),
+           int(summary[f"{_SIZE_PREFIX}{label}{_N_DETECTED_SUFFIX}"]))
+          for label in labels]
+
+
 def aggregate(per_subject: Sequence[Mapping[str, float]]) -> dict[str, float]:
   """Summarises `evaluate_subject` outputs over subjects.
 

@@ -19,7 +19,9 @@ slowly and hold a second copy of the parameters). The volume is zero-padded to
 a bucketed shape (each axis a multiple of `BUCKET`, and at least the window)
 so that subjects of slightly different crops share one compiled program; the
 window starts are those of the real shape (an axis shorter than the window
-padded up to it), so the bucket does not change the prediction. Windows that
+padded evenly on both sides up to it: the volume centred in the window, as
+training and nnU-Net centre it), so the bucket does not change the
+prediction. Windows that
 only fill the last batch up are masked out.
 
 A 2D model (two patch entries) predicts a volume slice by slice along the last
@@ -278,8 +280,12 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
   window = tuple(int(w) for w in patch_size)
   weights = _slab_weights(window)
   spatial = image.shape[:3]
-  # As if each axis shorter than the window were zero-padded up to it.
+  # As if each axis shorter than the window were zero-padded up to it,
+  # evenly on both sides: training centres such an axis in its patches
+  # (`input_pipeline.sample_patch_start`), as nnU-Net's sampler and
+  # predictor do.
   covered = [max(s, w) for s, w in zip(spatial, weights.shape)]
+  before = [(c - s) // 2 for c, s in zip(covered, spatial)]
   # A 2D model's slab is one slice thick: every slice once, whatever overlap.
   starts = np.array(list(itertools.product(
       *(window_starts(c, w, overlap) for c, w in zip(covered, window)),
@@ -293,7 +299,8 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
   # uncommitted first sums would compile a second program.
   device = inference_device()
   volume = jax.device_put(np.pad(
-      image, [(0, b - s) for b, s in zip(bucket, spatial)] + [(0, 0)]), device)
+      image, [(a, b - s - a) for a, b, s in zip(before, bucket, spatial)]
+      + [(0, 0)]), device)
   sums = (jnp.zeros(bucket, device=device), jnp.zeros(bucket, device=device),
           jnp.zeros(_output_width(window_fn, (batch_size, *window,
                                               image.shape[-1])),
@@ -307,7 +314,8 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
            else window_fn.head(window_fn.variables, mean_output))
   probs, logit = jax.device_get((_normalise(*sums[:2]), logit))
   # A copy: the host view of a device buffer is read-only.
-  return np.array(probs[tuple(slice(0, s) for s in spatial)]), float(logit)
+  return (np.array(probs[tuple(slice(a, a + s) for a, s in zip(before, spatial))]),
+          float(logit))
 
 
 # WindowFn -> {images shape: output width}. Weak keys: a cache entry must not

@@ -22,7 +22,12 @@ sample, in nnU-Net's order, each with its own probability
 7. gamma on the inverted image (p 0.1), then gamma (p 0.3); gamma in
    [0.7, 1.5], mean and std retained;
 8. mirroring: each axis of `mirror_axes` with p 0.5 (done by the
-   resampling of 1, see `apply`).
+   resampling of 1, see `apply`);
+9. the image set back to 0 outside the brain (nnU-Net's MaskImageTransform,
+   which it applies with use_mask_for_norm, as the in-brain z-scoring here
+   is): the brain is the warped nonzero region of the input patch, so the
+   intensity transforms never leave a shifted background that inference
+   does not see.
 Factors in [a, b] around 1 are drawn as nnU-Net's `BGContrast` does: below
 1 or above 1 with even odds, then uniformly on that side.
 
@@ -192,8 +197,14 @@ def apply(params: dict[str, jax.Array], image: jax.Array, label: jax.Array,
   simulated low-resolution grid.
   """
   flips = jnp.where(params["flips"], -1.0, 1.0)
-  image, label = spatial.warp(image, label, params["matrix"] * flips,
+  # The brain: voxels the in-brain z-scoring did not set to 0 in some
+  # channel (nnU-Net's nonzero mask), warped with the image as a channel of
+  # its own.
+  brain = jnp.any(image != 0, axis=-1, keepdims=True).astype(image.dtype)
+  image, label = spatial.warp(jnp.concatenate([image, brain], axis=-1),
+                              label, params["matrix"] * flips,
                               recipe.patch_size, recipe.label_values)
+  image, brain = image[..., :-1], image[..., -1:] > 0.5
   image = image + params["noise_std"] * params["noise"]
   image = jnp.where(params["blur"],
                     intensity.gaussian_blur(image, params["blur_sigmas"],
@@ -207,7 +218,9 @@ def apply(params: dict[str, jax.Array], image: jax.Array, label: jax.Array,
   for name, invert in (("gamma_inverted", True), ("gamma", False)):
     image = jnp.where(params[f"{name}_on"],
                       intensity.gamma(image, params[name], invert), image)
-  return image, label
+  # nnU-Net's MaskImageTransform (with use_mask_for_norm, as this in-brain
+  # z-scoring is): the background back to 0, as inference always sees it.
+  return jnp.where(brain, image, 0.0), label
 
 
 def augment_batch(batch: Batch, key: jax.Array, recipe: Recipe) -> Batch:

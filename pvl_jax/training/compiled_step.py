@@ -31,6 +31,7 @@ from pvl_jax.data import bags
 from pvl_jax.models import unet
 from pvl_jax.training import augmentation
 from pvl_jax.training import augmentation_geometry
+from pvl_jax.training import losses
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
 
@@ -119,7 +120,8 @@ def compile_train_step(config: ml_collections.ConfigDict, model: unet.UNet,
   tx = steps.make_optimizer(config)
   state = abstract_train_state(config, model, tx)
   jitted = parallel.jit(steps.make_train_step(
-      bags.training_model(model, config), config.r, config.batch_dice,
+      bags.training_model(model, config), config.r,
+      losses.SegLoss.from_config(config),
       augmentation.make_augment_fn(config)))
   start = time.perf_counter()
   executable = jitted.lower(state, batch_spec(config)).compile()

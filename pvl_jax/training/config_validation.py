@@ -1,5 +1,7 @@
 """Checks a training config before any work starts; errors name the key."""
 
+import math
+
 import jax
 import ml_collections
 
@@ -8,6 +10,7 @@ from preprocessing import skull_strip_rules
 from preprocessing.io.errors import InputError
 from pvl_jax.data import bags
 from pvl_jax.planning import config_plan
+from pvl_jax.training import losses
 
 
 # config.platform values: "" accepts whatever JAX finds.
@@ -78,6 +81,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.inference.batch_size >= 1, "inference.batch_size",
            "must be >= 1")
   _validate_mirror_axes(config.inference.mirror_axes, "inference.mirror_axes")
+  _validate_sizes_mm3(config.inference.postprocess_candidates_mm3,
+                      "inference.postprocess_candidates_mm3")
+  _require(config.deep_supervision.targets in losses.TARGET_RULES,
+           "deep_supervision.targets",
+           f"must be one of {losses.TARGET_RULES} (got "
+           f"{config.deep_supervision.targets!r})")
 
   if config.plan and config_plan.unset_keys(config):
     return  # checked again once the planner has filled them
@@ -116,6 +125,7 @@ def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
   _require(config.batch_size % devices == 0, "batch_size",
            f"{config.batch_size} is not divisible by the {devices} devices")
   _validate_cls_head(config)
+  _validate_ds_weights(config)
   _require(len(data.patch_size) in (2, 3), "data.patch_size",
            f"needs 2 (2D) or 3 (3D) entries (got {tuple(data.patch_size)})")
   _require(all(p >= 1 for p in data.patch_size), "data.patch_size",
@@ -138,6 +148,32 @@ def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
            "data.patch_size",
            f"{tuple(data.patch_size)} must be divisible by the network's "
            f"total stride {tuple(total_stride)}")
+
+
+def _validate_sizes_mm3(sizes, key: str) -> None:
+  """Postprocessing volumes: a non-empty tuple of numbers >= 0 (mm^3)."""
+  _require(isinstance(sizes, (tuple, list)) and len(sizes) >= 1, key,
+           f"must be a non-empty tuple of volumes in mm^3, e.g. (0, 8, 16) "
+           f"(got {sizes!r})")
+  for size in sizes:
+    _require(isinstance(size, (int, float)) and not isinstance(size, bool)
+             and math.isfinite(size) and size >= 0, key,
+             f"volumes must be numbers >= 0 mm^3 (got {size!r})")
+
+
+def _validate_ds_weights(config: ml_collections.ConfigDict) -> None:
+  """deep_supervision.weights: () or one weight >= 0 per decoder output."""
+  weights = tuple(config.deep_supervision.weights)
+  if not weights:
+    return
+  outputs = (len(config.model.features) - 1
+             if config.model.deep_supervision else 1)
+  _require(len(weights) == outputs, "deep_supervision.weights",
+           f"needs one weight per output of the network ({outputs}, finest "
+           f"first; () for nnU-Net's rule), got {weights}")
+  _require(all(w >= 0 for w in weights) and sum(weights) > 0,
+           "deep_supervision.weights",
+           f"weights must be >= 0 with a positive sum (got {weights})")
 
 
 def backend_name() -> str:

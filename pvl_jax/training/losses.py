@@ -3,7 +3,9 @@
 L_seg is nnU-Net's DC_and_CE_loss: soft Dice over the foreground classes plus
 softmax cross-entropy, summed over deep-supervision outputs with weights
 1/2^i (finest first) except 0 for the coarsest, normalised to sum to one
-(nnU-Net v2's nnUNetTrainer._build_loss).
+(nnU-Net v2's nnUNetTrainer._build_loss), or weights of the config's own
+(`SegLoss`); each output's target is the labels brought down to its grid by
+one of `TARGET_RULES`.
 
 Voxels labelled `lesion_labels.IGNORE` (a cohort's ignore label) count in
 neither term, as nnU-Net masks its ignore label out of both; subjects whose
@@ -12,9 +14,11 @@ from the labels themselves, so callers pass batches as they come.
 """
 
 from collections.abc import Sequence
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -63,6 +67,49 @@ def dice_ce_loss(logits: jax.Array, labels: jax.Array,
           + cross_entropy_loss(logits, labels))
 
 
+# How a deep-supervision output's target is made from the full-resolution
+# labels, per block of f voxels (f: the output's downsampling per axis):
+# "nearest" takes the block's first voxel (labels[::f]); "nearest_exact" its
+# centre voxel f // 2 (nnU-Net's DownsampleSegForDSTransform, torch's
+# nearest-exact); "max" marks the block lesion if any voxel in it is, so a
+# lesion smaller than the block is never lost from a coarse target.
+TARGET_RULES = ("nearest", "nearest_exact", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegLoss:
+  """The settings of L_seg (`segmentation_loss`).
+
+  Attributes:
+    batch_dice: pool the Dice over the batch (nnU-Net's batch_dice).
+    ds_weights: one weight per deep-supervision output, finest first
+      (normalised to sum to one); () for nnU-Net v2's rule
+      (`deep_supervision_weights`).
+    ds_targets: one of `TARGET_RULES`.
+  """
+  batch_dice: bool = False
+  ds_weights: tuple[float, ...] = ()
+  ds_targets: str = "nearest"
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "SegLoss":
+    """The loss settings of a (planned) training config."""
+    ds = config.deep_supervision
+    return cls(batch_dice=bool(config.batch_dice),
+               ds_weights=tuple(float(w) for w in ds.weights),
+               ds_targets=str(ds.targets))
+
+  def weights(self, num_outputs: int) -> np.ndarray:
+    """The normalised weight of each of `num_outputs` outputs."""
+    if not self.ds_weights:
+      return deep_supervision_weights(num_outputs)
+    if len(self.ds_weights) != num_outputs:
+      raise ValueError(f"deep_supervision.weights has {len(self.ds_weights)} "
+                       f"entries for a network with {num_outputs} outputs")
+    w = np.asarray(self.ds_weights, np.float32)
+    return w / w.sum()
+
+
 def deep_supervision_weights(num_outputs: int) -> np.ndarray:
   """nnU-Net's weights: 1/2^i for output i (finest first), summing to one.
 
@@ -75,27 +122,50 @@ def deep_supervision_weights(num_outputs: int) -> np.ndarray:
   return w / w.sum()
 
 
-def downsample_labels(labels: jax.Array, shape: Sequence[int]) -> jax.Array:
-  """Nearest-neighbour downsampling of a label map to `shape` (spatial).
+def downsample_labels(labels: jax.Array, shape: Sequence[int],
+                      rule: str = "nearest") -> jax.Array:
+  """A label map brought down to `shape` (spatial) by integer factors.
 
-  Uses strided slicing, which is nearest neighbour for the integer factors
-  a U-Net's strides produce.
+  Args:
+    labels: integer class map, (batch, *spatial); may hold IGNORE.
+    shape: the coarse spatial shape; each axis divides its full size.
+    rule: one of `TARGET_RULES`. With "max" a block is the largest class in
+      it, and IGNORE only where it holds no class above background and some
+      IGNORE voxel.
+
+  Returns:
+    The coarse label map, (batch, *shape).
   """
   factors = [full // small for full, small in zip(labels.shape[1:], shape)]
-  index = (slice(None),) + tuple(slice(None, None, f) for f in factors)
-  return labels[index]
+  if rule in ("nearest", "nearest_exact"):
+    offsets = [f // 2 if rule == "nearest_exact" else 0 for f in factors]
+    index = (slice(None),) + tuple(slice(o, None, f)
+                                   for o, f in zip(offsets, factors))
+    return labels[index]
+  if rule != "max":
+    raise ValueError(f"unknown deep-supervision target rule {rule!r}; "
+                     f"expected one of {TARGET_RULES}")
+  blocks = (labels.shape[0],) + tuple(
+      n for s, f in zip(shape, factors) for n in (s, f))
+  block_axes = tuple(range(2, len(blocks), 2))
+  ignored = labels == IGNORE
+  classes = jnp.where(ignored, 0, labels).reshape(blocks).max(block_axes)
+  any_ignored = ignored.reshape(blocks).any(block_axes)
+  return jnp.where((classes == 0) & any_ignored, IGNORE, classes
+                   ).astype(labels.dtype)
 
 
 def segmentation_loss(seg_logits: Sequence[jax.Array], labels: jax.Array,
-                      batch_dice: bool = False) -> jax.Array:
+                      settings: SegLoss = SegLoss()) -> jax.Array:
   """Deep-supervised Dice + CE over a list of outputs, finest first."""
-  weights = deep_supervision_weights(len(seg_logits))
+  weights = settings.weights(len(seg_logits))
   total = 0.0
   for w, logits in zip(weights, seg_logits):
     if w == 0:
       continue
-    target = downsample_labels(labels, logits.shape[1:-1])
-    total = total + w * dice_ce_loss(logits, target, batch_dice)
+    target = downsample_labels(labels, logits.shape[1:-1],
+                               settings.ds_targets)
+    total = total + w * dice_ce_loss(logits, target, settings.batch_dice)
   return total
 
 
@@ -114,13 +184,13 @@ def classification_loss(cls_logit: jax.Array, hand_function: jax.Array
 
 def joint_loss(seg_logits: Sequence[jax.Array], cls_logit: jax.Array,
                labels: jax.Array, hand_function: jax.Array, r: float,
-               batch_dice: bool = False
+               settings: SegLoss = SegLoss()
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """L_joint = r * L_cls + L_seg.
 
   Returns:
     (loss, parts) where parts holds 'seg_loss' and 'cls_loss' for logging.
   """
-  seg = segmentation_loss(seg_logits, labels, batch_dice)
+  seg = segmentation_loss(seg_logits, labels, settings)
   cls = classification_loss(cls_logit, hand_function)
   return r * cls + seg, {"seg_loss": seg, "cls_loss": cls}

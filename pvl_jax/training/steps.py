@@ -61,7 +61,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
                                        tx=tx or make_optimizer(config))
 
 
-def make_train_step(model: unet.UNet, r: float, batch_dice: bool,
+def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
                     augment: Callable[[Batch, jax.Array], Batch] | None = None):
   """Returns train_step(state, batch) -> (state, metrics) for a global batch.
 
@@ -82,7 +82,7 @@ def make_train_step(model: unet.UNet, r: float, batch_dice: bool,
     def loss_fn(params):
       seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
       return losses.joint_loss(seg_logits, cls_logit, batch["label"],
-                               hand_function, r, batch_dice)
+                               hand_function, r, seg_loss)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -93,13 +93,13 @@ def make_train_step(model: unet.UNet, r: float, batch_dice: bool,
   return train_step
 
 
-def make_eval_step(model: unet.UNet, r: float, batch_dice: bool):
+def make_eval_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss):
   """Returns eval_step(params, batch) -> loss and hard patch Dice."""
 
   def eval_step(params, batch):
     seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
     loss, parts = losses.joint_loss(seg_logits, cls_logit, batch["label"],
-                                    batch["hand_function"], r, batch_dice)
+                                    batch["hand_function"], r, seg_loss)
     # Ignored voxels (IGNORE) are neither: masked out of the prediction.
     pred = ((jnp.argmax(seg_logits[0], axis=-1) > 0)
             & (batch["label"] != lesion_labels.IGNORE))

@@ -34,6 +34,7 @@ from pvl_jax.training import config_validation
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import preemption
 from pvl_jax.training import disk_checks
+from pvl_jax.training import losses
 from pvl_jax.training import progress
 from pvl_jax.training import steps
 
@@ -116,8 +117,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
                                    len(config.data.modalities),
                                    step_compiled.tx)
   state = jax.device_put(state, parallel.replicated)
-  eval_step = parallel.jit(steps.make_eval_step(model, config.r,
-                                                config.batch_dice),
+  eval_step = parallel.jit(steps.make_eval_step(
+      model, config.r, losses.SegLoss.from_config(config)),
                            donate_state=False)
 
   local_batch = config.batch_size // jax.process_count()
