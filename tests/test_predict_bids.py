@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 
 import nibabel as nib
 import numpy as np
@@ -277,3 +278,21 @@ def test_cli_on_a_bids_dataset(tiny_run, dataset, tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert "0 scan(s) segmented" in again.stdout
   assert "1 skipped (outputs complete)" in again.stdout
+
+
+def test_one_file_per_modality(tmp_path):
+  """A BIDS dataset's FLAIR and T1w files are stacked in the run's order."""
+  run = types.SimpleNamespace(modalities=("FLAIR", "T1w"))
+  rng = np.random.default_rng(0)
+  paths = []
+  for name, affine in (("FLAIR", np.eye(4)), ("T1w", np.eye(4)),
+                       ("T1w_moved", np.diag([2.0, 1, 1, 1]))):
+    paths.append(tmp_path / f"{name}.nii.gz")
+    nifti.save_nifti(rng.uniform(1, 2, (8, 9, 10)).astype(np.float32),
+                     affine, paths[-1], np.float32)
+  data, affine = native_space.load_scan(run, paths[:2])
+  assert data.shape == (8, 9, 10, 2)
+  np.testing.assert_allclose(data[..., 1],
+                             nifti.load_volume(paths[1])[0])
+  with pytest.raises(InputError, match=str(paths[2])):
+    native_space.load_scan(run, [paths[0], paths[2]])
