@@ -63,9 +63,11 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   builder = dataset.prepare(config)
   sources = dataset.split_sources(builder, config)
   # Written only once the data has been read and split, so that a run that
-  # fails on bad input leaves no files in its workdir.
-  atomic_write_text(workdir / "config.json",
-                    config.to_json_best_effort(indent=2))
+  # fails on bad input leaves no files in its workdir; by process 0 alone,
+  # as every once-per-run output.
+  if jax.process_index() == 0:
+    atomic_write_text(workdir / "config.json",
+                      config.to_json_best_effort(indent=2))
   config = splits.record_splits(config, sources, workdir)
   log.info("data: %s (fold %d: %d train, %d validation, %d test subjects)",
            builder.data_dir, config.data.fold, len(sources["train"]),
@@ -75,8 +77,9 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
                                         builder.data_dir, workdir,
                                         jax.device_count())
     config_validation.validate_config(config)
-    atomic_write_text(workdir / "config.json",
-                      config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+      atomic_write_text(workdir / "config.json",
+                        config.to_json_best_effort(indent=2))
   return config, sources
 
 
