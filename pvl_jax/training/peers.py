@@ -20,6 +20,10 @@ coordination service:
 Whichever comes first, every other process prints one line,
 `error: process K of N stopped: <why>` (K is the peer's --process_id), and
 exits at once with status `EXIT_PEER_STOPPED`, skipping the shutdown barrier.
+
+Process 0 hosts the coordination service: when it dies, JAX aborts the others
+at once with its own message; when it fails on an error, it waits for them
+to read its notice before it exits.
 """
 
 import os
@@ -126,12 +130,17 @@ class PeerWatch:
 
     Exiting through `os._exit` skips JAX's shutdown barrier, in which this
     process would otherwise wait for peers that may be waiting for it.
+    Process 0 first gives the others time to read the notice.
 
     Args:
       status: the exit status.
       reason: one line, published to the other processes.
     """
     self._announce(reason)
+    if self._process_id == 0:
+      # The coordination service lives in this process: once it is gone,
+      # JAX aborts the others with its own message before they read ours.
+      time.sleep(NOTICE_GRACE_S + 2 * BEAT_S)
     _flush()
     os._exit(status)
 
