@@ -67,8 +67,16 @@ def _digest(text: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
-  """Generates (once) and returns the embedded synthetic cohort directory."""
+def synthetic_cohort(config: ml_collections.ConfigDict,
+                     space: str = "template") -> Path:
+  """Generates (once) and returns the embedded synthetic cohort directory.
+
+  Args:
+    config: the config whose `data.synthetic` describes the cohort.
+    space: "template": scans on the template grid, ready for training;
+      "raw": native scans with skull, pose and the scanner's own grids, for
+      the preprocessing pipeline and `pvl_jax.predict`.
+  """
   # Imported here: the generator pulls in nilearn (seconds to import), which
   # a run on a user's cohort never needs.
   from preprocessing.synthetic import cohort as synthetic_cohort_lib  # pylint: disable=g-import-not-at-top
@@ -84,21 +92,21 @@ def synthetic_cohort(config: ml_collections.ConfigDict) -> Path:
     fields = [f.name for f in dataclasses.fields(synthetic_params.CohortParams)]
     raise InputError(f"config.data.synthetic.overrides: {e}; the fields are "
                      f"{fields}") from None
-  key = _digest(repr((synthetic_cohort_lib.GENERATOR_VERSION, spec.num_subjects,
-                      spec.seed, dataclasses.asdict(params))))
+  identity = (synthetic_cohort_lib.GENERATOR_VERSION, spec.num_subjects,
+              spec.seed, dataclasses.asdict(params))
+  # Template-space cohorts keep the key they always had.
+  key = _digest(repr(identity if space == "template" else (*identity, space)))
   out = (cache_root(config) / "cohorts" /
-         f"synthetic-n{spec.num_subjects}-seed{spec.seed}-"
-         f"{spec.resolution_mm}mm-{key}")
+         f"synthetic{'' if space == 'template' else '-' + space}"
+         f"-n{spec.num_subjects}-seed{spec.seed}-{spec.resolution_mm}mm-{key}")
   with _locked(out.with_suffix(".lock")):
     if not out.exists():
       num_workers = workers.worker_count()
       log.info("generating the synthetic cohort (%d subjects, %d worker "
                "processes) in %s", spec.num_subjects, num_workers, out)
-      # Template space: ready for training as it is (raw scans would need
-      # the preprocessing pipeline first).
       synthetic_cohort_lib.generate_cohort(
           out, spec.num_subjects, spec.seed, params, num_workers=num_workers,
-          space="template")
+          space=space)
   return out
 
 

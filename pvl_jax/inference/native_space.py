@@ -81,9 +81,29 @@ def load_scan(run: trained_run.TrainedRun, path: Path | Sequence[Path]
   return data, affine
 
 
-def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
-            ) -> Prediction:
-  """Preprocesses, segments and maps back one scan (see the module doc).
+@dataclasses.dataclass(frozen=True)
+class TemplateScan:
+  """A scan loaded and brought into a run's template space.
+
+  Attributes:
+    data: the native scan, (X, Y, Z, channels).
+    affine: its affine.
+    scans: what `template_space.to_template` gave (images, brain, grid and
+      the transform back).
+    template_files: the user's template, None for MNI152.
+  """
+  data: np.ndarray
+  affine: np.ndarray
+  scans: template_space.TemplateScans
+  template_files: template_lib.TemplateFiles | None
+
+
+def to_template(run: trained_run.TrainedRun, path: Path | Sequence[Path]
+                ) -> TemplateScan:
+  """Loads and preprocesses one scan as the run's training volumes were.
+
+  What it gives depends on the run only through its modalities, template
+  and spacing, so several runs of one config can segment it in turn.
 
   Args:
     run: the trained run.
@@ -96,10 +116,18 @@ def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
       {m: (p, data[..., c], affine)
        for c, (m, p) in enumerate(zip(run.modalities, paths))},
       run.template_spacing, template_files=files)
+  return TemplateScan(data, affine, scans, files)
+
+
+def segment_template_scan(run: trained_run.TrainedRun, scan: TemplateScan
+                          ) -> Prediction:
+  """Segments a scan in template space and maps the result back."""
+  scans, data, affine = scan.scans, scan.data, scan.affine
   image = np.stack([scans.images[m] for m in run.modalities], axis=-1)
   probs, hand_function_prob = run.predict(image, scans.brain)
   native = to_native(probs, scans.grid, scans.to_native, data.shape[:3],
                      affine)
+  files = scan.template_files
   return Prediction(mask=(native > 0.5).astype(np.uint8),
                     probabilities=native, affine=affine,
                     hand_function_prob=hand_function_prob,
@@ -107,6 +135,17 @@ def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
                     brain_template_dice=_template_dice(
                         scans.brain, scans.grid, run.template_spacing, files,
                         template_space.template_for_scan(affine, files)))
+
+
+def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
+            ) -> Prediction:
+  """Preprocesses, segments and maps back one scan (see the module doc).
+
+  Args:
+    run: the trained run.
+    path: the scan, as `load_scan` takes it.
+  """
+  return segment_template_scan(run, to_template(run, path))
 
 
 def _template_dice(brain: np.ndarray, grid: sitk.Image, spacing: float,
