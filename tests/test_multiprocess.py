@@ -111,8 +111,11 @@ def test_two_processes_start_together_and_finish(tiny_cohort, tmp_path,
                 if p.name.isdigit()) == ["2"]
 
 
-def _killed_peer(tiny_cohort, tmp_path, request, extra, kill_when):
+def _killed_peer(tiny_cohort, tmp_path, request, extra, kill_when,
+                 sigterm_after_s=None):
   """Starts a pair, SIGKILLs process 1 once `kill_when(log of 0)` holds.
+
+  With `sigterm_after_s`, process 0 gets a SIGTERM that long after the kill.
 
   Returns:
     (exit status of process 0, its output, seconds from the kill to its
@@ -131,6 +134,9 @@ def _killed_peer(tiny_cohort, tmp_path, request, extra, kill_when):
     time.sleep(0.1)
   procs[1].kill()
   killed = time.monotonic()
+  if sigterm_after_s is not None:
+    time.sleep(sigterm_after_s)
+    procs[0].terminate()
   [(code, out)] = process_pairs.finish(procs[:1], workdir, timeout_s=300)
   procs[1].wait()
   return code, out, time.monotonic() - killed
@@ -174,3 +180,19 @@ def test_peer_killed_while_training_stops_the_other(tiny_cohort, tmp_path,
           in out), out[-3000:]
   print(f"process 0 exited {seconds:.1f} s after process 1's SIGKILL")
   assert seconds < 120
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_process_whose_peer_died(tiny_cohort, tmp_path,
+                                                request):
+  """SIGTERM to a process left waiting for a dead peer ends it at once."""
+  code, out, seconds = _killed_peer(
+      tiny_cohort, tmp_path, request,
+      ("--config.num_steps=1000", "--config.log_every=1",
+       "--config.eval_every=1000", "--config.checkpoint_every=1000"),
+      kill_when=lambda log: "step 3/" in log, sigterm_after_s=5)
+  # Ended by the signal (-15, i.e. 143) or by the watch (4), never a hang.
+  assert code in (-15, 143, peers.EXIT_PEER_STOPPED), out[-3000:]
+  print(f"process 0 exited {seconds:.1f} s after process 1's SIGKILL "
+        f"(SIGTERM 5 s after it), status {code}")
+  assert seconds < 60

@@ -82,12 +82,14 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
             "or a wrong address)"))
   deadline.daemon = True
   deadline.start()
-  jax.distributed.initialize(
-      coordinator_address, num_processes, process_id,
-      initialization_timeout=int(BACKSTOP_FACTOR * init_timeout_s),
-      heartbeat_timeout_seconds=int(BACKSTOP_FACTOR * peer_timeout_s),
-      shutdown_timeout_seconds=int(BACKSTOP_FACTOR * peer_timeout_s))
-  deadline.cancel()
+  try:
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        initialization_timeout=int(BACKSTOP_FACTOR * init_timeout_s),
+        heartbeat_timeout_seconds=int(BACKSTOP_FACTOR * peer_timeout_s),
+        shutdown_timeout_seconds=int(BACKSTOP_FACTOR * peer_timeout_s))
+  finally:
+    deadline.cancel()
   if jax.process_count() == 1:
     return None
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
