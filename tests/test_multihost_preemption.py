@@ -54,11 +54,22 @@ def _run_pair(cohort, cache, workdir, cwd, sigterm_after_steps=None):
     deadline = time.time() + 300
     while not (history.exists()
                and history.read_text().count("\n") >= sigterm_after_steps):
-      assert all(p.poll() is None for p in procs), "a process ended early"
-      assert time.time() < deadline, "training did not start in time"
+      if not all(p.poll() is None for p in procs) or time.time() > deadline:
+        _fail_with_outputs(procs, "a process ended early, or training did "
+                           "not start in 300 s")
       time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
   return [(p.wait(timeout=600), p.stdout.read()) for p in procs]
+
+
+def _fail_with_outputs(procs, message):
+  """Kills what still runs and fails with each process's status and output."""
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+  details = [f"process {i}: status {p.wait()}\n{p.stdout.read()[-3000:]}"
+             for i, p in enumerate(procs)]
+  pytest.fail("\n".join([message, *details]))
 
 
 def _checkpoint_steps(workdir):
