@@ -151,11 +151,15 @@ def compare_group(group: Group, cohort: Path, options: dict[str, Any],
   (predicted,) = baseline.run(cohort, group.finished, masks=["predicted"],
                               **common)["rows"]
   folds = tuple(sorted(fit.fold_of.items()))
-  if folds not in reference_cache:
-    reference_cache[folds] = baseline.run(
+  # The reference row depends on the folds and on which masks are read
+  # (session, run, entity filter, ignore label, threshold, label column):
+  # groups that read the cohort differently never share it.
+  key = (folds, reading)
+  if key not in reference_cache:
+    reference_cache[key] = baseline.run(
         cohort, group.finished, masks=["reference"], **common)["rows"][0]
   predictions = {PREDICTED: _from_row(predicted, fit.subjects),
-                 REFERENCE: _from_row(reference_cache[folds], fit.subjects)}
+                 REFERENCE: _from_row(reference_cache[key], fit.subjects)}
   if joint is not None:
     predictions = {JOINT: joint, **predictions}
   y = np.array([labels[s] for s in fit.subjects])

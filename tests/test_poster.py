@@ -15,6 +15,7 @@ from launch import sweep_points
 from preprocessing import bids
 from pvl_jax.evaluation import bootstrap
 from pvl_jax.handfunction import baseline
+from pvl_jax.handfunction import cohort_reading
 from pvl_jax.handfunction import nested_cv
 from tests import fake_runs
 from tests.test_baseline import IDS
@@ -218,3 +219,28 @@ def test_unlabelled_subjects_are_left_out(cohort, tmp_path, monkeypatch,
   assert (group["subjects"], group["unlabelled"]) == (39, ["sub-017"])
   assert ("- r=1: 1 unlabelled test subject(s) left out: sub-017"
           in paths["md"].read_text())
+
+
+def test_reference_rows_are_keyed_by_how_the_cohort_is_read(
+    cohort, tmp_path, monkeypatch, small_grids):
+  path, labels = cohort
+  (group,) = poster.groups_of(fabricate(tmp_path / "sweep", path, labels,
+                                        r_values=(0.0,)))
+  fitted = []
+  run = baseline.run
+
+  def recording(*args, masks, **kwargs):
+    fitted.extend(masks)
+    return run(*args, masks=masks, **kwargs)
+
+  monkeypatch.setattr(baseline, "run", recording)
+  cache = {}
+  poster.compare_group(group, path, OPTIONS, cache)
+  poster.compare_group(group, path, OPTIONS, cache)
+  assert fitted.count("reference") == 1  # the same folds and reading
+  # Masks read another way (here binarised at a threshold) are refitted.
+  reading = cohort_reading.of_runs(group.finished)
+  monkeypatch.setattr(cohort_reading, "of_runs", lambda runs: (
+      dataclasses.replace(reading, mask_threshold=0.5)))
+  poster.compare_group(group, path, OPTIONS, cache)
+  assert fitted.count("reference") == 2
