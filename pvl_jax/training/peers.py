@@ -33,6 +33,7 @@ import time
 import traceback
 
 import jax
+from jax.experimental import multihost_utils
 
 # Exit status of a process that stopped because another one did.
 EXIT_PEER_STOPPED = 4
@@ -96,6 +97,12 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   watch = PeerWatch(distributed.global_state.client, jax.process_index(),
                     jax.process_count(), peer_timeout_s)
   watch.start()
+  # CPU collectives (gloo, jaxlib 0.10.2) connect the processes at their
+  # first collective and give up if they arrive more than 30 s apart (one
+  # compiling or reading data longer, on a busy CPU). They are together
+  # now, just out of initialize's barrier; later collectives on the same
+  # devices reuse these connections, whatever the delay.
+  multihost_utils.sync_global_devices("pvl_jax: connected")
   return watch
 
 
