@@ -1,12 +1,21 @@
 """Cross-fitted predicted masks: which training run predicted each subject.
 
-A baseline fitted on predicted masks is leak-free only if no subject's mask
-comes from a network that saw the subject's hand-function label: with r > 0
-the training split's labels train the head, and the validation split's pick
-the decision threshold and the checkpoint. So each subject's mask must come
-from the run whose test split held it, and the baseline's outer folds must be
-the runs' test splits: otherwise the masks of the baseline's training
-subjects come from networks that trained on its test subjects' labels.
+With r > 0 a run's training split's labels train its head, and its
+validation split's pick the decision threshold and the checkpoint. What the
+cross-fitting here guarantees, and what it does not:
+
+* guaranteed: every subject's mask comes from the run whose test split held
+  it, so no subject's own mask comes from a network that saw the subject
+  (its image or its label); a mask from a run that trained or validated on
+  its subject is refused, naming both. The baseline's outer folds are the
+  runs' test splits, so its rows pair with the joint model's.
+* not guaranteed: strict nesting. For outer fold k the baseline's training
+  subjects' masks come from the other runs, each of which trained or
+  validated on fold k's subjects. So the features the baseline learns from
+  were made by networks that saw its test subjects (with r > 0, their labels
+  too). A strictly nested comparison would need, per outer fold, networks
+  trained without that fold for every training subject's mask (K x (K - 1)
+  runs instead of K); it is not offered.
 
 Contract with training: each run writes `<workdir>/splits.json`,
 {"rule": str, "fold": int, "num_folds": int,
