@@ -33,37 +33,25 @@ entity (a `space-` other than the scan's does not), a session when the scan
 has one, and the scan's grid (shape and affine, from the headers) --
 otherwise it is left alone, and one log line counts what was left and why.
 
-Every problem is reported as an `InputError` naming the file or folder and
-what is wrong, before any image is read.
+The index and the masks' rules are `preprocessing.bids_index`'s. Every
+problem is reported as an `InputError` naming the file or folder and what is
+wrong, before any image is read (brain masks' headers aside).
 """
 
 import collections
 import dataclasses
-import functools
-import logging
 import os
-import re
 from pathlib import Path
 
-import numpy as np
-
+from preprocessing import bids_index
 from preprocessing import participants as participants_lib
 from preprocessing.io.errors import InputError
 
 PARTICIPANTS_FILE = participants_lib.PARTICIPANTS_FILE
 ID_COLUMN = participants_lib.ID_COLUMN
 read_participants = participants_lib.read_participants
-LESION_DERIVATIVE = "lesions"
-_NIFTI = (".nii", ".nii.gz")
-# Entities that say what a file is rather than which acquisition it is.
-_NOT_ACQUISITION = ("subject", "suffix", "extension", "datatype")
-# Entities that name a mask itself ("label-lesion", "desc-brain").
-_MASK_NAMES = ("label", "desc")
+LESION_DERIVATIVE = bids_index.LESION_DERIVATIVE
 _RULES = ("first", "last")
-# pybids' schema package logs at INFO which bundled schema it loads, on
-# every first index: nothing a user can act on.
-logging.getLogger("bidsschematools").setLevel(logging.WARNING)
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +73,7 @@ class Selection:
     """The entity filter as {pybids entity name: value}."""
     if not self.entities:
       return {}
-    names = _short_names()
+    names = bids_index.short_names()
     found = {}
     for item in filter(None, (part.strip() for part in
                               self.entities.split(","))):
@@ -169,7 +157,7 @@ def load_cohort(bids_dir: str | os.PathLike,
   tsv = bids_dir / PARTICIPANTS_FILE
   rows = participants_lib.read_table(tsv, label_column, phenotype,
                                      require_label_column)
-  index = _Index(bids_dir)
+  index = bids_index.Index(bids_dir)
   listed = {row.participant_id for row in rows}
   for folder, ids in index.subjects.items():
     orphans = sorted(ids - listed)
@@ -180,7 +168,7 @@ def load_cohort(bids_dir: str | os.PathLike,
   ignored: collections.Counter[str] = collections.Counter()
   subjects = [_find_subject_files(index, row, modalities, selection, ignored)
               for row in sorted(rows, key=lambda r: r.participant_id)]
-  _log_ignored(ignored)
+  bids_index.log_ignored(ignored)
   return subjects
 
 
@@ -224,7 +212,7 @@ def select_scans(bids_dir: str | os.PathLike,
     problem = "not a directory" if bids_dir.exists() else "not found"
     raise InputError(f"{bids_dir}: BIDS folder {problem}")
   selection.check()
-  index = _Index(bids_dir, derivatives=False)
+  index = bids_index.Index(bids_dir, derivatives=False)
   if not any(index.scans(pid, modalities[0], **selection.filters())
              for pid in index.files):
     raise InputError(
@@ -243,129 +231,13 @@ def select_scans(bids_dir: str | os.PathLike,
   return chosen
 
 
-@functools.cache
-def _short_names() -> dict[str, str]:
-  """BIDS short entity names (acq, rec, ...) -> pybids names, from pybids."""
-  from bids.layout.models import Config  # pylint: disable=g-import-not-at-top
-  names = {}
-  for config in ("bids", "derivatives"):
-    for name, entity in Config.load(config).entities.items():
-      match = re.search(r"([a-z]+)-\(", entity.pattern)
-      if match:
-        names[match.group(1)] = name
-  return names
-
-
-@dataclasses.dataclass(frozen=True)
-class _File:
-  """An indexed NIfTI file: its path, entities (as text) and folder.
-
-  Attributes:
-    path: the file.
-    entities: pybids entity name -> value, e.g. {"session": "01"}.
-    derivative: the derivatives folder it is in; "" for the raw folder.
-  """
-  path: Path
-  entities: dict[str, str]
-  derivative: str
-
-  def get(self, entity: str) -> str:
-    return self.entities.get(entity, "")
-
-  @property
-  def acquisition(self) -> dict[str, str]:
-    """The entities that identify the acquisition."""
-    return {k: v for k, v in self.entities.items()
-            if k not in _NOT_ACQUISITION}
-
-
-class _Index:
-  """pybids' index of the raw folder and of each derivatives folder."""
-
-  def __init__(self, bids_dir: Path, derivatives: bool = True):
-    """Indexes `bids_dir` and, with `derivatives`, its derivatives folders."""
-    # Imported here: pybids (and its SQL index) is only needed while a
-    # cohort is read, not by modules that merely name a Subject.
-    from bids import BIDSLayout  # pylint: disable=g-import-not-at-top
-    self.root = bids_dir.absolute()
-    folders = {"": self.root}
-    derived = self.root / "derivatives"
-    if derivatives and derived.is_dir():
-      folders.update((f.name, f) for f in sorted(derived.iterdir())
-                     if f.is_dir())
-    self.folders = folders
-    # participant id -> its anat NIfTI files, in every folder.
-    self.files: dict[str, list[_File]] = {}
-    # The folders whose participants need a participants.tsv row: the raw
-    # one and the lesion masks (another pipeline may hold more people).
-    self.subjects: dict[Path, set[str]] = {}
-    for name, folder in folders.items():
-      layout = BIDSLayout(folder, validate=False,
-                          config=["bids", "derivatives"])
-      if name in ("", LESION_DERIVATIVE):
-        self.subjects[folder] = {f"sub-{s}" for s in layout.get_subjects()}
-      # One query per folder: pybids' per-query cost (~7 ms) times the
-      # queries of a participant would dominate a cohort's reading.
-      for file in layout.get(datatype="anat", extension=list(_NIFTI)):
-        entities = {k: str(v) for k, v in file.get_entities().items()}
-        self.files.setdefault(f"sub-{entities['subject']}", []).append(
-            _File(Path(file.path), entities, name))
-
-  def scans(self, participant_id: str, suffix: str | None = None,
-            **filters: str) -> list[_File]:
-    """A participant's raw images (not masks), optionally filtered."""
-    return [f for f in self.files.get(participant_id, [])
-            if not f.derivative and f.get("suffix") != "mask"
-            and (suffix is None or f.get("suffix") == suffix)
-            and all(f.get(k) == v for k, v in filters.items())]
-
-  def lesion_masks(self, participant_id: str) -> list[_File]:
-    """A participant's lesion masks (derivatives/lesions, label-lesion)."""
-    return [f for f in self.files.get(participant_id, [])
-            if f.get("suffix") == "mask"
-            and f.derivative == LESION_DERIVATIVE
-            and f.get("label") == "lesion"]
-
-  def brain_masks(self, participant_id: str) -> list[_File]:
-    """A participant's brain masks (desc-brain, beside the scans or in any
-    derivatives folder but the lesions')."""
-    return [f for f in self.files.get(participant_id, [])
-            if f.get("suffix") == "mask"
-            and f.derivative != LESION_DERIVATIVE
-            and f.get("desc") == "brain"]
-
-  def check_masks_match_scans(self) -> None:
-    """Rejects a lesion mask whose entities match none of its participant's
-    scans (brain masks that match none are left alone, `_brain_mask_for`)."""
-    for participant in sorted(self.files):
-      scans = self.scans(participant)
-      for mask in self.lesion_masks(participant):
-        if not any(_covers(mask, scan) for scan in scans):
-          raise InputError(
-              f"{mask.path}: matches no scan of {participant} (its entities: "
-              f"{_describe(mask)}; scans: "
-              f"{', '.join(s.path.name for s in scans) or 'none'})")
-
-
-def _covers(mask: _File, scan: _File) -> bool:
-  """Whether every acquisition entity of `mask` has `scan`'s value."""
-  return all(scan.get(k) == v for k, v in mask.acquisition.items()
-             if k not in _MASK_NAMES)
-
-
-def _describe(file: _File) -> str:
-  entities = {k: v for k, v in file.acquisition.items()
-              if k not in _MASK_NAMES}
-  return ", ".join(f"{k}={v}" for k, v in sorted(entities.items())) or "none"
-
-
 def _order_key(values: list[str]):
   """Sort key: numeric when every value is a number, else by text."""
   return int if all(v.isdigit() for v in values) else str
 
 
-def _pick(files: list[_File], entity: str, rule: str, what: str,
-          key: str) -> list[_File]:
+def _pick(files: list[bids_index.File], entity: str, rule: str, what: str,
+          key: str) -> list[bids_index.File]:
   """The files whose `entity` has the first, last or the named value.
 
   When no file has the entity, first and last (and a run number: a scan
@@ -390,8 +262,8 @@ def _pick(files: list[_File], entity: str, rule: str, what: str,
   return kept
 
 
-def _one_scan(index: _Index, pid: str, modality: str, selection: Selection,
-              session: str | None) -> _File:
+def _one_scan(index: bids_index.Index, pid: str, modality: str,
+              selection: Selection, session: str | None) -> bids_index.File:
   """The scan of one modality that the rules choose.
 
   Args:
@@ -424,10 +296,11 @@ def _one_scan(index: _Index, pid: str, modality: str, selection: Selection,
   return scans[0]
 
 
-def _choose_scans(index: _Index, pid: str, modalities: tuple[str, ...],
-                  selection: Selection) -> dict[str, _File]:
+def _choose_scans(index: bids_index.Index, pid: str,
+                  modalities: tuple[str, ...], selection: Selection
+                  ) -> dict[str, bids_index.File]:
   """A participant's scan per modality, all from the reference's session."""
-  images: dict[str, _File] = {}
+  images: dict[str, bids_index.File] = {}
   for modality in modalities:
     reference = next(iter(images.values()), None)
     images[modality] = _one_scan(
@@ -436,15 +309,17 @@ def _choose_scans(index: _Index, pid: str, modalities: tuple[str, ...],
   return images
 
 
-def _find_subject_files(index: _Index, row: participants_lib.Participant,
+def _find_subject_files(index: bids_index.Index,
+                        row: participants_lib.Participant,
                         modalities: tuple[str, ...], selection: Selection,
                         ignored: collections.Counter[str]) -> Subject:
   """The scans the rules choose, then the masks covering the reference."""
   pid = row.participant_id
   images = _choose_scans(index, pid, modalities, selection)
   reference = next(iter(images.values()))
-  lesion = _mask_for(reference, index.lesion_masks(pid), pid, "lesion mask")
-  brain = _brain_mask_for(reference, index.brain_masks(pid), ignored)
+  lesion = bids_index.mask_for(reference, index.lesion_masks(pid), pid,
+                               "lesion mask")
+  brain = bids_index.brain_mask_for(reference, index.brain_masks(pid), ignored)
   return Subject(
       participant_id=pid, hand_function=row.label,
       image_paths={m: f.path for m, f in images.items()},
@@ -452,86 +327,3 @@ def _find_subject_files(index: _Index, row: participants_lib.Participant,
       brain_mask_path=None if brain is None else brain.path,
       session=reference.get("session") or None,
       split=row.split, site=row.site)
-
-
-def _mask_for(scan: _File, masks: list[_File], pid: str, kind: str) -> _File:
-  """The most specific of `masks` covering `scan`.
-
-  Masks beside the scans (the raw folder) come before derivatives.
-
-  Raises:
-    InputError: naming the scan: no mask covers it, or two equally specific
-      ones do.
-  """
-  covering = [m for m in masks if _covers(m, scan)]
-  if not covering:
-    raise InputError(
-        f"{scan.path}: {pid} has no {kind} for this scan (file not found; "
-        f"{kind}s of {pid}: {', '.join(m.path.name for m in masks) or 'none'})")
-  raw = [m for m in covering if not m.derivative]
-  return _most_specific(raw or covering, f"{scan.path}: {kind}")
-
-
-def _brain_mask_for(scan: _File, masks: list[_File],
-                    ignored: collections.Counter[str]) -> _File | None:
-  """The brain mask for `scan` among those that match it, or None.
-
-  A mask is left out (and counted in `ignored` by reason) unless it covers
-  the scan's entities (a `space-` other than the scan's is not the scan's),
-  names the scan's session when the scan has one (a session-less mask of
-  another pipeline is often an average over sessions), and is on the scan's
-  grid.
-  """
-  usable = []
-  for mask in masks:
-    if not _covers(mask, scan):
-      reason = ("in another space" if mask.get("space") != scan.get("space")
-                else "of another scan")
-    elif scan.get("session") and not mask.get("session"):
-      reason = "session-less in a sessioned dataset"
-    elif not _same_grid(mask.path, scan.path):
-      reason = "on another grid than its scan"
-    else:
-      usable.append(mask)
-      continue
-    ignored[f"{reason} ({_folder_name(mask)})"] += 1
-  if not usable:
-    return None
-  raw = [m for m in usable if not m.derivative]
-  return _most_specific(raw or usable, f"{scan.path}: brain mask")
-
-
-def _folder_name(file: _File) -> str:
-  return f"derivatives/{file.derivative}" if file.derivative else "raw"
-
-
-def _same_grid(a: Path, b: Path) -> bool:
-  """Whether two NIfTI files' headers give one grid (shape and affine).
-
-  An unreadable header is not this function's to report: the file is then
-  taken as matching, and its reader names the problem.
-  """
-  import nibabel as nib  # pylint: disable=g-import-not-at-top
-  try:
-    first, second = nib.load(a), nib.load(b)
-  except Exception:  # pylint: disable=broad-except
-    return True
-  return (first.shape[:3] == second.shape[:3]
-          and np.allclose(first.affine, second.affine, atol=1e-3))
-
-
-def _log_ignored(ignored: collections.Counter[str]) -> None:
-  """One line: the brain masks left out, by reason."""
-  if ignored:
-    log.info("brain masks left out: %s", ", ".join(
-        f"{n} {reason}" for reason, n in sorted(ignored.items())))
-
-
-def _most_specific(masks: list[_File], what: str) -> _File:
-  """The mask naming the most entities; two such are ambiguous."""
-  best = max(len(m.acquisition) for m in masks)
-  top = [m for m in masks if len(m.acquisition) == best]
-  if len(top) > 1:
-    raise InputError(f"{what} is ambiguous: "
-                     f"{', '.join(sorted(str(m.path) for m in top))}")
-  return top[0]

@@ -433,7 +433,7 @@ def _fmriprep_tree(root: Path) -> Path:
 def test_other_pipelines_derivatives_are_left_alone(study, tmp_path, caplog):
   root = _copy(study, tmp_path)
   prep = _fmriprep_tree(root)
-  with caplog.at_level("INFO", logger="preprocessing.bids"):
+  with caplog.at_level("INFO", logger="preprocessing.bids_index"):
     subjects = _by_id(bids.load_cohort(root, modalities=("FLAIR", "T1w")))
   assert len(subjects) == own_data.NUM_SUBJECTS
   assert subjects["sub-001"].brain_mask_path is None
