@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 from preprocessing import lesion_labels
 from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
+from pvl_jax.data import batch_stream
 from pvl_jax.data import records
 from pvl_jax.training import augmentation_basic
 from pvl_jax.training import augmentation_geometry
@@ -64,11 +65,6 @@ _VOLUME_FEATURES = ("image", "lesion_mask", "brain_mask")
 # Files of a decoded subject: the image, the lesion mask (uint8) and the
 # flat indices of its lesion voxels (foreground sampling draws from these).
 _DECODED_FILES = ("image", "label", "lesion")
-# Inside each process one thread computes batches ahead: the parallelism is
-# the worker processes (patches are numpy work under the GIL), and grain's
-# default (16 threads, 500 elements ahead) would buffer gigabytes of 128^3
-# batches per worker.
-_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,81 +271,6 @@ def cut_window(volume: np.ndarray, start: Sequence[int],
   return np.pad(piece, pad + [(0, 0)] * (volume.ndim - len(patch)))
 
 
-class BatchStream(grain.IterDataset):
-  """The batches of a MapDataset, computed ahead in worker processes.
-
-  Each worker computes whole batches (grain gives worker w the batches
-  w, w + W, ...), so the main process receives them ready. The iterator's
-  state is the number of batches taken: grain's own multiprocess state holds
-  each worker's place in its share and restores only with the same number
-  of workers, while the number of workers follows the CPUs of the machine
-  a run resumes on.
-  """
-
-  def __init__(self, batches: grain.MapDataset, num_workers: int):
-    super().__init__()
-    self._batches = batches
-    self._num_workers = num_workers
-
-  def __iter__(self) -> grain.DatasetIterator:
-    return _BatchStreamIterator(self._batches, self._num_workers)
-
-
-class _BatchStreamIterator(grain.DatasetIterator):
-  """Iterates `batches[position:]`; restarted at a restored position."""
-
-  def __init__(self, batches: grain.MapDataset, num_workers: int):
-    super().__init__()
-    self._batches = batches
-    self._num_workers = num_workers
-    self._position = 0
-    self._inner = None
-
-  def __next__(self) -> Batch:
-    self._assert_not_closed()
-    if self._inner is None:
-      ds = self._batches[self._position:].to_iter_dataset(_READ_OPTIONS)
-      if self._num_workers:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=self._num_workers))
-      self._inner = iter(ds)
-    batch = next(self._inner)
-    self._position += 1
-    return batch
-
-  def get_state(self) -> dict[str, int]:
-    return {"next_index": self._position}
-
-  def set_state(self, state: Mapping[str, Any]) -> None:
-    self._close_inner()
-    self._position = batches_taken(state)
-
-  def close(self) -> None:
-    self._close_inner()
-    super().close()
-
-  def _close_inner(self) -> None:
-    if self._inner is not None:
-      self._inner.close()
-      self._inner = None
-
-
-def batches_taken(state: Mapping[str, Any]) -> int:
-  """The position an iterator state names.
-
-  Also reads the states of grain's own iterators, which checkpoints written
-  before `BatchStream` hold: {"next_index": n} without worker processes;
-  with them, each worker's place in its share (the workers are read round
-  robin, so the places add up to the batches taken).
-
-  Args:
-    state: a `get_state()` of this pipeline, now or before `BatchStream`.
-  """
-  if "iterators_in_use_states" in state:
-    return sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
-  return int(state["next_index"])
-
-
 def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
                   batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, bag_size: int = 1,
@@ -411,7 +332,7 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
   log.info("input pipeline: %d worker processes (data.num_workers %d, %d "
            "usable CPUs)", num_workers, data_config.num_workers,
            workers.available_cpus())
-  return BatchStream(batches, num_workers)
+  return batch_stream.BatchStream(batches, num_workers)
 
 
 def fixed_patches(source: Any, data_config: ml_collections.ConfigDict,
