@@ -11,6 +11,8 @@ from pvl_jax.data import bags
 from pvl_jax.data import input_pipeline
 from pvl_jax.models import unet
 from pvl_jax.training import config_validation
+from pvl_jax.training import losses
+from pvl_jax.training import steps
 
 
 def _config(cls_head="subject", batch_size=4, bag_size=0, fg=0.33):
@@ -81,6 +83,30 @@ def test_training_model_pools_the_first_patches_of_each_bag():
   x_other = x.at[2].set(x[2] * 3.0 + 1.0)
   _, logits_other = bag_model.apply(variables, x_other)
   np.testing.assert_allclose(logits_other[0], logits[0], rtol=1e-6)
+
+
+def test_validation_scores_bags_as_training_does(tiny_builder):
+  # The eval step's cls loss is the BCE of one logit per bag (its subject's
+  # label), and validation patches come in bags of one subject.
+  model = unet.UNet(features=(4, 8), strides=((1, 1, 1), (2, 2, 2)),
+                    kernel_sizes=((3, 3, 3),) * 2, cls_hidden=4)
+  x = jax.random.normal(jax.random.key(0), (6, 8, 8, 8, 1))
+  variables = model.init(unet.init_key(0), x)
+  bag_model = model.clone(cls_bag_size=3, cls_bag_pooled=2)
+  batch = {"image": x, "label": jnp.zeros((6, 8, 8, 8), jnp.int32),
+           "hand_function": jnp.array([1, 1, 1, 0, 0, 0])}
+  out = steps.make_eval_step(bag_model, 1.0, losses.SegLoss())(
+      variables["params"], batch)
+  _, logits = bag_model.apply(variables, x)
+  expected = losses.classification_loss(logits, jnp.array([1, 0]))
+  np.testing.assert_allclose(out["cls_loss"], expected, rtol=1e-6)
+  data = _config().data
+  data.patch_size = (8, 8, 8)
+  fixed = input_pipeline.fixed_patches(
+      tiny_builder.as_data_source("fold3"), data, 8, 4, seed=1, bag_size=4,
+      pooled_per_bag=3)
+  for patches in fixed:
+    assert (patches["subject_index"] == patches["subject_index"][0]).all()
 
 
 @pytest.mark.parametrize("batch_size,bag_size,message", [

@@ -336,10 +336,18 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
 
 
 def fixed_patches(source: Any, data_config: ml_collections.ConfigDict,
-                  num_patches: int, batch_size: int, seed: int) -> list[Batch]:
-  """Deterministic, unaugmented patch batches for periodic validation."""
-  ds = batch_patches(grain.MapDataset.source(decoded_subjects(source)).repeat(),
-                     batch_size, data_config.foreground_fraction)
+                  num_patches: int, batch_size: int, seed: int,
+                  bag_size: int = 1, pooled_per_bag: int = 1) -> list[Batch]:
+  """Deterministic, unaugmented patch batches for periodic validation.
+
+  Made as training's are: bags of `bag_size` patches of one subject (the
+  first `pooled_per_bag` uniform) for a subject-level head, else nnU-Net's
+  forced places in each batch, so validation scores what training does.
+  """
+  subjects = grain.MapDataset.source(decoded_subjects(source)).repeat()
+  ds = (bag_patches(subjects, bag_size, pooled_per_bag) if bag_size > 1
+        else batch_patches(subjects, batch_size,
+                           data_config.foreground_fraction))
   ds = ds.random_map(PatchSampler(data_config.patch_size, None,
                                   data_config.get("slice_axis", 2)),
                      seed=seed)

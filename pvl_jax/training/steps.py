@@ -94,12 +94,17 @@ def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
 
 
 def make_eval_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss):
-  """Returns eval_step(params, batch) -> loss and hard patch Dice."""
+  """Returns eval_step(params, batch) -> loss and hard patch Dice.
+
+  The loss is the training loss: with bags (`model.cls_bag_size` > 1) the
+  head classifies each bag of consecutive patches, one label per bag.
+  """
 
   def eval_step(params, batch):
     seg_logits, cls_logit = model.apply({"params": params}, batch["image"])
-    loss, parts = losses.joint_loss(seg_logits, cls_logit, batch["label"],
-                                    batch["hand_function"], r, seg_loss)
+    loss, parts = losses.joint_loss(
+        seg_logits, cls_logit, batch["label"],
+        batch["hand_function"][::model.cls_bag_size], r, seg_loss)
     # Ignored voxels (IGNORE) are neither: masked out of the prediction.
     pred = ((jnp.argmax(seg_logits[0], axis=-1) > 0)
             & (batch["label"] != lesion_labels.IGNORE))

@@ -120,9 +120,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
                                    len(config.data.modalities),
                                    step_compiled.tx)
   state = jax.device_put(state, parallel.replicated)
+  # Validation scores what training optimises: bags for a subject head.
   eval_step = parallel.jit(steps.make_eval_step(
-      model, config.r, losses.SegLoss.from_config(config)),
-                           donate_state=False)
+      bags.training_model(model, config), config.r,
+      losses.SegLoss.from_config(config)), donate_state=False)
 
   local_batch = config.batch_size // jax.process_count()
   train_ds = input_pipeline.train_dataset(
@@ -132,7 +133,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   data_iter = iter(train_ds)
   val_batches = input_pipeline.fixed_patches(
       sources["validation"], config.data, config.eval_patches, local_batch,
-      seed=config.seed + 1)
+      seed=config.seed + 1, bag_size=bags.bag_size(config),
+      pooled_per_bag=bags.pooled_patches(config))
 
   manager = checkpointing.checkpoint_manager(workdir, config)
   start_step = manager.latest_step() or 0
