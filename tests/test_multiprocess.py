@@ -154,6 +154,11 @@ def test_peer_killed_at_start_stops_the_other(tiny_cohort, tmp_path,
   assert seconds < 60
 
 
+# A run long enough to be killed mid-training, logging every step.
+_LONG_RUN = ("--config.num_steps=1000", "--config.log_every=1",
+             "--config.eval_every=1000", "--config.checkpoint_every=1000")
+
+
 @pytest.mark.slow
 def test_peer_killed_at_start_default_timeouts(tiny_cohort, tmp_path,
                                                request):
@@ -172,8 +177,7 @@ def test_peer_killed_while_training_stops_the_other(tiny_cohort, tmp_path,
   """Process 1 dies mid-training: process 0 leaves its collective, exit 4."""
   code, out, seconds = _killed_peer(
       tiny_cohort, tmp_path, request,
-      ("--config.num_steps=1000", "--config.log_every=1",
-       "--config.eval_every=1000", "--config.checkpoint_every=1000"),
+      _LONG_RUN,
       kill_when=lambda log: "step 3/" in log)
   assert code == peers.EXIT_PEER_STOPPED, out[-3000:]
   assert ("error: process 1 of 2 stopped: no sign of life for 30 s"
@@ -188,8 +192,7 @@ def test_sigterm_ends_a_process_whose_peer_died(tiny_cohort, tmp_path,
   """SIGTERM to a process left waiting for a dead peer ends it at once."""
   code, out, seconds = _killed_peer(
       tiny_cohort, tmp_path, request,
-      ("--config.num_steps=1000", "--config.log_every=1",
-       "--config.eval_every=1000", "--config.checkpoint_every=1000"),
+      _LONG_RUN,
       kill_when=lambda log: "step 3/" in log, sigterm_after_s=5)
   # Ended by the signal (-15, i.e. 143) or by the watch (4), never a hang.
   assert code in (-15, 143, peers.EXIT_PEER_STOPPED), out[-3000:]
