@@ -20,7 +20,9 @@ device memory and the ratio to torch.compile; the augmented step's step rate
 relative to the plain one.
 
 `--patch=32 --features=8,16,32 --dtype=float32` runs the same at the CPU
-demo's size (no anchor). The torch rows' "compile s" is the anchor's warm-up
+demo's size (no anchor). With `--cpu` (benchmarks/step_profile.py) it times
+the step on the CPU beside the anchor's network of the same shape,
+alternating, and profiles both by part. The torch rows' "compile s" is the anchor's warm-up
 (its first three steps).
 """
 
@@ -38,6 +40,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from benchmarks import step_profile
 from configs import joint
 from pvl_jax.inference import sliding_window
 from pvl_jax.training import augmentation
@@ -48,8 +51,18 @@ from pvl_jax.training import steps
 from pvl_jax.models import flops
 from pvl_jax.models import unet
 
-_WORKER = flags.DEFINE_enum("worker", None, ["jax", "inference"],
+_WORKER = flags.DEFINE_enum("worker", None,
+                            ["jax", "inference", "jax_serve"],
                             "Internal: run one measurement and print JSON.")
+_CPU = flags.DEFINE_bool(
+    "cpu", False, "CPU mode (benchmarks/step_profile.py): pvl_jax's step and "
+    "the anchor's network of the same shape on the CPU, alternating, with "
+    "the ratio and a profile of both by part.")
+flags.DEFINE_integer("rounds", 5, "CPU mode: alternating rounds of --steps.")
+flags.DEFINE_integer("profile_steps", 5,
+                     "CPU mode: steps in each framework's profile.")
+flags.DEFINE_string("torch_python", sys.executable,
+                    "CPU mode: a Python with torch for the anchor.")
 ANCHOR = flags.DEFINE_string(
     "anchor", str(Path(__file__).resolve().parents[2] / "shared" / "anchors"
                   / "torch_unet3d.py"),
@@ -75,7 +88,7 @@ def topology() -> dict[str, tuple]:
           "kernel_sizes": ((3, 3, 3),) * len(features)}
 
 
-def _model_and_config() -> tuple[unet.UNet, ml_collections.ConfigDict]:
+def model_and_config() -> tuple[unet.UNet, ml_collections.ConfigDict]:
   """The benchmarked model and its config (the full joint recipe, resized)."""
   config = joint.get_config()
   config.data.patch_size = (_PATCH.value,) * 3
@@ -90,45 +103,65 @@ def _peak_gib() -> float | None:
   return stats["peak_bytes_in_use"] / 2**30 if stats else None
 
 
+def compiled_train_step(model: unet.UNet, config: ml_collections.ConfigDict,
+                        recipe: str = "none") -> dict:
+  """The jitted joint training step, compiled, with a state and a batch.
+
+  Random data of the shapes the input pipeline yields for `recipe`.
+
+  Returns:
+    {"step", "state", "batch", "compile_s"}.
+  """
+  parallel = parallel_lib.DataParallel()
+  rng = np.random.default_rng(0)
+  variant = config.copy_and_resolve_references()
+  variant.data.augment.recipe = recipe
+  image = compiled_step.batch_spec(variant)["image"].shape
+  batch = parallel.global_batch({
+      "image": rng.normal(size=image).astype(np.float32),
+      "label": (rng.random(image[:-1]) > 0.97).astype(np.int32),
+      "hand_function": (np.arange(image[0]) % 2).astype(np.int32),
+      "subject_index": np.arange(image[0], dtype=np.int32)})
+  state = steps.create_train_state(variant, model, jax.random.key(0), 1)
+  step = parallel.jit(steps.make_train_step(
+      model, variant.r, losses.SegLoss.from_config(variant),
+      augmentation.make_augment_fn(variant)))
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  return {"step": compiled, "state": state, "batch": batch,
+          "compile_s": time.perf_counter() - start}
+
+
+def run_steps(variant: dict, count: int) -> list[float]:
+  """Runs `count` steps of a `compiled_train_step`; each one's seconds."""
+  times = []
+  for _ in range(count):
+    start = time.perf_counter()
+    variant["state"], metrics = variant["step"](variant["state"],
+                                                variant["batch"])
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def jax_train_steps() -> list[dict[str, float | None]]:
   """Times the jitted training step without and with on-device augmentation.
 
-  Random data of the shapes the input pipeline yields for each recipe; the
-  two steps alternate, so that load on the machine falls on both alike.
+  The two steps alternate, so that load on the machine falls on both alike.
   """
-  model, config = _model_and_config()
-  parallel = parallel_lib.DataParallel()
-  rng = np.random.default_rng(0)
-  variants = {}
-  for name, recipe in (("pvl_jax", "none"),
-                       ("pvl_jax + nnU-Net augmentation", "nnunet")):
-    variant = config.copy_and_resolve_references()
-    variant.data.augment.recipe = recipe
-    spec = compiled_step.batch_spec(variant)
-    image = spec["image"].shape
-    batch = parallel.global_batch({
-        "image": rng.normal(size=image).astype(np.float32),
-        "label": (rng.random(image[:-1]) > 0.97).astype(np.int32),
-        "hand_function": (np.arange(_BATCH.value) % 2).astype(np.int32),
-        "subject_index": np.arange(_BATCH.value, dtype=np.int32)})
-    state = steps.create_train_state(variant, model, jax.random.key(0), 1)
-    step = parallel.jit(steps.make_train_step(
-        model, variant.r, losses.SegLoss.from_config(variant),
-        augmentation.make_augment_fn(variant)))
-    start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    variants[name] = {"step": compiled, "state": state, "batch": batch,
-                      "compile_s": time.perf_counter() - start, "times": []}
+  model, config = model_and_config()
+  variants = {name: compiled_train_step(model, config, recipe)
+              for name, recipe in (("pvl_jax", "none"),
+                                   ("pvl_jax + nnU-Net augmentation",
+                                    "nnunet"))}
   for _ in range(3):  # warm-up
     for v in variants.values():
-      v["state"], metrics = v["step"](v["state"], v["batch"])
-      jax.block_until_ready(metrics)
+      run_steps(v, 1)
+  for v in variants.values():
+    v["times"] = []
   for _ in range(_STEPS.value):
     for v in variants.values():
-      start = time.perf_counter()
-      v["state"], metrics = v["step"](v["state"], v["batch"])
-      jax.block_until_ready(metrics)
-      v["times"].append(time.perf_counter() - start)
+      v["times"] += run_steps(v, 1)
   plain_ms = 1000 * float(np.median(variants["pvl_jax"]["times"]))
   rows = []
   for name, v in variants.items():
@@ -141,7 +174,7 @@ def jax_train_steps() -> list[dict[str, float | None]]:
 
 def jax_inference() -> list[dict[str, float | None]]:
   """Times sliding-window prediction of one brain, without/with mirroring."""
-  model, config = _model_and_config()
+  model, config = model_and_config()
   window = config.data.patch_size
   variables = jax.jit(model.init)(
       jax.random.key(0), np.zeros((1, *window, 1), np.float32))
@@ -184,8 +217,35 @@ def _fmt(value: float | None, spec: str) -> str:
   return "n/a" if value is None else format(value, spec)
 
 
+def cpu_mode() -> None:
+  """pvl_jax's step beside the anchor's network on the CPU (step_profile)."""
+  _, config = model_and_config()
+  ds_weights = losses.SegLoss.from_config(config).weights(
+      len(config.model.features) - 1)
+  features = ",".join(_FEATURES.value)
+  size = [f"--patch={_PATCH.value}", f"--batch={_BATCH.value}",
+          f"--features={features}"]
+  step_profile.compare(
+      [sys.executable, "-m", "benchmarks.train_step", "--worker=jax_serve",
+       *size, f"--dtype={_DTYPE.value}"],
+      [flags.FLAGS.torch_python, str(step_profile.ANCHOR_WORKER),
+       f"--anchor={ANCHOR.value}", *size,
+       f"--ds_weights={','.join(str(float(w)) for w in ds_weights)}"],
+      f"patch {_PATCH.value}^3, batch {_BATCH.value}, features "
+      f"{features.replace(',', '-')}, pvl_jax {_DTYPE.value}, PyTorch "
+      "float32", flags.FLAGS.rounds, _STEPS.value,
+      flags.FLAGS.profile_steps)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
+  if _WORKER.value == "jax_serve":
+    model, config = model_and_config()
+    step_profile.serve(compiled_train_step(model, config), run_steps)
+    return
+  if _CPU.value:
+    cpu_mode()
+    return
   if _WORKER.value == "jax":
     for row in jax_train_steps():
       print(json.dumps(row))

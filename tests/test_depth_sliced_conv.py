@@ -25,6 +25,9 @@ def _random(shape, seed):
     ((8, 6, 6), (3, 1, 3), (2, 1, 1), "VALID"),
     ((5, 6, 7), (1, 1, 1), (1, 1, 1), "SAME"),
     ((7, 7, 7), (3, 3, 3), (1, 1, 1), ((2, 0), (1, 1), (0, 2))),
+    # Stride 1 with a tap that meets only padding (first output slice).
+    ((2, 6, 6), (3, 3, 3), (1, 1, 1), ((3, 0), (1, 1), (1, 1))),
+    ((5, 6, 6), (2, 3, 3), (1, 1, 1), "SAME"),
 ])
 def test_matches_xla_convolution_and_its_gradients(spatial, kernel, strides,
                                                    padding):
