@@ -12,6 +12,7 @@ def pytest_configure(config):
     flags.FLAGS(sys.argv[:1])
 
 
+import jax
 import numpy as np
 import pytest
 
@@ -25,12 +26,23 @@ def _scratch_inside_pytest_tmp(tmp_path_factory):
   TFDS leaves an empty `tmp*tfds` folder in the temporary directory each
   time a builder is made before its dataset exists
   (`DatasetInfo.initialize_from_bucket`); pytest prunes its own folders.
+
+  One JAX compilation cache for the session, in-process and for the
+  subprocesses: many tests compile the same tiny training step, which takes
+  10-30 s each time on two cores. Compiled programs are keyed by their
+  HLO, so a hit runs exactly what a fresh compilation would.
   """
   scratch = tmp_path_factory.mktemp("tempfile")
+  compilation_cache = str(tmp_path_factory.mktemp("jax_compilation_cache"))
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("TMPDIR", str(scratch))
     patch.setattr(tempfile, "tempdir", str(scratch))
-    yield
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", compilation_cache)
+    jax.config.update("jax_compilation_cache_dir", compilation_cache)
+    try:
+      yield
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
 
 TINY_SHAPE = (28, 32, 24)
 TINY_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
