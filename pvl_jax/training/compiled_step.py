@@ -28,6 +28,7 @@ import optax
 from preprocessing.io import workers
 from preprocessing.io.errors import InputError
 from pvl_jax.data import bags
+from pvl_jax.data import template_position
 from pvl_jax.models import unet
 from pvl_jax.training import augmentation
 from pvl_jax.training import augmentation_geometry
@@ -86,6 +87,8 @@ def batch_spec(config: ml_collections.ConfigDict
       "label": jax.ShapeDtypeStruct((batch, *patch), jnp.int32),
       "hand_function": jax.ShapeDtypeStruct((batch,), jnp.int32),
       "subject_index": jax.ShapeDtypeStruct((batch,), jnp.int32),
+      template_position.KEY: jax.ShapeDtypeStruct(
+          (batch, 3, len(patch) + 1), jnp.float32),
   }
 
 
