@@ -45,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pvl_jax.models import located_head
 from pvl_jax.models.depth_sliced_conv import depth_sliced_conv
 
 Dtype = Any
@@ -146,12 +147,17 @@ class HandFunctionHead(nn.Module):
     return nn.Dense(1, name="out")(h)[:, 0]
 
 
+def lesion_probability(seg_logits: jax.Array) -> jax.Array:
+  """Foreground probability of a logit map, (batch, *spatial)."""
+  return jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
+
+
 def patch_summaries(bottleneck: jax.Array, seg_logits: jax.Array
                     ) -> jax.Array:
   """Per patch: mean bottleneck features and soft lesion volume, (B, C + 1)."""
   spatial = tuple(range(1, bottleneck.ndim - 1))
   pooled = bottleneck.astype(jnp.float32).mean(axis=spatial)
-  foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
+  foreground = lesion_probability(seg_logits)
   return jnp.concatenate([pooled, foreground.sum(axis=spatial)[:, None]],
                          axis=-1)
 
@@ -179,6 +185,9 @@ class UNet(nn.Module):
       (one subject's), so the batch size must be a multiple of K.
     cls_bag_pooled: how many of a bag's patches (its first ones, the
       uniformly drawn ones) the head reads.
+    cls_num_blocks: > 0: the located head (`located_head`) on this many
+      template blocks replaces the MLP head, and the network returns the
+      finest output's lesion probability for it instead of a logit.
     dtype: computation dtype (parameters stay float32).
     depth_sliced: compute 3D convolutions as sums of 2D ones (fast on CPU).
   """
@@ -190,6 +199,7 @@ class UNet(nn.Module):
   cls_hidden: int = 64
   cls_bag_size: int = 1
   cls_bag_pooled: int = 1
+  cls_num_blocks: int = 0
   dtype: Dtype = jnp.float32
   depth_sliced: bool = False
 
@@ -208,7 +218,8 @@ class UNet(nn.Module):
       (seg_logits, cls): seg_logits is a list of float32 logit maps
       (batch, *spatial_i, num_classes), finest resolution first (one entry
       unless deep_supervision); cls is the float32 hand-function logit per
-      bag, (batch / cls_bag_size,), or the summaries.
+      bag, (batch / cls_bag_size,), or the summaries; with `cls_num_blocks`
+      the finest lesion probability, (batch, *spatial), instead.
     """
     if not (len(self.features) == len(self.strides) == len(self.kernel_sizes)):
       raise ValueError("features, strides and kernel_sizes need one entry per "
@@ -235,6 +246,13 @@ class UNet(nn.Module):
                        conv_general_dilated=_conv_fn(self.depth_sliced))
         outputs.append(head(x).astype(jnp.float32))
     # outputs[-1] is the finest map (level 0), with or without supervision.
+    if self.cls_num_blocks:
+      # The head reads the train state's memory too, so the step applies it
+      # (`located_step`); here only its parameters are made.
+      if self.is_initializing():
+        located_head.LocatedHead(self.cls_num_blocks, name="cls_head")(
+            jnp.zeros((1, self.cls_num_blocks)))
+      return outputs[::-1], lesion_probability(outputs[-1])
     summaries = patch_summaries(bottleneck, outputs[-1])
     if summaries_only:
       return outputs[::-1], summaries
