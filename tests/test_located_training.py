@@ -14,6 +14,7 @@ from pvl_jax.training import checkpointing
 from pvl_jax.training import config_validation
 from pvl_jax.training import located_step
 from pvl_jax.training import losses
+from pvl_jax.training import train
 
 _TRAIN = "fold0+fold1+fold2"
 
@@ -102,3 +103,8 @@ def test_located_head_needs_a_3d_model():
   config.model.kernel_sizes = ((3, 3),) * 2
   with pytest.raises(InputError, match="model.cls_head.*2D"):
     config_validation.validate_config(config)
+
+
+def test_the_training_loop_refuses_located_until_wired(tmp_path):
+  with pytest.raises(InputError, match="not yet wired"):
+    train.prepare_run(_config(), tmp_path / "run")

@@ -18,6 +18,7 @@ import numpy as np
 import tensorboardX
 
 from preprocessing.io.atomic import atomic_write_text
+from preprocessing.io.errors import InputError
 from pvl_jax.data import bags
 from pvl_jax.data import dataset
 from pvl_jax.data import input_pipeline
@@ -58,6 +59,12 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
     (config with the plan applied, split name -> data source).
   """
   config_validation.validate_config(config)
+  if config.model.cls_head == "located":
+    # Its step exists (`located_step`); the loop and inference do not call
+    # it yet, and training another head instead would be a silent error.
+    raise InputError("config.model.cls_head: 'located' is not yet wired into "
+                     "the training loop and inference (issue 25); use "
+                     "'patch' or 'subject'")
   disk_checks.check_run_dirs(workdir, config)
   workdir = Path(workdir)
   builder = dataset.prepare(config)
