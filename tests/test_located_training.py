@@ -14,7 +14,6 @@ from pvl_jax.training import checkpointing
 from pvl_jax.training import config_validation
 from pvl_jax.training import located_step
 from pvl_jax.training import losses
-from pvl_jax.training import train
 
 _TRAIN = "fold0+fold1+fold2"
 
@@ -39,10 +38,11 @@ def _config(recipe="basic"):
 
 def _setup(config, tiny_builder):
   source = tiny_builder.as_data_source(_TRAIN)
-  settings = located_step.LocatedSettings.from_config(
-      config, template_blocks.template_shape({"train": source}))
-  model = unet.unet_from_config(config.model).clone(
-      cls_num_blocks=settings.num_blocks)
+  config.model.cls_template_shape = template_blocks.template_shape(
+      {"train": source})
+  settings = located_step.LocatedSettings.from_config(config)
+  model = unet.unet_from_config(config.model)
+  assert model.cls_num_blocks == settings.num_blocks
   state = located_step.create_train_state(
       config, model, unet.init_key(0), 1,
       located_step.initial_memory(source, settings))
@@ -103,8 +103,3 @@ def test_located_head_needs_a_3d_model():
   config.model.kernel_sizes = ((3, 3),) * 2
   with pytest.raises(InputError, match="model.cls_head.*2D"):
     config_validation.validate_config(config)
-
-
-def test_the_training_loop_refuses_located_until_wired(tmp_path):
-  with pytest.raises(InputError, match="not yet wired"):
-    train.prepare_run(_config(), tmp_path / "run")

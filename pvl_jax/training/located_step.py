@@ -8,7 +8,7 @@ whose hand function is unlabelled (-1) update the memory but stay out of
 L_cls (`losses.classification_loss`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 import dataclasses
 import math
 from typing import Any
@@ -51,9 +51,10 @@ class LocatedSettings:
                                                   self.block))
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict,
-                  template_shape: Sequence[int]) -> "LocatedSettings":
-    return cls(tuple(int(n) for n in template_shape),
+  def from_config(cls, config: ml_collections.ConfigDict
+                  ) -> "LocatedSettings":
+    """From `model.cls_template_shape` (`train.prepare_run` sets it)."""
+    return cls(tuple(int(n) for n in config.model.cls_template_shape),
                int(config.model.cls_block),
                float(config.model.cls_readout_l2))
 
@@ -93,8 +94,9 @@ def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
                     augment: Callable[[Batch, jax.Array], Batch] | None = None):
   """Returns train_step(state, batch) -> (state, metrics).
 
-  `model` must have `cls_num_blocks` = settings.num_blocks; the batch needs
-  its template positions (`template_position.KEY`).
+  `model` must read the same template blocks (`unet.unet_from_config` of
+  the same config); the batch needs its template positions
+  (`template_position.KEY`).
   """
   head = located_head.LocatedHead(settings.num_blocks)
 
@@ -126,3 +128,20 @@ def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
                        **parts}
 
   return train_step
+
+
+def make_eval_step(model: unet.UNet, seg_loss: losses.SegLoss):
+  """Returns eval_step(params, batch) -> segmentation loss and patch Dice.
+
+  A patch has no hand-function logit of its own here: the head decides per
+  subject, and validation scores it on whole scans
+  (`whole_scan_validation`).
+  """
+
+  def eval_step(params, batch):
+    seg_logits, _ = model.apply({"params": params}, batch["image"])
+    return {"seg_loss": losses.segmentation_loss(seg_logits, batch["label"],
+                                                 seg_loss),
+            "patch_dice": steps.patch_dice(seg_logits, batch["label"])}
+
+  return eval_step
