@@ -95,6 +95,19 @@ def test_located_head_trains_resumes_and_classifies_whole_scans(tiny_cohort,
   assert np.asarray(again["memory"]["rows"]).any()
 
 
+def test_located_head_with_r_zero_only_segments(tiny_cohort, tmp_path):
+  config = _config(tiny_cohort, tmp_path / "cache")
+  config.r = 0.0
+  config.num_steps = 2
+  results = train.train_and_evaluate(config, tmp_path / "run")
+  assert "cls_auc" not in results["test"]
+  history = [json.loads(l) for l in
+             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  validation = [h for h in history if "val/loss" in h]
+  assert validation and not any("val/cls_loss" in h for h in validation)
+  assert validation[-1]["val/loss"] == validation[-1]["val/seg_loss"]
+
+
 def test_records_of_several_grids_stop_the_run_by_name(tmp_path):
   cohort = write_tiny_cohort(tmp_path / "cohort")
   # One subject on another grid, as a raw-space cohort's scans are.

@@ -61,8 +61,11 @@ def make_eval_step(config: ml_collections.ConfigDict, model: unet.UNet
 def whole_scans(config: ml_collections.ConfigDict, model: unet.UNet,
                 validation: Any
                 ) -> whole_scan_validation.WholeScanValidation | None:
-  """The located head's validation on whole scans; None for other heads."""
-  if not is_located(config):
+  """The located head's validation on whole scans.
+
+  None for the other heads, and with r = 0, where the head is not trained.
+  """
+  if not is_located(config) or config.r == 0:
     return None
   return whole_scan_validation.WholeScanValidation(model, validation, config)
 

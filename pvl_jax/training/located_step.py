@@ -131,7 +131,7 @@ def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
 
 
 def make_eval_step(model: unet.UNet, seg_loss: losses.SegLoss):
-  """Returns eval_step(params, batch) -> segmentation loss and patch Dice.
+  """Returns eval_step(params, batch) -> segmentation losses and patch Dice.
 
   A patch has no hand-function logit of its own here: the head decides per
   subject, and validation scores it on whole scans
@@ -140,8 +140,9 @@ def make_eval_step(model: unet.UNet, seg_loss: losses.SegLoss):
 
   def eval_step(params, batch):
     seg_logits, _ = model.apply({"params": params}, batch["image"])
-    return {"seg_loss": losses.segmentation_loss(seg_logits, batch["label"],
-                                                 seg_loss),
+    seg = losses.segmentation_loss(seg_logits, batch["label"], seg_loss)
+    # "loss" is L_seg until the whole scans' L_cls is added to it.
+    return {"loss": seg, "seg_loss": seg,
             "patch_dice": steps.patch_dice(seg_logits, batch["label"])}
 
   return eval_step
