@@ -332,6 +332,7 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
                       starts[i:i + batch_size], valid[i:i + batch_size], sums,
                       window=window)
   mean_output = sums[2] / num_windows
+  # A volume head's windows give placeholders; its logit is replaced below.
   logit = (mean_output[0] if window_fn.head is None
            else window_fn.head(window_fn.variables, mean_output))
   probs, logit = jax.device_get((_normalise(*sums[:2]), logit))
