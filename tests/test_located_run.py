@@ -108,20 +108,30 @@ def test_located_head_with_r_zero_only_segments(tiny_cohort, tmp_path):
   assert validation[-1]["val/loss"] == validation[-1]["val/seg_loss"]
 
 
-def test_records_of_several_grids_stop_the_run_by_name(tmp_path):
+@pytest.mark.parametrize("differs, problem", [
+    # Another shape on the same lattice: a crop of one template grid, as
+    # preprocessing writes each subject.
+    ("shape", "crops of one template grid.*cannot place"),
+    # The same shape, off the lattice: a raw-space scan.
+    ("position", "register the cohort to a template first")])
+def test_records_of_several_grids_stop_the_run_by_name(tmp_path, differs,
+                                                       problem):
   cohort = write_tiny_cohort(tmp_path / "cohort")
-  # One subject on another grid, as a raw-space cohort's scans are.
   for path in (cohort / "sub-010" / "anat" / "sub-010_FLAIR.nii.gz",
                cohort / "derivatives" / "lesions" / "sub-010" / "anat" /
                "sub-010_label-lesion_mask.nii.gz",
                cohort / "derivatives" / "synthetic" / "sub-010" / "anat" /
                "sub-010_desc-brain_mask.nii.gz"):
     volume, affine = nifti.load_volume(path)
-    nifti.save_nifti(np.pad(volume, [(0, 2), (0, 0), (0, 0)]), affine, path,
-                     volume.dtype)
+    if differs == "shape":
+      volume = np.pad(volume, [(0, 2), (0, 0), (0, 0)])
+    else:
+      affine = affine.copy()
+      affine[:3, 3] += (3.0, 0.0, 0.0)  # 1.5 voxels
+    nifti.save_nifti(volume, affine, path, volume.dtype)
   config = _config(cohort, tmp_path / "cache")
   with pytest.raises(InputError, match=(
       r"cls_head='located' needs every scan in one template grid.*2 grids.*"
-      r"sub-010.*register the cohort")):
+      r"sub-010.*" + problem)):
     train.prepare_run(config, tmp_path / "run")
   assert not (tmp_path / "run" / "config.json").exists()

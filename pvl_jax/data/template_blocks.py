@@ -19,25 +19,61 @@ from pvl_jax.data import template_position
 def template_shape(sources: dict[str, Any]) -> tuple[int, int, int]:
   """The grid every record was cropped from: the template's.
 
+  A grid is a shape and an affine: scans of one shape placed differently in
+  the world (a raw-space cohort of one protocol) are not in one template.
+
   Raises:
     InputError: records of different original grids, so the data are not
       in one template space (e.g. a raw-space cohort without preprocessing)
       and no patch has a template position.
   """
-  shapes = {}
+  grids = {}
   for source in sources.values():
     for header in records.headers(source):
-      shapes.setdefault(tuple(int(n) for n in header["original_shape"]),
-                        records.subject_id(header))
-  if len(shapes) != 1:
-    found = ", ".join(f"{shape} ({subject})" for shape, subject
-                      in list(shapes.items())[:4])
-    raise InputError(
+      grids.setdefault(_original_grid(header), records.subject_id(header))
+  if len(grids) != 1:
+    found = ", ".join(f"{shape} ({subject})" for (shape, _), subject
+                      in list(grids.items())[:4])
+    problem = (
         "model.cls_head='located' needs every scan in one template grid, but "
-        f"the records come from {len(shapes)} grids: {found}; register the "
-        "cohort to a template first (data.preprocess.enabled=True or "
-        "python -m preprocessing.run)")
-  return next(iter(shapes))
+        f"the records come from {len(grids)} grids (shape or position in "
+        f"the world): {found}; ")
+    if _one_lattice([affine for _, affine in grids]):
+      # What preprocessing writes: each subject on its brain's crop of the
+      # template grid. Its position in the template is known in principle
+      # (the crop's origin), but the located head does not read it yet.
+      raise InputError(
+          problem + "they are crops of one template grid, saved on their "
+          "own grids (as preprocessing writes them), which the located head "
+          "cannot place in the template yet (issue 25); use a cohort on the "
+          "whole template grid, or model.cls_head='patch' or 'subject'")
+    raise InputError(
+        problem + "register the cohort to a template first "
+        "(data.preprocess.enabled=True or python -m preprocessing.run)")
+  return next(iter(grids))[0]
+
+
+def _one_lattice(affines: Sequence[Sequence[float]]) -> bool:
+  """Whether grid affines share axes and spacing, origins whole voxels apart."""
+  matrices = [np.reshape(a, (3, 4)) for a in affines]
+  linear = matrices[0][:, :3]
+  if any(not np.allclose(m[:, :3], linear, atol=1e-3) for m in matrices):
+    return False
+  steps = [np.linalg.solve(linear, m[:, 3] - matrices[0][:, 3])
+           for m in matrices]
+  return all(np.allclose(s, np.round(s), atol=1e-2) for s in steps)
+
+
+def _original_grid(header: dict[str, Any]) -> tuple[tuple[int, ...],
+                                                    tuple[float, ...]]:
+  """(shape, affine rounded to 1e-3) of the grid a record was cropped from."""
+  affine = np.asarray(header["affine"], np.float64)
+  # The record's affine is its crop's (`normalize.crop_affine`); undo that.
+  origin = affine[:3, 3] - affine[:3, :3] @ np.asarray(header["crop_start"],
+                                                       np.float64)
+  grid_affine = np.concatenate([affine[:3, :3], origin[:, None]], axis=1)
+  return (tuple(int(n) for n in header["original_shape"]),
+          tuple(np.round(grid_affine, 3).ravel().tolist()))
 
 
 def _template_voxels(flat: np.ndarray, subject: input_pipeline.Subject,
