@@ -98,7 +98,7 @@ def planned_run() -> dict[str, object]:
   start = time.perf_counter()
   config, sources = train.prepare_run(config, workdir)
   data_s = time.perf_counter() - start
-  compiled = train.preflight(config)
+  compiled = train.preflight(config, sources)
   train.train(config, workdir, sources, compiled)
   history = [json.loads(line) for line in
              (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -127,6 +127,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "patch" on its own (window logits averaged at inference).
   config.model.cls_head = "patch"
   config.model.cls_bag_size = 0  # patches per bag; 0: the whole batch
+  # "located": logistic regression on the lesion probability's template
+  # blocks of cls_block^3 voxels (4: 8 mm at 2 mm), read from a per-subject
+  # memory of the whole brain (pvl_jax/models/located_head.py); its weights
+  # get cls_readout_l2 * |w|^2 added to L_cls.
+  config.model.cls_block = 4
+  config.model.cls_readout_l2 = 1e-3
+  # The grid the records were cropped from, which the blocks tile; not set
+  # by hand: prepare_run fills it in from the records (config.json keeps it
+  # for inference).
+  config.model.cls_template_shape = ()
   config.model.compute_dtype = "bfloat16"
 
   # Self-configuration (pvl_jax/planning/, nnU-Net v2's rules). With

@@ -26,7 +26,8 @@ def test_predict_split_discards_lesions_outside_the_brain():
   lesion[4:6, 4:6, 3:5] = 1
   record = {"image": np.zeros(shape + (1,), np.float32),
             "lesion_mask": lesion, "brain_mask": brain, "hand_function": 1,
-            "subject_id": b"sub-001", "spacing": np.ones(3, np.float32)}
+            "subject_id": b"sub-001", "spacing": np.ones(3, np.float32),
+            "crop_start": np.zeros(3, np.int32)}
   config = joint.get_config("demo")
   config.data.patch_size = (8, 8, 8)
   split = evaluate_run.predict_split(jax.jit(_everything_is_lesion), [record],
@@ -39,7 +40,8 @@ def _record(subject, lesion, brain, hand_function=1):
   return {"image": np.zeros(lesion.shape + (1,), np.float32),
           "lesion_mask": lesion, "brain_mask": brain,
           "hand_function": hand_function, "subject_id": subject.encode(),
-          "spacing": np.ones(3, np.float32)}
+          "spacing": np.ones(3, np.float32),
+          "crop_start": np.zeros(3, np.int32)}
 
 
 def test_ignored_voxels_are_masked_out_of_the_scores():

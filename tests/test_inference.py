@@ -82,7 +82,7 @@ def test_subject_head_reads_every_window_as_one_bag():
   model, variables = _random_unet(3)
   image = np.random.default_rng(5).normal(size=(16, 8, 12, 2))
   window = (8, 8, 8)
-  apply_fn, head = unet.window_functions(model, "subject")
+  apply_fn, head, _ = unet.window_functions(model, "subject")
   _, logit = sliding_window.predict_volume(
       sliding_window.make_window_fn(apply_fn, variables, (), head),
       image.astype(np.float32), window, 0.5, batch_size=4)
@@ -173,7 +173,7 @@ def test_predict_volume_matches_the_host_accumulation(ndim, mirror_axes,
                                                       shape, batch_size,
                                                       cls_head):
   model, variables = _random_unet(ndim)
-  apply_fn, head = unet.window_functions(model, cls_head)
+  apply_fn, head, _ = unet.window_functions(model, cls_head)
   window_fn = sliding_window.make_window_fn(apply_fn, variables,
                                             mirror_axes, head)
   image = np.random.default_rng(3).normal(
@@ -308,7 +308,8 @@ def test_predict_split_records_inference_seconds():
               "lesion_mask": np.ones(shape, np.uint8),
               "brain_mask": np.ones(shape, np.uint8), "hand_function": 0,
               "subject_id": f"sub-{i}".encode(),
-              "spacing": np.ones(3, np.float32)}
+              "spacing": np.ones(3, np.float32),
+          "crop_start": np.zeros(3, np.int32)}
              for i, shape in enumerate(((9, 8, 8), (8, 10, 9), (8, 8, 8)))]
   config = joint.get_config("demo")
   config.data.patch_size = (8, 8, 8)

@@ -165,7 +165,7 @@ def test_augmentation_flips_image_and_label_together():
              "noise_prob": 0.0}
   flipped_any = False
   for seed in range(8):
-    out_image, out_label = augmentation_basic.augment_patch(
+    out_image, out_label, _ = augmentation_basic.augment_patch(
         image, label, options, np.random.default_rng(seed))
     np.testing.assert_array_equal(out_label, out_image[..., 0] > 1)
     flipped_any |= not np.array_equal(out_image, image)
@@ -201,7 +201,7 @@ def test_2d_patches_are_cut_across_the_slice_axis(tmp_path):
   for name, array in zip(input_pipeline._DECODED_FILES,
                          (volume, label, np.flatnonzero(label))):
     np.save(tmp_path / f"{name}.npy", array)
-  subject = input_pipeline.Subject(0, 1, str(tmp_path))
+  subject = input_pipeline.Subject(0, 1, str(tmp_path), (0, 0, 0))
   sampler = input_pipeline.PatchSampler((7, 8), None, slice_axis=0)
   patch = sampler.random_map(input_pipeline.PatchRequest(subject, False),
                              np.random.default_rng(2))

@@ -146,6 +146,26 @@ def test_back_transform_with_the_true_pose_is_exact(predicted, raw):
   assert _dice(back, nifti.load_mask(raw / NATIVE_LESIONS)) >= 0.95
 
 
+def test_template_origin_is_the_crop_start_in_the_template(predicted,
+                                                          run_dir):
+  """Where the located head reads the map: the crop's voxel 0 in the grid."""
+  run = trained_run.load(run_dir)
+  grid = predicted[2].grid
+  origin = native_space.template_origin(run, grid, None)
+  full = template.template_grid(run.template_spacing)
+  np.testing.assert_allclose(full.TransformIndexToPhysicalPoint(origin),
+                             grid.GetOrigin(), atol=1e-4)
+  assert all(0 <= o and o + n <= f for o, n, f in
+             zip(origin, grid.GetSize(), full.GetSize()))
+  # A located head trained on the blocks of another grid cannot read it.
+  config = run.config.copy_and_resolve_references()
+  config.model.cls_template_shape = (28, 32, 24)
+  with pytest.raises(InputError, match=r"located hand-function head reads "
+                     r"blocks of a \(28, 32, 24\) template grid"):
+    native_space.template_origin(dataclasses.replace(run, config=config),
+                                 grid, None)
+
+
 def test_template_lesions_land_on_the_native_lesions(predicted, raw):
   """Predict's own way back, through the registration it estimated."""
   _, _, scans = predicted
@@ -317,8 +337,8 @@ def test_reoriented_scan_gives_the_same_mask(run_dir, raw, tmp_path,
            scans / "ras.nii.gz")
   captured = _record_to_template(monkeypatch)
 
-  def truth_model(self, image, brain):
-    del self, image, brain
+  def truth_model(self, image, brain, origin):
+    del self, image, brain, origin
     return _template_lesions_on(captured[-1].grid, raw), 0.5
 
   monkeypatch.setattr(trained_run.TrainedRun, "predict", truth_model)

@@ -47,7 +47,7 @@ def test_preflight_compiles_the_augmentation_into_the_step(prepared):
   """The AOT-compiled step takes the host's larger patches and augments."""
   config = prepared[0].copy_and_resolve_references()
   config.data.augment.recipe = "nnunet"
-  model, parallel, step = train.preflight(config)
+  model, parallel, step = train.preflight(config, prepared[1])
   batch = parallel.global_batch(next(iter(input_pipeline.train_dataset(
       prepared[1]["train"], config.data, config.batch_size, seed=0))))
   losses = []
@@ -85,7 +85,7 @@ def test_training_runs_the_preflight_executable(prepared, tmp_path,
                                                 monkeypatch):
   """The step is compiled once, by preflight, and training calls it."""
   config, sources, _ = prepared
-  compiled = train.preflight(config)
+  compiled = train.preflight(config, sources)
   calls = []
   model, parallel, step = compiled
 

@@ -18,13 +18,13 @@ import ml_collections
 
 from pvl_jax.models import unet
 
-CLS_HEADS = ("subject", "patch")
+CLS_HEADS = ("subject", "patch", "located")
 
 
 def bag_size(config: ml_collections.ConfigDict) -> int:
   """Patches per hand-function prediction in training (1: per patch)."""
-  if config.model.cls_head == "patch":
-    return 1
+  if config.model.cls_head != "subject":
+    return 1  # the per-patch and the located head read single patches
   return int(config.model.cls_bag_size or config.batch_size)
 
 

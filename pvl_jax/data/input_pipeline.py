@@ -50,6 +50,7 @@ from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from pvl_jax.data import batch_stream
 from pvl_jax.data import records
+from pvl_jax.data import template_position
 from pvl_jax.training import augmentation_basic
 from pvl_jax.training import augmentation_geometry
 
@@ -75,10 +76,13 @@ class Subject:
     index: the record's index in its split.
     hand_function: the record's hand-function class.
     directory: holds the `_DECODED_FILES` (.npy).
+    origin: the record's crop start in its original (template) grid, which
+      places its patches there (`template_position`).
   """
   index: int
   hand_function: int
   directory: str
+  origin: tuple[int, ...]
 
   def volumes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, lesion mask, flat lesion voxel indices), memory-mapped."""
@@ -112,7 +116,8 @@ def decoded_subjects(source: Any) -> list[Subject]:
     if not directory.is_dir():
       _decode(source[index], directory)
     subjects.append(Subject(index, int(header["hand_function"]),
-                            str(directory)))
+                            str(directory),
+                            tuple(int(c) for c in header["crop_start"])))
   return subjects
 
 
@@ -203,17 +208,23 @@ class PatchSampler(grain.transforms.RandomMap):
     start = [s - (c - p) // 2 for s, c, p in zip(start, cut3d, patch3d)]
     image_patch = cut_window(image, start, cut3d)
     label_patch = cut_window(label, start, cut3d)
+    position = template_position.cut_position(
+        subject.origin, start, len(self.patch_size), self.slice_axis)
     if len(self.patch_size) == 2:
       image_patch = np.squeeze(image_patch, self.slice_axis)
       label_patch = np.squeeze(label_patch, self.slice_axis)
     if self.augment:
-      image_patch, label_patch = augmentation_basic.augment_patch(
+      image_patch, label_patch, flipped = augmentation_basic.augment_patch(
           image_patch, label_patch, self.augment, rng)
+      for axis in flipped:
+        position = template_position.flip_position(
+            position, axis, label_patch.shape[axis])
     return {
         "image": np.ascontiguousarray(image_patch, np.float32),
         "label": np.ascontiguousarray(label_patch, np.int32),
         "hand_function": np.int32(subject.hand_function),
         "subject_index": np.int32(subject.index),
+        template_position.KEY: position,
     }
 
   def _slab(self, size: tuple[int, ...]) -> list[int]:
@@ -301,7 +312,8 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
 
   Returns:
     A grain IterDataset of dict batches (image, label, hand_function,
-    subject_index).
+    subject_index, position: each patch's place in the template grid,
+    `template_position`).
   """
   subjects = decoded_subjects(source)
   patches = grain.MapDataset.source(

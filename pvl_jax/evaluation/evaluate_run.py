@@ -8,7 +8,8 @@ are scored as the WMH evaluation scores its label 2: the prediction there is
 masked out before every metric (and before choosing the postprocessing), so
 neither predicting nor missing them counts. For r > 0 the hand-function
 probability of a subject is the sigmoid of its logit (the head of its windows'
-mean summaries, or its mean window logit: `model.cls_head`); the decision
+mean summaries, its mean window logit, or the located head's read-out of its
+whole probability map placed at its crop start: `model.cls_head`); the decision
 threshold is chosen on the validation split's labelled subjects and applied
 to the test split's; unlabelled subjects are left out of the classification
 metrics (`n_labelled`). `results["split"]` names the split rule and the
@@ -56,7 +57,7 @@ def predict_split(
     probs, logit = sliding_window.predict_volume(
         window_fn, record["image"], config.data.patch_size,
         config.inference.overlap, config.inference.batch_size,
-        config.data.get("slice_axis", 2))
+        config.data.get("slice_axis", 2), tuple(record["crop_start"]))
     seconds = time.perf_counter() - start
     subject = records.subject_id(record)
     split["subjects"].append(subject)
@@ -107,9 +108,11 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
     split holds aggregated segmentation metrics (dice_mean, voe_mean, ...),
     for r > 0 cls_accuracy / cls_f1 / cls_auc, and per-subject rows.
   """
-  apply_fn, head = unet.window_functions(model, config.model.cls_head)
+  apply_fn, head, volume_head = unet.window_functions(model,
+                                                      config.model.cls_head)
   window_fn = sliding_window.make_window_fn(
-      apply_fn, {"params": params}, config.inference.mirror_axes, head)
+      apply_fn, {"params": params}, config.inference.mirror_axes, head,
+      volume_head)
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
             "test": predict_split(window_fn, sources["test"], config, "test")}

@@ -23,6 +23,7 @@ from preprocessing import geometry
 from preprocessing import template as template_lib
 from preprocessing import template_space
 from preprocessing.io import nifti
+from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
 from pvl_jax.inference import trained_run
 
@@ -124,7 +125,9 @@ def segment_template_scan(run: trained_run.TrainedRun, scan: TemplateScan
   """Segments a scan in template space and maps the result back."""
   scans, data, affine = scan.scans, scan.data, scan.affine
   image = np.stack([scans.images[m] for m in run.modalities], axis=-1)
-  probs, hand_function_prob = run.predict(image, scans.brain)
+  probs, hand_function_prob = run.predict(
+      image, scans.brain,
+      template_origin(run, scans.grid, scan.template_files))
   native = to_native(probs, scans.grid, scans.to_native, data.shape[:3],
                      affine)
   files = scan.template_files
@@ -146,6 +149,26 @@ def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
     path: the scan, as `load_scan` takes it.
   """
   return segment_template_scan(run, to_template(run, path))
+
+
+def template_origin(run: trained_run.TrainedRun, grid: sitk.Image,
+                    files: template_lib.TemplateFiles | None
+                    ) -> tuple[int, int, int]:
+  """The template voxel of a cropped template grid's voxel 0: its crop start.
+
+  Raises:
+    InputError: the run's located head was trained on blocks of another
+      template grid than the one this scan was brought to.
+  """
+  full = template_lib.template_grid(run.template_spacing, files)
+  trained = tuple(run.config.model.get("cls_template_shape", ()))
+  if trained and tuple(full.GetSize()) != trained:
+    raise InputError(
+        f"the run's located hand-function head reads blocks of a "
+        f"{trained} template grid, but the scan was brought to a "
+        f"{tuple(full.GetSize())} grid; use the run's template and spacing")
+  return tuple(int(i) for i in full.TransformPhysicalPointToIndex(
+      grid.GetOrigin()))
 
 
 def _template_dice(brain: np.ndarray, grid: sitk.Image, spacing: float,

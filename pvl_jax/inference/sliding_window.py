@@ -7,7 +7,9 @@ window, as nnU-Net) so that window borders, where the network sees less
 context, count less. The network's hand-function output per window (a logit,
 or the summaries a subject-level head reads) is averaged over the windows; a
 `WindowFn.head` then maps that mean to the volume's logit (without one the
-mean is the logit: the per-patch head's mean window logit).
+mean is the logit: the per-patch head's mean window logit). A
+`WindowFn.volume_head` (the located head) instead reads the assembled
+probability map once, placed in the template grid at the volume's `origin`.
 
 The volume and the sums stay on the device. One jitted function per batch cuts
 its windows out of the device-resident volume, runs the network and adds the
@@ -47,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
+from pvl_jax.data import template_position
+
 # Padded volume axes are multiples of this: few compiled shapes per cohort.
 # Padding costs no windows (only memory and copying the sums), and each new
 # shape a compile (~2 s for the CPU demo model): with 16 the 2 mm demo's test
@@ -58,6 +62,9 @@ BUCKET = 32
 ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 # (variables, mean hand-function output over the windows (D,)) -> logit ().
 HeadFn = Callable[[Any, jax.Array], jax.Array]
+# (variables, probability map (X, Y, Z), its template position (3, 4), as
+# `template_position.cut_position`) -> logit ().
+VolumeHeadFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 # The same without variables (a network with nothing to learn, in tests).
 ImagesFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -75,10 +82,14 @@ class WindowFn:
       would be copied to the device for every batch.
     head: maps the windows' mean output to the volume's logit; None: the
       mean output is the logit.
+    volume_head: maps the whole probability map to the logit instead (the
+      windows' outputs are then ignored); `predict_volume` needs the
+      volume's `origin`.
   """
   apply: ApplyFn
   variables: Any = None
   head: HeadFn | None = None
+  volume_head: VolumeHeadFn | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +153,8 @@ def mirror_combinations(mirror_axes: Sequence[int], num_spatial: int
 
 def make_window_fn(apply_fn: Callable, variables,
                    mirror_axes: Sequence[int] = (),
-                   head: HeadFn | None = None) -> WindowFn:
+                   head: HeadFn | None = None,
+                   volume_head: VolumeHeadFn | None = None) -> WindowFn:
   """Foreground-probability function for batches of windows.
 
   Args:
@@ -152,6 +164,7 @@ def make_window_fn(apply_fn: Callable, variables,
     variables: the model's variables (host or device arrays).
     mirror_axes: spatial axes for mirroring test-time augmentation; () = off.
     head: see `WindowFn.head`.
+    volume_head: see `WindowFn.volume_head`.
 
   Returns:
     The window function for `predict_volume`, its variables copied to
@@ -179,7 +192,7 @@ def make_window_fn(apply_fn: Callable, variables,
     return prob_sum / len(flips), output_sum / len(flips)
 
   return WindowFn(predict, jax.device_put(variables, inference_device()),
-                  head)
+                  head, volume_head)
 
 
 # The sums are not donated: donating made each call ~3x slower on the CPU
@@ -250,7 +263,8 @@ def _slab_weights(window: tuple[int, ...]) -> jax.Array:
 
 def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
                    patch_size: Sequence[int], overlap: float,
-                   batch_size: int, slice_axis: int = 2
+                   batch_size: int, slice_axis: int = 2,
+                   origin: Sequence[int] | None = None
                    ) -> tuple[np.ndarray, float]:
   """Lesion probabilities for a (X, Y, Z, C) volume and the mean cls logit.
 
@@ -264,10 +278,15 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
     overlap: fraction of a window shared with its neighbour, in [0, 1).
     batch_size: windows per network call.
     slice_axis: the axis a 2D model's slices are cut across.
+    origin: the template voxel of the volume's voxel 0 (a record's
+      `crop_start`); only a `WindowFn.volume_head` reads it.
 
   Returns:
-    (probability map (X, Y, Z), hand-function logit: the head of the mean
-    window output, or the mean window logit).
+    (probability map (X, Y, Z), hand-function logit: the volume head of the
+    map, the head of the mean window output, or the mean window logit).
+
+  Raises:
+    ValueError: a volume head without `origin`.
   """
   if len(patch_size) == 2 and slice_axis != 2:
     # Slabs are cut across the last axis; the other two keep their order,
@@ -277,6 +296,9 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
     return np.moveaxis(probs, 2, slice_axis), logit
   if not isinstance(window_fn, WindowFn):
     window_fn = WindowFn(_WithoutVariables(window_fn))
+  if window_fn.volume_head is not None and origin is None:
+    raise ValueError("the located head reads the map where it lies in the "
+                     "template: predict_volume needs the volume's origin")
   window = tuple(int(w) for w in patch_size)
   weights = _slab_weights(window)
   spatial = image.shape[:3]
@@ -310,12 +332,37 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
                       starts[i:i + batch_size], valid[i:i + batch_size], sums,
                       window=window)
   mean_output = sums[2] / num_windows
+  # A volume head's windows give placeholders; its logit is replaced below.
   logit = (mean_output[0] if window_fn.head is None
            else window_fn.head(window_fn.variables, mean_output))
   probs, logit = jax.device_get((_normalise(*sums[:2]), logit))
   # A copy: the host view of a device buffer is read-only.
-  return (np.array(probs[tuple(slice(a, a + s) for a, s in zip(before, spatial))]),
-          float(logit))
+  probs = np.array(probs[tuple(slice(a, a + s)
+                               for a, s in zip(before, spatial))])
+  if window_fn.volume_head is not None:
+    logit = _volume_logit(window_fn, probs, origin, bucket)
+  return probs, float(logit)
+
+
+def _volume_logit(window_fn: WindowFn, probs: np.ndarray,
+                  origin: Sequence[int], bucket: Sequence[int]) -> jax.Array:
+  """The volume head's logit of the (unpadded) map at `origin`.
+
+  The map is zero-padded at its far end to the bucket, so that the crops of
+  a cohort share one compiled head: padded voxels hold no lesion
+  probability and add nothing to any block.
+  """
+  padded = np.pad(probs, [(0, b - s) for b, s in zip(bucket, probs.shape)])
+  position = template_position.cut_position(origin, (0, 0, 0), 3, 2)
+  return _apply_volume_head(window_fn.volume_head, window_fn.variables,
+                            jax.device_put(padded, inference_device()),
+                            jax.device_put(position, inference_device()))
+
+
+@functools.partial(jax.jit, static_argnames=("volume_head",))
+def _apply_volume_head(volume_head: VolumeHeadFn, variables: Any,
+                       probs: jax.Array, position: jax.Array) -> jax.Array:
+  return volume_head(variables, probs, position)
 
 
 # WindowFn -> {images shape: output width}. Weak keys: a cache entry must not

@@ -62,14 +62,16 @@ class TrainedRun:
     """Whether the run trained the hand-function head (r > 0)."""
     return self.config.r > 0
 
-  def predict(self, image: np.ndarray, brain: np.ndarray
-              ) -> tuple[np.ndarray, float]:
+  def predict(self, image: np.ndarray, brain: np.ndarray,
+              origin: tuple[int, int, int]) -> tuple[np.ndarray, float]:
     """Segments one template-space volume.
 
     Args:
       image: (X, Y, Z, channels), z-scored and brain-cropped as training
         volumes are.
       brain: the brain mask on the same grid.
+      origin: the template voxel of the crop's voxel 0 (where the located
+        head reads the map).
 
     Returns:
       (lesion probability per voxel: 0 outside the brain and in the
@@ -81,7 +83,7 @@ class TrainedRun:
     probs, logit = sliding_window.predict_volume(
         self.window_fn, image, self.config.data.patch_size,
         inference_config.overlap, inference_config.batch_size,
-        self.config.data.get("slice_axis", 2))
+        self.config.data.get("slice_axis", 2), origin)
     # Lesions lie in the brain; what the network marks in the zeroed
     # background, which training patches show little of, is discarded.
     probs = np.where(brain, probs, 0.0)
@@ -117,11 +119,11 @@ def load(workdir: str | Path) -> TrainedRun:
   model = unet.unet_from_config(config.model)
   _check_params_fit(model, config, params, workdir / "checkpoints")
   # Runs older than the subject-level head have the per-patch one.
-  apply_fn, head = unet.window_functions(
+  apply_fn, head, volume_head = unet.window_functions(
       model, config.model.get("cls_head", "patch"))
   window_fn = sliding_window.make_window_fn(
       apply_fn, {"params": params},
-      tuple(config.inference.get("mirror_axes", ())), head)
+      tuple(config.inference.get("mirror_axes", ())), head, volume_head)
   return TrainedRun(config=config, step=step,
                     window_fn=window_fn, min_component_voxels=int(min_size),
                     cls_threshold=threshold if config.r > 0 else None)

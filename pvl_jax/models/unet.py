@@ -45,6 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pvl_jax.data import template_position
+from pvl_jax.models import located_head
 from pvl_jax.models.depth_sliced_conv import depth_sliced_conv
 
 Dtype = Any
@@ -146,12 +148,17 @@ class HandFunctionHead(nn.Module):
     return nn.Dense(1, name="out")(h)[:, 0]
 
 
+def lesion_probability(seg_logits: jax.Array) -> jax.Array:
+  """Foreground probability of a logit map, (batch, *spatial)."""
+  return jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
+
+
 def patch_summaries(bottleneck: jax.Array, seg_logits: jax.Array
                     ) -> jax.Array:
   """Per patch: mean bottleneck features and soft lesion volume, (B, C + 1)."""
   spatial = tuple(range(1, bottleneck.ndim - 1))
   pooled = bottleneck.astype(jnp.float32).mean(axis=spatial)
-  foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:].sum(axis=-1)
+  foreground = lesion_probability(seg_logits)
   return jnp.concatenate([pooled, foreground.sum(axis=spatial)[:, None]],
                          axis=-1)
 
@@ -179,6 +186,11 @@ class UNet(nn.Module):
       (one subject's), so the batch size must be a multiple of K.
     cls_bag_pooled: how many of a bag's patches (its first ones, the
       uniformly drawn ones) the head reads.
+    cls_template_shape: set (with `cls_block`): the located head
+      (`located_head`) on the blocks of this template grid replaces the MLP
+      head, and the network returns the finest output's lesion probability
+      for it instead of a logit.
+    cls_block: the located head's block edge in template voxels.
     dtype: computation dtype (parameters stay float32).
     depth_sliced: compute 3D convolutions as sums of 2D ones (fast on CPU).
   """
@@ -190,8 +202,18 @@ class UNet(nn.Module):
   cls_hidden: int = 64
   cls_bag_size: int = 1
   cls_bag_pooled: int = 1
+  cls_template_shape: tuple[int, ...] = ()
+  cls_block: int = 0
   dtype: Dtype = jnp.float32
   depth_sliced: bool = False
+
+  @property
+  def cls_num_blocks(self) -> int:
+    """Template blocks the located head reads (0: another head)."""
+    if not self.cls_template_shape:
+      return 0
+    return math.prod(template_position.block_grid(self.cls_template_shape,
+                                                  self.cls_block))
 
   @nn.compact
   def __call__(self, x: jax.Array, summaries_only: bool = False
@@ -208,7 +230,8 @@ class UNet(nn.Module):
       (seg_logits, cls): seg_logits is a list of float32 logit maps
       (batch, *spatial_i, num_classes), finest resolution first (one entry
       unless deep_supervision); cls is the float32 hand-function logit per
-      bag, (batch / cls_bag_size,), or the summaries.
+      bag, (batch / cls_bag_size,), or the summaries; with the located head
+      the finest lesion probability, (batch, *spatial), instead.
     """
     if not (len(self.features) == len(self.strides) == len(self.kernel_sizes)):
       raise ValueError("features, strides and kernel_sizes need one entry per "
@@ -235,6 +258,13 @@ class UNet(nn.Module):
                        conv_general_dilated=_conv_fn(self.depth_sliced))
         outputs.append(head(x).astype(jnp.float32))
     # outputs[-1] is the finest map (level 0), with or without supervision.
+    if self.cls_template_shape:
+      # The head reads the train state's memory too, so the step applies it
+      # (`located_step`); here only its parameters are made.
+      if self.is_initializing():
+        located_head.LocatedHead(self.cls_num_blocks, name="cls_head")(
+            jnp.zeros((1, self.cls_num_blocks)))
+      return outputs[::-1], lesion_probability(outputs[-1])
     summaries = patch_summaries(bottleneck, outputs[-1])
     if summaries_only:
       return outputs[::-1], summaries
@@ -247,7 +277,15 @@ def unet_from_config(model_config: Any) -> UNet:
   """Builds a UNet from an ml_collections `config.model` block.
 
   3D convolutions are depth-sliced when the default backend is the CPU.
+
+  Raises:
+    ValueError: the located head without its template grid
+      (`model.cls_template_shape`, which `train.prepare_run` sets).
   """
+  located = model_config.get("cls_head", "patch") == "located"
+  if located and not model_config.cls_template_shape:
+    raise ValueError("model.cls_head='located' needs model.cls_template_shape "
+                     "(train.prepare_run sets it from the records)")
   return UNet(
       features=tuple(model_config.features),
       strides=tuple(tuple(s) for s in model_config.strides),
@@ -255,6 +293,10 @@ def unet_from_config(model_config: Any) -> UNet:
       num_classes=model_config.num_classes,
       deep_supervision=model_config.deep_supervision,
       cls_hidden=model_config.cls_hidden,
+      cls_template_shape=(tuple(int(n) for n in
+                                model_config.cls_template_shape)
+                          if located else ()),
+      cls_block=int(model_config.cls_block) if located else 0,
       dtype=jnp.dtype(model_config.compute_dtype),
       depth_sliced=jax.default_backend() == "cpu",
   )
@@ -272,24 +314,52 @@ def init_key(seed: int) -> jax.Array:
 
 def window_functions(model: UNet, cls_head: str
                      ) -> tuple[Callable[..., Any],
-                                Callable[[Any, jax.Array], jax.Array] | None]:
-  """The sliding window's apply and head functions for `model`.
+                                Callable[[Any, jax.Array], jax.Array] | None,
+                                Callable[[Any, jax.Array, jax.Array],
+                                         jax.Array] | None]:
+  """The sliding window's apply, head and volume head functions for `model`.
 
   Args:
     model: the U-Net.
     cls_head: "patch": each window's logit, averaged over the windows (the
       per-patch head); "subject": each window's summaries, averaged over the
-      windows and read by the head once (the subject-level head).
+      windows and read by the head once (the subject-level head);
+      "located": the whole volume's probability map, placed in the template
+      by its position, read once by the located head (`located_head`).
 
   Returns:
-    (apply, head) for `sliding_window.make_window_fn`.
+    (apply, head, volume_head) for `sliding_window.make_window_fn`.
   """
   if cls_head == "patch":
-    return model.apply, None
+    return model.apply, None, None
+  if cls_head == "located":
+    return _located_window_functions(model)
   head_module = HandFunctionHead(model.cls_hidden)
 
   def head(variables: Any, mean_summaries: jax.Array) -> jax.Array:
     return head_module.apply({"params": variables["params"]["cls_head"]},
                              mean_summaries[None])[0]
 
-  return functools.partial(model.apply, summaries_only=True), head
+  return functools.partial(model.apply, summaries_only=True), head, None
+
+
+def _located_window_functions(model: UNet):
+  """`window_functions` of the located head: it reads whole maps only."""
+  head_module = located_head.LocatedHead(model.cls_num_blocks)
+
+  def apply(variables: Any, images: jax.Array):
+    seg_logits, _ = model.apply(variables, images)
+    # A placeholder per window: the volume head reads the assembled map.
+    return seg_logits, jnp.zeros((len(images),), jnp.float32)
+
+  def volume_head(variables: Any, probability: jax.Array,
+                  position: jax.Array) -> jax.Array:
+    blocks = template_position.block_indices(
+        position[None], probability.shape, model.cls_template_shape,
+        model.cls_block)
+    fractions = located_head.whole_volume_fractions(
+        probability[None], blocks, model.cls_num_blocks, model.cls_block)
+    return head_module.apply({"params": variables["params"]["cls_head"]},
+                             fractions)[0]
+
+  return apply, None, volume_head

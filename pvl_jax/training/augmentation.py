@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from preprocessing import lesion_labels
+from pvl_jax.data import template_position
 from pvl_jax.training import augmentation_geometry as geometry
 from pvl_jax.training import augmentation_intensity as intensity
 from pvl_jax.training import augmentation_spatial as spatial
@@ -187,6 +188,11 @@ def sample_params(key: jax.Array, recipe: Recipe, num_channels: int
   return params
 
 
+def sampling_matrix(params: dict[str, jax.Array]) -> jax.Array:
+  """A with the mirrored axes' columns negated: a flip reverses the grid."""
+  return params["matrix"] * jnp.where(params["flips"], -1.0, 1.0)
+
+
 def apply(params: dict[str, jax.Array], image: jax.Array, label: jax.Array,
           recipe: Recipe) -> tuple[jax.Array, jax.Array]:
   """Augments one sample: image (*input_size, C), label (*input_size).
@@ -196,13 +202,12 @@ def apply(params: dict[str, jax.Array], image: jax.Array, label: jax.Array,
   transforms, which all commute with a flip but for the phase of the
   simulated low-resolution grid.
   """
-  flips = jnp.where(params["flips"], -1.0, 1.0)
   # The brain: voxels the in-brain z-scoring did not set to 0 in some
   # channel (nnU-Net's nonzero mask), warped with the image as a channel of
   # its own.
   brain = jnp.any(image != 0, axis=-1, keepdims=True).astype(image.dtype)
   image, label = spatial.warp(jnp.concatenate([image, brain], axis=-1),
-                              label, params["matrix"] * flips,
+                              label, sampling_matrix(params),
                               recipe.patch_size, recipe.label_values)
   image, brain = image[..., :-1], image[..., -1:] > 0.5
   image = image + params["noise_std"] * params["noise"]
@@ -224,17 +229,31 @@ def apply(params: dict[str, jax.Array], image: jax.Array, label: jax.Array,
 
 
 def augment_batch(batch: Batch, key: jax.Array, recipe: Recipe) -> Batch:
-  """Augments a global batch; sample i draws from fold_in(key, i)."""
+  """Augments a global batch; sample i draws from fold_in(key, i).
+
+  A batch with template positions (`template_position.KEY`) gets those of
+  its resampled patches.
+  """
   num_channels = batch["image"].shape[-1]
 
-  def one(index, image, label):
+  def one(index, image, label, position):
     params = sample_params(jax.random.fold_in(key, index), recipe,
                            num_channels)
-    return apply(params, image, label, recipe)
+    image, label = apply(params, image, label, recipe)
+    if position is not None:
+      position = template_position.resample_position(
+          position, sampling_matrix(params), recipe.input_size,
+          recipe.patch_size)
+    return image, label, position
 
   indices = jnp.arange(batch["label"].shape[0])
-  image, label = jax.vmap(one)(indices, batch["image"], batch["label"])
-  return {**batch, "image": image, "label": label}
+  image, label, position = jax.vmap(one)(
+      indices, batch["image"], batch["label"],
+      batch.get(template_position.KEY))
+  augmented = {**batch, "image": image, "label": label}
+  if position is not None:
+    augmented[template_position.KEY] = position
+  return augmented
 
 
 def make_augment_fn(config: ml_collections.ConfigDict

@@ -27,11 +27,10 @@ import optax
 
 from preprocessing.io import workers
 from preprocessing.io.errors import InputError
-from pvl_jax.data import bags
+from pvl_jax.data import template_position
 from pvl_jax.models import unet
-from pvl_jax.training import augmentation
 from pvl_jax.training import augmentation_geometry
-from pvl_jax.training import losses
+from pvl_jax.training import head_recipe
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import steps
 
@@ -51,7 +50,7 @@ class CompiledStep:
 
   Attributes:
     executable: call as `executable(state, global_batch)`; `state` must be
-      built with `tx` (`steps.create_train_state(..., tx=tx)`).
+      built with `tx` (`head_recipe.initial_train_state(..., tx)`).
     tx: the optimizer the step was compiled for.
     num_params: trainable parameters.
     compile_s: seconds spent lowering and compiling.
@@ -86,15 +85,9 @@ def batch_spec(config: ml_collections.ConfigDict
       "label": jax.ShapeDtypeStruct((batch, *patch), jnp.int32),
       "hand_function": jax.ShapeDtypeStruct((batch,), jnp.int32),
       "subject_index": jax.ShapeDtypeStruct((batch,), jnp.int32),
+      template_position.KEY: jax.ShapeDtypeStruct(
+          (batch, 3, len(patch) + 1), jnp.float32),
   }
-
-
-def abstract_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
-                         tx: optax.GradientTransformation):
-  """The train state's shapes, without initialising anything."""
-  return jax.eval_shape(lambda: steps.create_train_state(
-      config, model, unet.init_key(config.seed), len(config.data.modalities),
-      tx))
 
 
 def device_memory_bytes(config: ml_collections.ConfigDict) -> int | None:
@@ -106,23 +99,24 @@ def device_memory_bytes(config: ml_collections.ConfigDict) -> int | None:
 
 
 def compile_train_step(config: ml_collections.ConfigDict, model: unet.UNet,
-                       parallel: parallel_lib.DataParallel) -> CompiledStep:
+                       parallel: parallel_lib.DataParallel,
+                       num_train_subjects: int = 0) -> CompiledStep:
   """Lowers and compiles the train step from shapes; measures it.
 
   Args:
     config: the prepared (planned) config.
     model: the U-Net.
     parallel: the device mesh and shardings the step runs on.
+    num_train_subjects: the training split's subjects (the located head's
+      memory has a row per subject; the other heads keep none).
 
   Returns:
     The compiled step and its numbers.
   """
   tx = steps.make_optimizer(config)
-  state = abstract_train_state(config, model, tx)
-  jitted = parallel.jit(steps.make_train_step(
-      bags.training_model(model, config), config.r,
-      losses.SegLoss.from_config(config),
-      augmentation.make_augment_fn(config)))
+  state = head_recipe.abstract_train_state(config, model, tx,
+                                          num_train_subjects)
+  jitted = parallel.jit(head_recipe.make_train_step(config, model))
   start = time.perf_counter()
   executable = jitted.lower(state, batch_spec(config)).compile()
   compile_s = time.perf_counter() - start

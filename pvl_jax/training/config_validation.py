@@ -109,6 +109,13 @@ def _validate_cls_head(config: ml_collections.ConfigDict) -> None:
     _require(config.batch_size % size == 0, "model.cls_bag_size",
              f"batch_size {config.batch_size} is not a multiple of the bag "
              f"size {size}")
+  if head == "located":
+    _require(len(config.data.patch_size) == 3, "model.cls_head",
+             "'located' reads 3D template blocks; a 2D model has none")
+    _require(config.model.cls_block >= 1, "model.cls_block",
+             f"must be >= 1 voxel (got {config.model.cls_block})")
+    _require(config.model.cls_readout_l2 >= 0, "model.cls_readout_l2",
+             f"must be >= 0 (got {config.model.cls_readout_l2})")
 
 
 def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:

@@ -85,7 +85,8 @@ def checkpoint_bytes(config: ml_collections.ConfigDict) -> int | None:
   """Approximate size of one checkpoint, None if the model is not known yet.
 
   With `config.plan` the network may be left unset until the dataset has
-  been fingerprinted; then only the fixed allowance is checked.
+  been fingerprinted, and the located head's size depends on the records'
+  template grid; then only the fixed allowance is checked.
 
   Args:
     config: the training config.
@@ -93,6 +94,8 @@ def checkpoint_bytes(config: ml_collections.ConfigDict) -> int | None:
   model_config, patch = config.model, config.data.patch_size
   if not (model_config.features and model_config.strides
           and model_config.kernel_sizes and patch):
+    return None
+  if model_config.cls_head == "located" and not model_config.cls_template_shape:
     return None
   model = unet.unet_from_config(model_config)
   sample = jax.ShapeDtypeStruct((1, *patch, len(config.data.modalities)),

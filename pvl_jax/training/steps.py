@@ -105,12 +105,17 @@ def make_eval_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss):
     loss, parts = losses.joint_loss(
         seg_logits, cls_logit, batch["label"],
         batch["hand_function"][::model.cls_bag_size], r, seg_loss)
-    # Ignored voxels (IGNORE) are neither: masked out of the prediction.
-    pred = ((jnp.argmax(seg_logits[0], axis=-1) > 0)
-            & (batch["label"] != lesion_labels.IGNORE))
-    ref = batch["label"] == lesion_labels.LESION
-    dice = 2 * jnp.sum(pred & ref) / jnp.maximum(
-        jnp.sum(pred) + jnp.sum(ref), 1)
-    return {"loss": loss, "patch_dice": dice, **parts}
+    return {"loss": loss, "patch_dice": patch_dice(seg_logits, batch["label"]),
+            **parts}
 
   return eval_step
+
+
+def patch_dice(seg_logits: list[jax.Array], labels: jax.Array) -> jax.Array:
+  """Hard Dice of the finest output over a batch of patches."""
+  # Ignored voxels (IGNORE) are neither: masked out of the prediction.
+  pred = ((jnp.argmax(seg_logits[0], axis=-1) > 0)
+          & (labels != lesion_labels.IGNORE))
+  ref = labels == lesion_labels.LESION
+  return 2 * jnp.sum(pred & ref) / jnp.maximum(jnp.sum(pred) + jnp.sum(ref),
+                                               1)

@@ -23,6 +23,7 @@ from pvl_jax.data import dataset
 from pvl_jax.data import input_pipeline
 from pvl_jax.data import records
 from pvl_jax.data import splits
+from pvl_jax.data import template_blocks
 from pvl_jax.evaluation import evaluate_run
 from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import run_summary
@@ -34,7 +35,7 @@ from pvl_jax.training import config_validation
 from pvl_jax.training import parallel as parallel_lib
 from pvl_jax.training import preemption
 from pvl_jax.training import disk_checks
-from pvl_jax.training import losses
+from pvl_jax.training import head_recipe
 from pvl_jax.training import progress
 from pvl_jax.training import steps
 
@@ -65,6 +66,11 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   # Written only once the data has been read and split, so that a run that
   # fails on bad input leaves no files in its workdir; by process 0 alone,
   # as every once-per-run output.
+  if head_recipe.is_located(config):
+    # The blocks tile the grid the records were cropped from; config.json
+    # keeps it so that inference rebuilds the same head.
+    config = config.copy_and_resolve_references()
+    config.model.cls_template_shape = template_blocks.template_shape(sources)
   if jax.process_index() == 0:
     atomic_write_text(workdir / "config.json",
                       config.to_json_best_effort(indent=2))
@@ -83,17 +89,22 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   return config, sources
 
 
-def preflight(config: ml_collections.ConfigDict
+def preflight(config: ml_collections.ConfigDict, sources: dict[str, Any]
               ) -> tuple[unet.UNet, parallel_lib.DataParallel,
                          compiled_step.CompiledStep]:
   """Compiles the planned train step ahead of time and checks its memory.
+
+  Args:
+    config: the prepared config (from `prepare_run`).
+    sources: split name -> data source (from `prepare_run`).
 
   Raises:
     InputError: the step does not fit the device's memory (exit 2).
   """
   model = unet.unet_from_config(config.model)
   parallel = parallel_lib.DataParallel()
-  step = compiled_step.compile_train_step(config, model, parallel)
+  step = compiled_step.compile_train_step(config, model, parallel,
+                                          len(sources["train"]))
   compiled_step.report(step, config)
   return model, parallel, step
 
@@ -114,16 +125,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     The final parameters (replicated over the devices).
   """
   workdir = Path(workdir)
-  model, parallel, step_compiled = compiled or preflight(config)
+  model, parallel, step_compiled = compiled or preflight(config, sources)
   train_step = step_compiled.executable
-  state = steps.create_train_state(config, model, unet.init_key(config.seed),
-                                   len(config.data.modalities),
-                                   step_compiled.tx)
+  state = head_recipe.initial_train_state(config, model, sources["train"],
+                                          step_compiled.tx)
   state = jax.device_put(state, parallel.replicated)
-  # Validation scores what training optimises: bags for a subject head.
-  eval_step = parallel.jit(steps.make_eval_step(
-      bags.training_model(model, config), config.r,
-      losses.SegLoss.from_config(config)), donate_state=False)
+  # Validation scores what training optimises: bags for a subject head,
+  # whole scans for the located head's loss.
+  eval_step = parallel.jit(head_recipe.make_eval_step(config, model),
+                           donate_state=False)
+  whole_scans = head_recipe.whole_scans(config, model, sources["validation"])
 
   local_batch = config.batch_size // jax.process_count()
   train_ds = input_pipeline.train_dataset(
@@ -190,6 +201,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
         if step % config.eval_every == 0 or step == config.num_steps:
           summary = _patch_validation(eval_step, state.params, val_batches,
                                       parallel)
+          if whole_scans is not None:
+            summary.update(whole_scans(state.params))
+            summary["val/loss"] = (summary["val/seg_loss"]
+                                   + config.r * summary["val/cls_loss"])
           bar.validation(step, summary)
           _write_scalars(writer, history_path, step, summary)
 
@@ -231,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   """
   workdir = Path(workdir)
   config, sources = prepare_run(config, workdir)
-  compiled = preflight(config)
+  compiled = preflight(config, sources)
   if preflight_only:
     return {}
   # Replicated parameters: every process holds them whole; evaluation runs

@@ -1,0 +1,148 @@
+"""The train step of the located head: joint loss, memory in the train state.
+
+`model.cls_head = "located"` (`pvl_jax.models.located_head`). The train
+state carries the per-subject memory of block fractions beside the
+parameters, so checkpoints and exact resume keep it. Each patch's logit is
+its subject's whole-brain read-out with the patch's blocks live; subjects
+whose hand function is unlabelled (-1) update the memory but stay out of
+L_cls (`losses.classification_loss`).
+"""
+
+from collections.abc import Callable
+import dataclasses
+import math
+from typing import Any
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from pvl_jax.data import input_pipeline
+from pvl_jax.data import records
+from pvl_jax.data import template_blocks
+from pvl_jax.data import template_position
+from pvl_jax.models import located_head
+from pvl_jax.models import unet
+from pvl_jax.training import losses
+from pvl_jax.training import steps
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocatedSettings:
+  """The located head's static settings.
+
+  Attributes:
+    template_shape: the template grid (`template_blocks.template_shape`).
+    block: block edge in template voxels (`model.cls_block`).
+    readout_l2: weight of |read-out weights|^2 in L_cls
+      (`model.cls_readout_l2`).
+  """
+  template_shape: tuple[int, ...]
+  block: int
+  readout_l2: float
+
+  @property
+  def num_blocks(self) -> int:
+    return math.prod(template_position.block_grid(self.template_shape,
+                                                  self.block))
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict
+                  ) -> "LocatedSettings":
+    """From `model.cls_template_shape` (`train.prepare_run` sets it)."""
+    return cls(tuple(int(n) for n in config.model.cls_template_shape),
+               int(config.model.cls_block),
+               float(config.model.cls_readout_l2))
+
+
+class LocatedTrainState(train_state.TrainState):
+  memory: located_head.LocatedMemory
+
+
+def initial_memory(source: Any, settings: LocatedSettings
+                   ) -> located_head.LocatedMemory:
+  """An empty memory for the training split and its lesion-frequency mask.
+
+  Raises:
+    InputError: a training subject without brain voxels.
+  """
+  subjects = input_pipeline.decoded_subjects(source)
+  mask = template_blocks.lesion_frequency_mask(
+      subjects, settings.template_shape, settings.block,
+      records.subject_ids(source))
+  return located_head.LocatedMemory.create(len(subjects), jnp.asarray(mask))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
+                       rng: jax.Array, num_channels: int,
+                       memory: located_head.LocatedMemory,
+                       tx: optax.GradientTransformation | None = None
+                       ) -> LocatedTrainState:
+  """`steps.create_train_state` with the memory beside the parameters."""
+  base = steps.create_train_state(config, model, rng, num_channels, tx)
+  return LocatedTrainState(step=base.step, apply_fn=base.apply_fn,
+                           params=base.params, tx=base.tx,
+                           opt_state=base.opt_state, memory=memory)
+
+
+def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
+                    settings: LocatedSettings,
+                    augment: Callable[[Batch, jax.Array], Batch] | None = None):
+  """Returns train_step(state, batch) -> (state, metrics).
+
+  `model` must read the same template blocks (`unet.unet_from_config` of
+  the same config); the batch needs its template positions
+  (`template_position.KEY`).
+  """
+  head = located_head.LocatedHead(settings.num_blocks)
+
+  def train_step(state: LocatedTrainState, batch: Batch):
+    if augment is not None:
+      batch = augment(batch, state.step)
+    position = batch[template_position.KEY]
+    blocks = template_position.block_indices(
+        position, batch["label"].shape[1:], settings.template_shape,
+        settings.block)
+    volume = located_head.voxel_volumes(position)
+
+    def loss_fn(params):
+      seg_logits, probability = model.apply({"params": params},
+                                            batch["image"])
+      logits, memory = located_head.patch_logits(
+          head, params["cls_head"], state.memory, batch["subject_index"],
+          probability, blocks, volume, settings.block)
+      loss, parts = losses.joint_loss(seg_logits, logits, batch["label"],
+                                      batch["hand_function"], r, seg_loss)
+      penalty = settings.readout_l2 * jnp.sum(
+          params["cls_head"]["kernel"] ** 2)
+      return loss + r * penalty, (parts, memory)
+
+    (loss, (parts, memory)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads).replace(memory=memory)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                       **parts}
+
+  return train_step
+
+
+def make_eval_step(model: unet.UNet, seg_loss: losses.SegLoss):
+  """Returns eval_step(params, batch) -> segmentation losses and patch Dice.
+
+  A patch has no hand-function logit of its own here: the head decides per
+  subject, and validation scores it on whole scans
+  (`whole_scan_validation`).
+  """
+
+  def eval_step(params, batch):
+    seg_logits, _ = model.apply({"params": params}, batch["image"])
+    seg = losses.segmentation_loss(seg_logits, batch["label"], seg_loss)
+    # "loss" is L_seg until the whole scans' L_cls is added to it.
+    return {"loss": seg, "seg_loss": seg,
+            "patch_dice": steps.patch_dice(seg_logits, batch["label"])}
+
+  return eval_step
