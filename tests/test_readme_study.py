@@ -3,7 +3,7 @@
 The commands are read from README.md (the block after "The whole study in
 three commands"), their placeholders replaced by a study made here -- a
 template-space cohort (STUDY) and a BIDS folder of raw scans (NEW_SCANS) --
-and run one after the other. Slow: the demo recipe trains for its 1200
+and run one after the other. Slow: the demo recipe trains for its 1500
 steps.
 """
 

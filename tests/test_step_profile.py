@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from absl import flags
+from absl.testing import flagsaver
 import jax
 import pytest
 
@@ -12,13 +12,11 @@ from benchmarks import train_step
 
 @pytest.fixture(name="tiny_step")
 def fixture_tiny_step():
-  flags.FLAGS(["test", "--patch=8", "--features=4,8", "--batch=2",
-               "--dtype=float32"])
-  try:
+  # Set, not parsed: other test modules' required flags stay untouched.
+  with flagsaver.flagsaver(patch=8, features=["4", "8"], batch=2,
+                           dtype="float32"):
     model, config = train_step.model_and_config()
     yield train_step.compiled_train_step(model, config)
-  finally:
-    flags.FLAGS.unparse_flags()
 
 
 def test_jax_profile_puts_the_step_in_its_parts(tiny_step, tmp_path: Path):
