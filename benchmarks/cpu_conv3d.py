@@ -17,10 +17,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import train_step
 from configs import joint
-from pvl_jax.training import losses
-from pvl_jax.training import parallel as parallel_lib
-from pvl_jax.training import steps
 from pvl_jax.models import unet
 from pvl_jax.models.depth_sliced_conv import depth_sliced_conv
 
@@ -68,26 +66,14 @@ def conv_rows() -> list[tuple[str, float, float]]:
 def train_step_row() -> tuple[str, float, float]:
   """The demo config's joint training step with either convolution."""
   config = joint.get_config("demo")
-  rng = np.random.default_rng(0)
-  patch = tuple(config.data.patch_size)
-  batch = {"image": rng.normal(size=(2, *patch, 1)).astype(np.float32),
-           "label": (rng.random((2, *patch)) < 0.05).astype(np.int32),
-           "hand_function": np.array([0, 1], np.int32)}
-  parallel = parallel_lib.DataParallel()
   times = []
   for depth_sliced in (False, True):
     model = unet.unet_from_config(config.model).clone(
         depth_sliced=depth_sliced)
-    state = steps.create_train_state(config, model, jax.random.key(0), 1)
-    # Not donating the state lets every timed call start from the same one.
-    step = parallel.jit(steps.make_train_step(
-        model, config.r, losses.SegLoss.from_config(config)),
-                        donate_state=False)
-    global_batch = parallel.global_batch(batch)
-
-    def run(state=state, step=step, global_batch=global_batch):
-      return step(state, global_batch)[1]
-    times.append(median_ms(run))
+    variant = train_step.compiled_train_step(model, config)
+    train_step.run_steps(variant, 1)  # warm-up
+    times.append(1000 * float(np.median(
+        train_step.run_steps(variant, _REPEATS.value))))
   return ("demo joint train step (batch 2, 32^3)", *times)
 
 
