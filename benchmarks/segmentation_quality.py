@@ -59,7 +59,7 @@ from preprocessing.io.atomic import atomic_write_text
 from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
 from pvl_jax.evaluation import native_evaluation
-from pvl_jax.evaluation import segmentation
+from pvl_jax.evaluation import lesions
 from pvl_jax.evaluation import summary
 from pvl_jax.inference import trained_run
 from pvl_jax.training import config_validation
@@ -243,14 +243,14 @@ def metric_rows(name: str, blocks: Sequence[dict[str, Any]],
     add(label, [b.get(key) for b in blocks],
         None if limit is None else limit.get(key),
         digits=2 if "mm" in label else 3)
-  bins = [segmentation.size_bins(b) for b in blocks if b]
+  bins = [lesions.size_bins(b) for b in blocks if b]
   for index, (label, _, _) in enumerate(bins[0] if bins else []):
     counts = [b[index] for b in bins]
     recalls = [found / n if n else None for _, n, found in counts]
     lesions = "/".join(str(n) for _, n, _ in counts)
     limit_value = None
     if limit is not None:
-      _, n, found = segmentation.size_bins(limit)[index]
+      _, n, found = lesions.size_bins(limit)[index]
       limit_value = found / n if n else None
     add(f"recall {label} ({lesions} lesions)", recalls, limit_value)
   return rows

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from pvl_jax.evaluation import lesions
 from pvl_jax.evaluation import run_summary
 from pvl_jax.evaluation import segmentation
 
@@ -19,7 +20,7 @@ def test_size_bins_in_order_with_counts_and_summary_rows():
   pred = ref.copy()
   pred[1, 1, 1] = False
   test = _split(pred, ref)
-  bins = segmentation.size_bins(test)
+  bins = lesions.size_bins(test)
   assert [label for label, _, _ in bins] == [
       "0-0.05ml", "0.05-0.5ml", "0.5-2ml", "2-infml"]
   assert [(n, found) for _, n, found in bins] == [(2, 1), (0, 0), (1, 1),

@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from pvl_jax.evaluation import lesions
 from pvl_jax.evaluation import segmentation as seg
 
 
@@ -149,7 +150,7 @@ def test_diagonal_voxels_are_one_lesion():
   pred[1, 1, 1] = True
   # Under 6-connectivity this would be two lesions and recall 0.5.
   assert ndimage.label(ref)[1] == 2
-  result = seg.lesion_detection(pred, ref)
+  result = lesions.lesion_detection(pred, ref)
   assert result["n_ref"] == 1
   assert result["n_ref_detected"] == 1
   assert result["recall"] == 1.0
@@ -160,7 +161,7 @@ def test_missed_small_lesion_and_false_positive():
   ref[9, 9, 9] = True  # Small lesion, missed.
   pred = _cube((12, 12, 12), (1, 1, 1), 4)  # Overlaps the big lesion.
   pred[0, 10, 0] = True  # False positive.
-  result = seg.lesion_detection(pred, ref)
+  result = lesions.lesion_detection(pred, ref)
   assert result == {
       "recall": 0.5,
       "precision": 0.5,
@@ -176,7 +177,7 @@ def test_missed_lesion_only_lowers_recall():
   ref = _cube((12, 12, 12), (0, 0, 0), 4)
   ref[9, 9, 9] = True
   pred = _cube((12, 12, 12), (1, 1, 1), 4)
-  result = seg.lesion_detection(pred, ref)
+  result = lesions.lesion_detection(pred, ref)
   assert (result["recall"], result["precision"]) == (0.5, 1.0)
   assert result["f1"] == pytest.approx(2 * 0.5 * 1.0 / 1.5)
 
@@ -192,7 +193,7 @@ def test_lesion_recall_by_size_by_hand():
   pred = np.zeros_like(ref)
   pred[10, 10, 10] = True
   pred[5, 5, 5] = True
-  counts = seg.lesion_recall_by_size(pred, ref, (2.0, 2.0, 2.0))
+  counts = lesions.lesion_recall_by_size(pred, ref, (2.0, 2.0, 2.0))
   assert counts == {
       "0-0.05ml": (2, 1),
       "0.05-0.5ml": (1, 0),
@@ -200,7 +201,7 @@ def test_lesion_recall_by_size_by_hand():
       "2-infml": (0, 0),
   }
   # At 1 mm the 4^3 cube (0.064 ml) and the 3^3 cube (0.027 ml) move down a bin.
-  counts = seg.lesion_recall_by_size(pred, ref, (1.0, 1.0, 1.0))
+  counts = lesions.lesion_recall_by_size(pred, ref, (1.0, 1.0, 1.0))
   assert counts == {
       "0-0.05ml": (3, 1),
       "0.05-0.5ml": (1, 1),
@@ -336,8 +337,8 @@ def test_wrong_dimensionality_and_bad_bins_are_rejected():
     seg.dice(np.zeros(5), np.zeros(5))
   mask = _cube((5, 5, 5), (1, 1, 1), 2)
   with pytest.raises(ValueError, match="bins_ml"):
-    seg.lesion_recall_by_size(mask, mask, (1.0, 1.0, 1.0),
-                              bins_ml=(0.0, 1.0, 0.5))
+    lesions.lesion_recall_by_size(mask, mask, (1.0, 1.0, 1.0),
+                                  bins_ml=(0.0, 1.0, 0.5))
 
 
 def test_aggregate_rejects_mismatched_keys_and_empty_input():

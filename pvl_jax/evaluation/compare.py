@@ -19,7 +19,7 @@ from absl import flags
 from preprocessing.io import tables
 from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import read_json
-from pvl_jax.evaluation import segmentation
+from pvl_jax.evaluation import lesions
 
 # (column title, results key, scale) for the headline columns.
 COLUMNS = (
@@ -53,7 +53,7 @@ def comparison_rows(runs: dict[str, Path]) -> list[dict[str, Any]]:
     for title, key, scale in COLUMNS:
       value = test.get(key)
       row[title] = None if value is None else value * scale
-    for label, _, _ in segmentation.size_bins(test):
+    for label, _, _ in lesions.size_bins(test):
       row[f"recall {label}"] = test[f"size_{label}_recall"]
     rows.append(row)
   reference = next(iter(subjects.values()))

@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from pvl_jax.evaluation import lesions
 from pvl_jax.evaluation import segmentation
 from pvl_jax.inference.postprocess import remove_small_components
 
@@ -61,7 +62,7 @@ def choose_min_size(predictions: Sequence[np.ndarray],
       continue
     tried.add(voxels)
     kept = [remove_small_components(p, voxels) for p in predictions]
-    score = (float(np.nanmean([segmentation.lesion_detection(k, r)["f1"]
+    score = (float(np.nanmean([lesions.lesion_detection(k, r)["f1"]
                                for k, r in zip(kept, references)])),
              float(np.mean([segmentation.dice(k, r)
                             for k, r in zip(kept, references)])))

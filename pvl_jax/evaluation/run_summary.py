@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from preprocessing.io import tables
-from pvl_jax.evaluation import segmentation
+from pvl_jax.evaluation import lesions
 
 SPLITS = (("val", "validation"), ("test", "test"))
 SEGMENTATION = (("dice_mean", "Dice"), ("voe_mean", "VOE"),
@@ -42,7 +42,7 @@ def summary_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list]]:
 def size_recall_rows(results: Mapping[str, Any]
                      ) -> tuple[list[str], list[list]]:
   """Header and rows of lesion recall per size bin: "recall (found/all)"."""
-  bins = {key: segmentation.size_bins(results[key]) for key, _ in SPLITS
+  bins = {key: lesions.size_bins(results[key]) for key, _ in SPLITS
           if key in results}
   labels = [label for label, _, _ in next(iter(bins.values()), [])]
   header = ["lesion recall by size"] + [label.replace("-", " - ", 1)

@@ -2,13 +2,14 @@
 
 The metrics are those of the WMH challenge's evaluation script (Kuijf et al.,
 IEEE TMI 2019, https://wmh.isi.uu.nl): Dice, volumetric overlap error (VOE),
-95th-percentile Hausdorff distance (mm), absolute volume difference (%), and
-lesion-wise recall, precision and F1 on 26-connected components (8-connected
-in 2D). Lesion recall by lesion size is added so that a weakness on small
-lesions shows up instead of disappearing inside a Dice score.
+95th-percentile Hausdorff distance (mm) and absolute volume difference (%),
+here, and the lesion-wise ones of `lesions` (recall, precision and F1, and
+recall by lesion size). `evaluate_subject` scores one subject on all of
+them, and `aggregate` summarises subjects.
 
 Inputs are binary numpy arrays (bool, or numbers that are all 0 or 1) of equal
-shape, 2D or 3D; `spacing` is the voxel size in mm along each array axis.
+shape, 2D or 3D; `spacing` is the voxel size in mm along each array axis
+(`masks` checks both).
 
 Ignored voxels (`evaluate_subject`'s `ignore`: a cohort's ignore label, the
 WMH challenge's label 2 "other pathology") are scored as the WMH evaluation
@@ -42,69 +43,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-# Lesion size bin edges in ml. A voxel is 0.001 ml at 1 mm and 0.008 ml at
-# 2 mm, so the first bin holds lesions of up to ~6 voxels at 2 mm (~50 at
-# 1 mm): the small, disconnected lesions the reference poster names as its
-# weakness.
-DEFAULT_SIZE_BINS_ML = (0.0, 0.05, 0.5, 2.0, math.inf)
-
-# Keys of the per-bin lesion counts in `evaluate_subject`'s output:
-# f"size_{bin_label}_n_ref" and f"size_{bin_label}_n_detected".
-_SIZE_PREFIX = "size_"
-_N_REF_SUFFIX = "_n_ref"
-_N_DETECTED_SUFFIX = "_n_detected"
-
-
-def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
-  """Returns `mask` as bool, refusing values other than 0 and 1."""
-  if mask.dtype != bool and not np.all((mask == 0) | (mask == 1)):
-    raise ValueError(
-        f"{name} is not binary: it holds values other than 0 and 1")
-  return mask.astype(bool, copy=False)
-
-
-def _as_binary_pair(pred: ArrayLike,
-                    ref: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-  """Checks `pred` and `ref` are binary volumes of one shape; returns bools."""
-  pred, ref = np.asarray(pred), np.asarray(ref)
-  if pred.shape != ref.shape:
-    raise ValueError(f"shape mismatch: pred {pred.shape} vs ref {ref.shape}")
-  if pred.ndim not in (2, 3):
-    raise ValueError(f"expected 2D or 3D volumes, got {pred.ndim} dimensions")
-  return _as_bool(pred, "pred"), _as_bool(ref, "ref")
-
-
-def _as_spacing(spacing: ArrayLike, ndim: int) -> np.ndarray:
-  """Checks that `spacing` gives one positive, finite voxel size per axis."""
-  spacing = np.asarray(spacing, dtype=float)
-  if spacing.shape != (ndim,):
-    raise ValueError(f"spacing must give one voxel size per axis ({ndim}), "
-                     f"got {spacing.tolist()}")
-  if not np.all(np.isfinite(spacing) & (spacing > 0)):
-    raise ValueError(
-        f"spacing must be positive and finite, got {spacing.tolist()}")
-  return spacing
-
-
-def _as_bin_edges(bins_ml: Sequence[float]) -> np.ndarray:
-  """Checks that `bins_ml` are at least two increasing, non-negative edges."""
-  edges = np.asarray(bins_ml, dtype=float)
-  if edges.ndim != 1 or edges.size < 2:
-    raise ValueError(f"bins_ml needs at least two edges, got {bins_ml}")
-  if np.isnan(edges).any() or edges[0] < 0 or np.any(np.diff(edges) <= 0):
-    raise ValueError(
-        f"bins_ml must be non-negative and strictly increasing, got {bins_ml}")
-  return edges
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-  """numerator / denominator, NaN when the denominator is 0."""
-  return float(numerator / denominator) if denominator else math.nan
+from pvl_jax.evaluation import lesions
+from pvl_jax.evaluation import masks
 
 
 def dice(pred: ArrayLike, ref: ArrayLike) -> float:
   """Dice coefficient 2|P∩R| / (|P| + |R|); 1 when both masks are empty."""
-  pred, ref = _as_binary_pair(pred, ref)
+  pred, ref = masks.as_binary_pair(pred, ref)
   total = pred.sum() + ref.sum()
   if total == 0:
     return 1.0
@@ -113,7 +58,7 @@ def dice(pred: ArrayLike, ref: ArrayLike) -> float:
 
 def voe(pred: ArrayLike, ref: ArrayLike) -> float:
   """Volumetric overlap error 1 - |P∩R| / |P∪R|; 0 when both are empty."""
-  pred, ref = _as_binary_pair(pred, ref)
+  pred, ref = masks.as_binary_pair(pred, ref)
   union = np.logical_or(pred, ref).sum()
   if union == 0:
     return 0.0
@@ -126,7 +71,7 @@ def abs_volume_difference_pct(pred: ArrayLike, ref: ArrayLike) -> float:
   A ratio of volumes, so voxel spacing cancels out. 0 when both masks are
   empty, NaN when only the reference is.
   """
-  pred, ref = _as_binary_pair(pred, ref)
+  pred, ref = masks.as_binary_pair(pred, ref)
   v_pred, v_ref = int(pred.sum()), int(ref.sum())
   if v_ref == 0:
     return 0.0 if v_pred == 0 else math.nan
@@ -184,8 +129,8 @@ def hd95(pred: ArrayLike, ref: ArrayLike, spacing: ArrayLike) -> float:
   Returns:
     HD95 in mm; 0 when both masks are empty, NaN when exactly one is.
   """
-  pred, ref = _as_binary_pair(pred, ref)
-  spacing = _as_spacing(spacing, pred.ndim)
+  pred, ref = masks.as_binary_pair(pred, ref)
+  spacing = masks.as_spacing(spacing, pred.ndim)
   if not pred.any() and not ref.any():
     return 0.0
   if not pred.any() or not ref.any():
@@ -198,102 +143,11 @@ def hd95(pred: ArrayLike, ref: ArrayLike, spacing: ArrayLike) -> float:
       max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)))
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-  """Labels 26-connected (8 in 2D) components, as WMH's script does."""
-  return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-
-
-def _overlaps(labels: np.ndarray, n: int, other: np.ndarray) -> np.ndarray:
-  """Per component 1..n of `labels`: whether it overlaps `other`."""
-  hit = np.zeros(n + 1, dtype=bool)
-  hit[labels[other]] = True
-  return hit[1:]
-
-
-def lesion_detection(pred: ArrayLike, ref: ArrayLike) -> dict[str, float]:
-  """Lesion-wise detection on 26-connected components (WMH definitions).
-
-  A reference lesion is detected when it overlaps any predicted voxel; a
-  predicted lesion is correct when it overlaps any reference voxel.
-  recall = n_ref_detected / n_ref, precision = n_pred_correct / n_pred,
-  f1 = 2PR / (P + R); see the module docstring for empty masks.
-
-  Returns:
-    Dict with recall, precision, f1, n_ref, n_pred, n_ref_detected,
-    n_pred_correct.
-  """
-  pred, ref = _as_binary_pair(pred, ref)
-  ref_labels, n_ref = _components(ref)
-  pred_labels, n_pred = _components(pred)
-  n_ref_detected = int(_overlaps(ref_labels, n_ref, pred).sum())
-  n_pred_correct = int(_overlaps(pred_labels, n_pred, ref).sum())
-  if n_ref == 0 and n_pred == 0:
-    recall = precision = f1 = 1.0
-  else:
-    recall = _ratio(n_ref_detected, n_ref)
-    precision = _ratio(n_pred_correct, n_pred)
-    if recall == 0 or precision == 0:
-      f1 = 0.0
-    else:
-      f1 = 2 * precision * recall / (precision + recall)
-  return {
-      "recall": recall,
-      "precision": precision,
-      "f1": f1,
-      "n_ref": n_ref,
-      "n_pred": n_pred,
-      "n_ref_detected": n_ref_detected,
-      "n_pred_correct": n_pred_correct,
-  }
-
-
-def _bin_labels(edges: np.ndarray) -> list[str]:
-  """Names size bins like '0-0.05ml', '2-infml'."""
-  return [f"{lo:g}-{hi:g}ml" for lo, hi in zip(edges[:-1], edges[1:])]
-
-
-def lesion_recall_by_size(
-    pred: ArrayLike,
-    ref: ArrayLike,
-    spacing: ArrayLike,
-    bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML,
-) -> dict[str, tuple[int, int]]:
-  """Counts reference lesions, and detected ones, per lesion-volume bin.
-
-  Lesions are 26-connected components of `ref`, detected as in
-  `lesion_detection`. Bins are [lo, hi) in ml (numpy.histogram: the last one
-  also holds hi); lesions outside the edges are not counted.
-
-  Args:
-    pred: Predicted binary mask.
-    ref: Reference binary mask, same shape.
-    spacing: Voxel size in mm along each axis.
-    bins_ml: Increasing bin edges in ml.
-
-  Returns:
-    Dict bin label (e.g. '0-0.05ml') -> (n_ref, n_detected).
-  """
-  pred, ref = _as_binary_pair(pred, ref)
-  spacing = _as_spacing(spacing, ref.ndim)
-  edges = _as_bin_edges(bins_ml)
-  ref_labels, n_ref = _components(ref)
-  voxel_ml = float(np.prod(spacing)) / 1000.0
-  voxels = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)[1:]
-  volumes_ml = voxels * voxel_ml
-  detected = _overlaps(ref_labels, n_ref, pred)
-  n_per_bin, _ = np.histogram(volumes_ml, bins=edges)
-  detected_per_bin, _ = np.histogram(volumes_ml[detected], bins=edges)
-  return {
-      label: (int(n), int(d))
-      for label, n, d in zip(_bin_labels(edges), n_per_bin, detected_per_bin)
-  }
-
-
 def evaluate_subject(
     pred: ArrayLike,
     ref: ArrayLike,
     spacing: ArrayLike,
-    bins_ml: Sequence[float] = DEFAULT_SIZE_BINS_ML,
+    bins_ml: Sequence[float] = lesions.DEFAULT_SIZE_BINS_ML,
     ignore: ArrayLike | None = None,
 ) -> dict[str, float]:
   """All segmentation metrics of one subject, as one flat dict.
@@ -302,7 +156,8 @@ def evaluate_subject(
     pred: Predicted binary mask.
     ref: Reference binary mask, same shape.
     spacing: Voxel size in mm along each axis.
-    bins_ml: Lesion size bin edges in ml, see `lesion_recall_by_size`.
+    bins_ml: Lesion size bin edges in ml, see
+      `lesions.lesion_recall_by_size`.
     ignore: Binary mask of voxels left out of scoring (see the module
       docstring), same shape, disjoint from `ref`; None: none.
 
@@ -311,13 +166,13 @@ def evaluate_subject(
     lesion_f1, and per size bin `size_<bin>_n_ref` and `size_<bin>_n_detected`.
   """
   if ignore is not None:
-    ignore, ref = _as_binary_pair(ignore, ref)
+    ignore, ref = masks.as_binary_pair(ignore, ref)
     if np.any(ignore & ref):
       raise ValueError("ignore overlaps ref: an ignored voxel cannot be "
                        "reference lesion")
-    pred, _ = _as_binary_pair(pred, ref)
+    pred, _ = masks.as_binary_pair(pred, ref)
     pred = pred & ~ignore
-  detection = lesion_detection(pred, ref)
+  detection = lesions.lesion_detection(pred, ref)
   metrics = {
       "dice": dice(pred, ref),
       "voe": voe(pred, ref),
@@ -327,16 +182,9 @@ def evaluate_subject(
       "lesion_precision": detection["precision"],
       "lesion_f1": detection["f1"],
   }
-  by_size = lesion_recall_by_size(pred, ref, spacing, bins_ml)
-  for label, (n_ref, n_detected) in by_size.items():
-    metrics[f"{_SIZE_PREFIX}{label}{_N_REF_SUFFIX}"] = n_ref
-    metrics[f"{_SIZE_PREFIX}{label}{_N_DETECTED_SUFFIX}"] = n_detected
+  metrics.update(lesions.size_counts(
+      lesions.lesion_recall_by_size(pred, ref, spacing, bins_ml)))
   return metrics
-
-
-def _is_size_count(key: str) -> bool:
-  return key.startswith(_SIZE_PREFIX) and key.endswith(
-      (_N_REF_SUFFIX, _N_DETECTED_SUFFIX))
 
 
 def _summary_stats(name: str, values: np.ndarray) -> dict[str, float]:
@@ -349,30 +197,6 @@ def _summary_stats(name: str, values: np.ndarray) -> dict[str, float]:
       f"{name}_median": float(np.median(valid)) if n else math.nan,
       f"{name}_n": n,
   }
-
-
-def _pooled_size_recall(size_counts: Mapping[str, int]) -> dict[str, float]:
-  """Per size bin: detected / reference lesions, pooled over subjects."""
-  recalls = {}
-  for key, n_ref in size_counts.items():
-    if key.endswith(_N_REF_SUFFIX):
-      stem = key.removesuffix(_N_REF_SUFFIX)
-      n_detected = size_counts[stem + _N_DETECTED_SUFFIX]
-      recalls[f"{stem}_recall"] = _ratio(n_detected, n_ref)
-  return recalls
-
-
-def size_bins(summary: Mapping[str, float]) -> list[tuple[str, int, int]]:
-  """(bin label, reference lesions, detected) of an `aggregate` summary.
-
-  In the order of the bins (smallest lesions first).
-  """
-  labels = [key[len(_SIZE_PREFIX):-len(_N_REF_SUFFIX)] for key in summary
-            if _is_size_count(key) and key.endswith(_N_REF_SUFFIX)]
-  labels.sort(key=lambda label: float(label.split("-")[0]))
-  return [(label, int(summary[f"{_SIZE_PREFIX}{label}{_N_REF_SUFFIX}"]),
-           int(summary[f"{_SIZE_PREFIX}{label}{_N_DETECTED_SUFFIX}"]))
-          for label in labels]
 
 
 def aggregate(per_subject: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -401,10 +225,10 @@ def aggregate(per_subject: Sequence[Mapping[str, float]]) -> dict[str, float]:
   size_counts = {}
   for key in keys:
     values = np.array([subject[key] for subject in per_subject], dtype=float)
-    if _is_size_count(key):
+    if lesions.is_size_count(key):
       size_counts[key] = int(values.sum())
     else:
       summary.update(_summary_stats(key, values))
   summary.update(size_counts)
-  summary.update(_pooled_size_recall(size_counts))
+  summary.update(lesions.pooled_size_recall(size_counts))
   return summary
