@@ -22,8 +22,8 @@ import pytest
 from preprocessing import bids
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
-from pvl_jax import predict
 from pvl_jax.evaluation import qc_report
+from pvl_jax.inference import bids_prediction
 from pvl_jax.inference import derivatives
 from pvl_jax.inference import native_space
 
@@ -82,9 +82,9 @@ def dataset(raw_cohort, tmp_path_factory) -> Path:
   return root
 
 
-def _predict(run_dir, dataset, out, **selection) -> predict.Summary:
+def _predict(run_dir, dataset, out, **selection) -> bids_prediction.Summary:
   """predict_bids with --session=last --bids_filter=acq-3D (or others)."""
-  return predict.predict_bids(
+  return bids_prediction.predict_bids(
       run_dir, dataset, out,
       bids.Selection(**{"session": "last", "entities": "acq-3D",
                         **selection}), stdout=io.StringIO())
@@ -236,13 +236,13 @@ def test_output_of_another_model_is_refused(tiny_run, dataset, tmp_path,
 
 
 def test_is_bids_dataset(dataset, raw_cohort, tmp_path):
-  assert predict.is_bids_dataset(dataset)
+  assert bids_prediction.is_bids_dataset(dataset)
   loose = tmp_path / "loose"
   loose.mkdir()
   shutil.copy(raw_cohort / "sub-001" / "anat" / "sub-001_FLAIR.nii.gz",
               loose)
-  assert not predict.is_bids_dataset(loose)
-  assert not predict.is_bids_dataset(loose / "sub-001_FLAIR.nii.gz")
+  assert not bids_prediction.is_bids_dataset(loose)
+  assert not bids_prediction.is_bids_dataset(loose / "sub-001_FLAIR.nii.gz")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
