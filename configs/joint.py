@@ -133,10 +133,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # get cls_readout_l2 * |w|^2 added to L_cls.
   config.model.cls_block = 4
   config.model.cls_readout_l2 = 1e-3
-  # The grid the records were cropped from, which the blocks tile; not set
-  # by hand: prepare_run fills it in from the records (config.json keeps it
-  # for inference).
+  # The template grid the blocks tile (shape, and the 4x4 voxel-to-world
+  # affine that places every record and new scan in it); not set by hand:
+  # prepare_run fills them in from the cohort (config.json keeps them for
+  # inference).
   config.model.cls_template_shape = ()
+  config.model.cls_template_affine = ()
   config.model.compute_dtype = "bfloat16"
 
   # Self-configuration (pvl_jax/planning/, nnU-Net v2's rules). With

@@ -11,11 +11,11 @@ use it. All are SimpleITK images in LPS geometry (`geometry`).
 import dataclasses
 import functools
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import geometry
+from preprocessing import template_geometry
 from preprocessing.io import nifti
 from preprocessing.template_files import TemplateFiles
 
@@ -93,9 +93,8 @@ def template_grid(spacing_mm: float, files: TemplateFiles | None = None
                   ) -> sitk.Image:
   """An empty uint8 image on the template's field of view at `spacing_mm`.
 
-  The grid shares the template's first voxel centre and direction (for the
-  MNI152 default, the 1 mm template's, so at 1 and 2 mm it is exactly
-  nilearn's 1 and 2 mm template grid).
+  The grid is `template_geometry.grid`'s (the template's first voxel centre
+  and direction).
 
   Args:
     spacing_mm: isotropic voxel size of the grid.
@@ -104,13 +103,5 @@ def template_grid(spacing_mm: float, files: TemplateFiles | None = None
   Returns:
     A reference image for `sitk.Resample`.
   """
-  if files is None:
-    from nilearn import datasets  # pylint: disable=g-import-not-at-top
-    template = datasets.load_mni152_brain_mask(resolution=1)
-  else:
-    template = nib.load(files.mask)
-  zooms = np.asarray(template.header.get_zooms()[:3], float)
-  extent = (np.asarray(template.shape[:3]) - 1) * zooms
-  size = [int(n) for n in np.floor(extent / spacing_mm + 1e-6) + 1]
-  affine = template.affine @ np.diag(list(spacing_mm / zooms) + [1])
-  return geometry.image_from_array(np.zeros(size, np.uint8), affine)
+  shape, affine = template_geometry.grid(spacing_mm, files)
+  return geometry.image_from_array(np.zeros(shape, np.uint8), affine)

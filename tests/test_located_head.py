@@ -154,34 +154,3 @@ def test_a_subject_without_brain_is_refused_by_name(tmp_path):
   with pytest.raises(InputError, match="sub-b: no brain voxel"):
     template_blocks.lesion_frequency_mask(subjects, _TEMPLATE, _BLOCK,
                                           ["sub-a", "sub-b"])
-
-
-def _header(subject, crop_start, shape=(9, 9, 9)):
-  affine = np.diag([2.0, 2.0, 2.0, 1.0])
-  affine[:3, 3] = -9 + 2 * np.asarray(crop_start)  # the crop's affine
-  return {"original_shape": np.array(shape), "subject_id": subject,
-          "crop_start": np.array(crop_start), "affine": affine}
-
-
-def test_records_of_several_grids_have_no_template_position(monkeypatch):
-  headers = {"a": [_header(b"sub-1", (1, 2, 0))],
-             "b": [_header(b"sub-2", (0, 3, 1))]}
-  monkeypatch.setattr(template_blocks.records, "headers", headers.get)
-  # Different crops of one grid.
-  assert template_blocks.template_shape({"train": "a", "test": "b"}) == (
-      9, 9, 9)
-  headers["b"] = [_header(b"sub-2", (0, 3, 1), (9, 9, 8))]
-  with pytest.raises(InputError, match="one template grid.*sub-2"):
-    template_blocks.template_shape({"train": "a", "test": "b"})
-  # One shape, placed elsewhere in the world, off the lattice: a raw-space
-  # scan.
-  headers["b"] = [_header(b"sub-2", (0, 3, 1))]
-  headers["b"][0]["affine"][0, 3] += 5
-  with pytest.raises(InputError, match="2 grids.*sub-2.*register the cohort"):
-    template_blocks.template_shape({"train": "a", "test": "b"})
-  # Whole voxels elsewhere, another shape: a crop of the same template, as
-  # preprocessing writes each subject; not readable yet, and said so.
-  headers["b"] = [_header(b"sub-2", (0, 3, 1), (7, 9, 9))]
-  headers["b"][0]["affine"][0, 3] += 4
-  with pytest.raises(InputError, match="crops of one template grid"):
-    template_blocks.template_shape({"train": "a", "test": "b"})

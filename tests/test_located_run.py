@@ -1,19 +1,29 @@
 """The located head through the real run: train, resume, evaluate, predict."""
 
+import dataclasses
 import json
+from pathlib import Path
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from preprocessing import geometry
+from preprocessing import normalize
+from preprocessing import pipeline_output
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
+from pvl_jax.data import template_grid
+from pvl_jax.inference import native_space
 from pvl_jax.inference import sliding_window
 from pvl_jax.inference import trained_run
 from pvl_jax.training import train
+from tests.conftest import TINY_AFFINE
+from tests.conftest import TINY_SHAPE
 from tests.conftest import write_tiny_cohort
 from tests.test_train import tiny_config
 
@@ -108,14 +118,115 @@ def test_located_head_with_r_zero_only_segments(tiny_cohort, tmp_path):
   assert validation[-1]["val/loss"] == validation[-1]["val/seg_loss"]
 
 
-@pytest.mark.parametrize("differs, problem", [
-    # Another shape on the same lattice: a crop of one template grid, as
-    # preprocessing writes each subject.
-    ("shape", "crops of one template grid.*cannot place"),
-    # The same shape, off the lattice: a raw-space scan.
-    ("position", "register the cohort to a template first")])
-def test_records_of_several_grids_stop_the_run_by_name(tmp_path, differs,
-                                                       problem):
+def _as_pipeline_output(cohort, out):
+  """The tiny cohort laid out as `preprocessing.run` writes a cohort.
+
+  Each subject is saved on its own crop of the tiny grid (which the
+  dataset_description.json names as the user's template, at 2 mm), cut at
+  a start that differs between subjects.
+
+  Returns:
+    (the cohort, subject -> the template voxel of its files' voxel 0).
+  """
+  template = out.parent / "template"
+  brain, _ = nifti.load_volume(cohort / "derivatives" / "synthetic" /
+                               "sub-001" / "anat" /
+                               "sub-001_desc-brain_mask.nii.gz")
+  nifti.save_nifti(brain.astype(np.float32), TINY_AFFINE,
+                   template / "T.nii.gz", np.float32)
+  nifti.save_nifti(brain, TINY_AFFINE, template / "mask.nii.gz", np.uint8)
+  shape = np.array(TINY_SHAPE)
+  starts = {}
+  for i, pid in enumerate(f"sub-{k:03d}" for k in range(1, 11)):
+    # The brains lie 3 voxels inside the grid: every crop keeps them whole.
+    start = np.array([i % 3, (i // 3) % 2, i % 2])
+    stop = shape - [(i + 1) % 2, i % 3, 0]
+    crop = tuple(slice(a, b) for a, b in zip(start, stop))
+    affine = normalize.crop_affine(TINY_AFFINE, tuple(start))
+    lesion = Path("derivatives", "lesions", pid, "anat",
+                  f"{pid}_label-lesion_mask.nii.gz")
+    for source, target, dtype in (
+        (Path(pid, "anat", f"{pid}_FLAIR.nii.gz"),) * 2 + (np.float32,),
+        (Path("derivatives", "synthetic", pid, "anat",
+              f"{pid}_desc-brain_mask.nii.gz"),
+         Path(pid, "anat", f"{pid}_desc-brain_mask.nii.gz"), np.uint8),
+        (lesion, lesion, np.uint8)):
+      volume, _ = nifti.load_volume(cohort / source)
+      nifti.save_nifti(volume[crop], affine, out / target, dtype)
+    starts[pid] = tuple(int(a) for a in start)
+  shutil.copy(cohort / "participants.tsv", out)
+  (out / pipeline_output.DESCRIPTION_FILE).write_text(json.dumps({
+      "Name": "tiny, preprocessed", "BIDSVersion": "1.9.0",
+      "DatasetType": "derivative",
+      "GeneratedBy": [{"Name": pipeline_output.GENERATED_BY}],
+      "PipelineParameters": dataclasses.asdict(pipeline_output.Params(
+          target_spacing=2.0, template=str(template / "T.nii.gz"),
+          template_mask=str(template / "mask.nii.gz")))}))
+  return out, starts
+
+
+def test_located_head_reads_a_preprocessed_cohort(tiny_cohort, tmp_path):
+  """Subjects on their own crops of the template grid: trained, evaluated
+  and predicted at their offsets in it."""
+  cohort, starts = _as_pipeline_output(tiny_cohort, tmp_path / "prep")
+  config = _config(cohort, tmp_path / "cache")
+  config.num_steps = 2
+  run_dir = tmp_path / "run"
+  results = train.train_and_evaluate(config, run_dir)
+  assert "cls_auc" in results["test"]
+  saved = json.loads((run_dir / "config.json").read_text())
+  # The template's own grid, from the cohort's dataset_description.json.
+  assert tuple(saved["model"]["cls_template_shape"]) == TINY_SHAPE
+  np.testing.assert_allclose(saved["model"]["cls_template_affine"],
+                             TINY_AFFINE, atol=1e-6)
+  history = [json.loads(l) for l in
+             (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert np.isfinite([h["val/cls_loss"] for h in history
+                      if "val/cls_loss" in h]).all()
+
+  # Training placed each record where it was cut: the lesion-frequency
+  # mask is the training subjects' lesions on the uncropped grid, blocked.
+  state = _stored(run_dir, 2)
+  lesions = np.zeros(TINY_SHAPE, bool)
+  for pid in json.loads((run_dir / "splits.json").read_text()
+                        )["subjects"]["train"]:
+    lesions |= nifti.load_mask(tiny_cohort / "derivatives" / "lesions" / pid /
+                               "anat" / f"{pid}_label-lesion_mask.nii.gz")
+  blocks = lesions.reshape(7, 4, 8, 4, 6, 4).any(axis=(1, 3, 5))
+  np.testing.assert_array_equal(state["memory"]["mask"], blocks.ravel())
+
+  # Evaluation and prediction read each test map at its crop's voxel in the
+  # template: where its file was cut + the builder's crop start.
+  run = trained_run.load(run_dir)
+  kernel = np.asarray(state["params"]["cls_head"]["kernel"])
+  bias = float(state["params"]["cls_head"]["bias"])
+  test = dataset.split_sources(dataset.prepare(config), config)["test"]
+  rows = {row["subject_id"]: row for row in results["test"]["per_subject"]}
+  misplaced = []
+  for i in range(len(test)):
+    record = test[i]
+    subject = record["subject_id"].decode()
+    origin = tuple(np.add(starts[subject], record["crop_start"]))
+    grid = geometry.image_from_array(np.zeros(record["brain_mask"].shape),
+                                     record["affine"])
+    assert native_space.template_origin(run, grid, None) == origin
+    probs, logit = sliding_window.predict_volume(
+        run.window_fn, record["image"], config.data.patch_size,
+        config.inference.overlap, config.inference.batch_size,
+        origin=origin)
+    assert logit == pytest.approx(_numpy_read_out(
+        probs, origin, TINY_SHAPE, 4, kernel, bias), abs=1e-5)
+    assert rows[subject]["hand_function_prob"] == pytest.approx(
+        1 / (1 + np.exp(-logit)), abs=1e-6)
+    misplaced.append(_numpy_read_out(probs, tuple(record["crop_start"]),
+                                     TINY_SHAPE, 4, kernel, bias) - logit)
+  # The test tells the offsets apart: at the crop start alone, it reads
+  # other blocks.
+  assert np.abs(misplaced).max() > 1e-4
+
+
+def _with_sub_010_moved(tmp_path, change):
+  """The tiny cohort with sub-010's files changed by `change(volume, affine)`."""
   cohort = write_tiny_cohort(tmp_path / "cohort")
   for path in (cohort / "sub-010" / "anat" / "sub-010_FLAIR.nii.gz",
                cohort / "derivatives" / "lesions" / "sub-010" / "anat" /
@@ -123,15 +234,37 @@ def test_records_of_several_grids_stop_the_run_by_name(tmp_path, differs,
                cohort / "derivatives" / "synthetic" / "sub-010" / "anat" /
                "sub-010_desc-brain_mask.nii.gz"):
     volume, affine = nifti.load_volume(path)
-    if differs == "shape":
-      volume = np.pad(volume, [(0, 2), (0, 0), (0, 0)])
-    else:
-      affine = affine.copy()
-      affine[:3, 3] += (3.0, 0.0, 0.0)  # 1.5 voxels
-    nifti.save_nifti(volume, affine, path, volume.dtype)
-  config = _config(cohort, tmp_path / "cache")
+    nifti.save_nifti(*change(volume, affine.copy()), path, volume.dtype)
+  return cohort
+
+
+def test_records_off_one_lattice_stop_the_run_by_name(tmp_path):
+  """The same shape, 1.5 voxels elsewhere: a raw-space scan."""
+  def shifted(volume, affine):
+    affine[:3, 3] += (3.0, 0.0, 0.0)
+    return volume, affine
+
+  config = _config(_with_sub_010_moved(tmp_path, shifted), tmp_path / "cache")
   with pytest.raises(InputError, match=(
-      r"cls_head='located' needs every scan in one template grid.*2 grids.*"
-      r"sub-010.*" + problem)):
+      r"cls_head='located' needs every scan on one template grid.*2 grids.*"
+      r"sub-010 are not on the lattice.*register the cohort to a template "
+      r"first")):
     train.prepare_run(config, tmp_path / "run")
   assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_crops_of_one_lattice_give_their_bounding_box(tmp_path):
+  """sub-010 saved on a grid reaching 2 voxels further along x."""
+  def grown(volume, affine):
+    affine[:3, 3] -= affine[:3, :3] @ (2, 0, 0)
+    return np.pad(volume, [(2, 0), (0, 0), (0, 0)]), affine
+
+  config = _config(_with_sub_010_moved(tmp_path, grown), tmp_path / "cache")
+  prepared, _ = train.prepare_run(config, tmp_path / "run")
+  box = np.array(TINY_AFFINE)
+  box[0, 3] -= 4.0
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  for model in (prepared.model, ml_collections.ConfigDict(saved["model"])):
+    grid = template_grid.TemplateGrid.from_config(model)
+    assert grid.shape == (30, 32, 24)
+    np.testing.assert_allclose(grid.affine, box, atol=1e-5)

@@ -38,18 +38,20 @@ def _config(recipe="basic"):
 
 def _setup(config, tiny_builder):
   source = tiny_builder.as_data_source(_TRAIN)
-  config.model.cls_template_shape = template_blocks.template_shape(
-      {"train": source})
+  grid = template_blocks.template_grid({"train": source})
+  config.model.cls_template_shape = grid.shape
+  config.model.cls_template_affine = grid.affine
   settings = located_step.LocatedSettings.from_config(config)
   model = unet.unet_from_config(config.model)
   assert model.cls_num_blocks == settings.num_blocks
   state = located_step.create_train_state(
       config, model, unet.init_key(0), 1,
-      located_step.initial_memory(source, settings))
+      located_step.initial_memory(source, settings, grid))
   step = jax.jit(located_step.make_train_step(
       model, config.r, losses.SegLoss.from_config(config), settings,
       augmentation.make_augment_fn(config)))
-  data = input_pipeline.train_dataset(source, config.data, 2, seed=0)
+  data = input_pipeline.train_dataset(source, config.data, 2, seed=0,
+                                      template=grid)
   return state, step, iter(data)
 
 

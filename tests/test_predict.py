@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from configs import joint
+from preprocessing import geometry
 from preprocessing import pipeline
 from preprocessing import template
 from preprocessing import template_space
@@ -164,6 +165,21 @@ def test_template_origin_is_the_crop_start_in_the_template(predicted,
                      r"blocks of a \(28, 32, 24\) template grid"):
     native_space.template_origin(dataclasses.replace(run, config=config),
                                  grid, None)
+  # A located head on the box of its records' lattice (a cohort without the
+  # template's own grid) places the scan in that box.
+  config.model.cls_head = "located"
+  box = geometry.image_affine(full)
+  box[:3, 3] += box[:3, :3] @ (-3, 2, 1)
+  config.model.cls_template_affine = box.tolist()
+  located = dataclasses.replace(run, config=config)
+  assert native_space.template_origin(located, grid, None) == (
+      origin[0] + 3, origin[1] - 2, origin[2] - 1)
+  box[:3, 3] += box[:3, :3] @ (0, 0.5, 0)
+  config.model.cls_template_affine = box.tolist()
+  with pytest.raises(InputError, match=r"reads blocks of a \(28, 32, 24\) "
+                     r"template grid, but the scan was brought to a grid off "
+                     r"its lattice"):
+    native_space.template_origin(located, grid, None)
 
 
 def test_template_lesions_land_on_the_native_lesions(predicted, raw):

@@ -37,10 +37,12 @@ import ml_collections
 from preprocessing import participants
 from preprocessing import pipeline_output
 from preprocessing import template_files as template_files_lib
+from preprocessing import template_geometry
 from preprocessing import tfds_builder
 from preprocessing.io import workers
 from preprocessing.io.errors import InputError
 from pvl_jax.data import splits
+from pvl_jax.data import template_grid
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,30 @@ def template_files(config: ml_collections.ConfigDict
     if pipeline_output.is_preprocessed(cohort):
       return pipeline_output.output_template(cohort)
   return files
+
+
+def pipeline_template_grid(config: ml_collections.ConfigDict
+                           ) -> template_grid.TemplateGrid | None:
+  """The template grid a preprocessing output's scans are crops of.
+
+  The cohort is (`data.cohort_dir`) or becomes (`data.preprocess.enabled`)
+  an output of `preprocessing.pipeline`, which saves each subject on its
+  brain's crop of the template grid at its spacing (`template_spacing`,
+  `template_files`); `pvl_jax.predict` brings new scans to the same grid.
+
+  Returns:
+    That grid; None for any other cohort, whose records alone say where
+    they lie (`template_blocks.template_grid`).
+  """
+  data = config.data
+  preprocess = data.get("preprocess")
+  preprocessed = bool(preprocess and preprocess.enabled) or bool(
+      data.cohort_dir and pipeline_output.is_preprocessed(
+          Path(data.cohort_dir).expanduser()))
+  if not preprocessed:
+    return None
+  return template_grid.TemplateGrid.of(*template_geometry.grid(
+      template_spacing(config), template_files(config)))
 
 
 def cohort_fingerprint(cohort_dir: Path) -> str:

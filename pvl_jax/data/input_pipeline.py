@@ -50,6 +50,7 @@ from preprocessing.io import workers
 from preprocessing.io.atomic import atomic_directory
 from pvl_jax.data import batch_stream
 from pvl_jax.data import records
+from pvl_jax.data import template_grid
 from pvl_jax.data import template_position
 from pvl_jax.training import augmentation_basic
 from pvl_jax.training import augmentation_geometry
@@ -76,8 +77,9 @@ class Subject:
     index: the record's index in its split.
     hand_function: the record's hand-function class.
     directory: holds the `_DECODED_FILES` (.npy).
-    origin: the record's crop start in its original (template) grid, which
-      places its patches there (`template_position`).
+    origin: the template voxel of the record's voxel 0
+      (`template_grid.record_origin`), which places its patches there
+      (`template_position`).
   """
   index: int
   hand_function: int
@@ -96,11 +98,15 @@ def _mapped(directory: str) -> tuple[np.ndarray, ...]:
                for name in _DECODED_FILES)
 
 
-def decoded_subjects(source: Any) -> list[Subject]:
+def decoded_subjects(source: Any,
+                     template: template_grid.TemplateGrid | None = None
+                     ) -> list[Subject]:
   """The subjects of a split, decoding those not decoded before.
 
   Args:
     source: a TFDS data source (`builder.as_data_source(split)`).
+    template: the located head's template grid, which the origins are in;
+      None: each record's own original grid (`template_grid.record_origin`).
 
   Returns:
     One Subject per record, in record order.
@@ -117,7 +123,7 @@ def decoded_subjects(source: Any) -> list[Subject]:
       _decode(source[index], directory)
     subjects.append(Subject(index, int(header["hand_function"]),
                             str(directory),
-                            tuple(int(c) for c in header["crop_start"])))
+                            template_grid.record_origin(header, template)))
   return subjects
 
 
@@ -285,7 +291,9 @@ def cut_window(volume: np.ndarray, start: Sequence[int],
 def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
                   batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1, bag_size: int = 1,
-                  pooled_per_bag: int = 1) -> grain.IterDataset:
+                  pooled_per_bag: int = 1,
+                  template: template_grid.TemplateGrid | None = None
+                  ) -> grain.IterDataset:
   """Infinite stream of this process's slices of the global training batches.
 
   The global stream of patches is a pure function of the seed: element i of
@@ -309,13 +317,15 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
     bag_size: K > 1 makes every K consecutive elements of the global stream
       patches of one subject (`bag_patches`); 1: one patch per subject.
     pooled_per_bag: the uniformly drawn patches at the start of each bag.
+    template: the located head's grid, which positions are in
+      (`decoded_subjects`).
 
   Returns:
     A grain IterDataset of dict batches (image, label, hand_function,
     subject_index, position: each patch's place in the template grid,
     `template_position`).
   """
-  subjects = decoded_subjects(source)
+  subjects = decoded_subjects(source, template)
   patches = grain.MapDataset.source(
       subjects[:data_config.max_train_subjects or None])
   patches = patches.shuffle(seed=seed).repeat()
@@ -349,14 +359,18 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
 
 def fixed_patches(source: Any, data_config: ml_collections.ConfigDict,
                   num_patches: int, batch_size: int, seed: int,
-                  bag_size: int = 1, pooled_per_bag: int = 1) -> list[Batch]:
+                  bag_size: int = 1, pooled_per_bag: int = 1,
+                  template: template_grid.TemplateGrid | None = None
+                  ) -> list[Batch]:
   """Deterministic, unaugmented patch batches for periodic validation.
 
   Made as training's are: bags of `bag_size` patches of one subject (the
   first `pooled_per_bag` uniform) for a subject-level head, else nnU-Net's
-  forced places in each batch, so validation scores what training does.
+  forced places in each batch, so validation scores what training does;
+  positions in `template` (`decoded_subjects`).
   """
-  subjects = grain.MapDataset.source(decoded_subjects(source)).repeat()
+  subjects = grain.MapDataset.source(
+      decoded_subjects(source, template)).repeat()
   ds = (bag_patches(subjects, bag_size, pooled_per_bag) if bag_size > 1
         else batch_patches(subjects, batch_size,
                            data_config.foreground_fraction))

@@ -1,8 +1,9 @@
 """The template grid and blocks of a training split, for the located head.
 
-Everything here is read from the training split's records alone (grids,
-crop origins, lesion labels, the z-scored images' brain): nothing from the
-synthetic generator's hidden parameters (its regions, label model).
+Everything here is read from the cohort alone (its records' grids and crop
+origins, the template a preprocessing output names, the training split's
+lesion labels and z-scored images' brain): nothing from the synthetic
+generator's hidden parameters (its regions, label model).
 """
 
 from collections.abc import Sequence
@@ -10,70 +11,93 @@ from typing import Any
 
 import numpy as np
 
+from preprocessing import normalize
 from preprocessing.io.errors import InputError
 from pvl_jax.data import input_pipeline
 from pvl_jax.data import records
+from pvl_jax.data import template_grid as template_grid_lib
 from pvl_jax.data import template_position
 
 
-def template_shape(sources: dict[str, Any]) -> tuple[int, int, int]:
-  """The grid every record was cropped from: the template's.
+def template_grid(sources: dict[str, Any],
+                  template: template_grid_lib.TemplateGrid | None = None
+                  ) -> template_grid_lib.TemplateGrid:
+  """The grid the located head's blocks tile, every record a crop of it.
 
-  A grid is a shape and an affine: scans of one shape placed differently in
-  the world (a raw-space cohort of one protocol) are not in one template.
+  Each record is cropped from a grid (the shape and affine of the volume
+  it was read from). Records of several such grids are one template's when
+  the grids are crops of one lattice (same axes and spacing, origins whole
+  voxels apart), as preprocessing saves each subject on its brain's crop of
+  the template grid.
+
+  Args:
+    sources: split name -> data source; every split's records are placed.
+    template: the grid of the template the cohort was brought to, when the
+      cohort says (a preprocessing output,
+      `dataset.pipeline_template_grid`); it is the answer, and every record
+      must lie on its lattice. None: the smallest box of the records'
+      lattice that holds all their grids (for records of one grid, as the
+      synthetic cohort's, that grid).
 
   Raises:
-    InputError: records of different original grids, so the data are not
-      in one template space (e.g. a raw-space cohort without preprocessing)
-      and no patch has a template position.
+    InputError: the records' grids are not crops of one lattice, so the data
+      are not in one template space (e.g. a raw-space cohort without
+      preprocessing) and no patch has a template position; or a record is
+      not on `template`'s lattice.
   """
   grids = {}
   for source in sources.values():
     for header in records.headers(source):
-      grids.setdefault(_original_grid(header), records.subject_id(header))
-  if len(grids) != 1:
-    found = ", ".join(f"{shape} ({subject})" for (shape, _), subject
-                      in list(grids.items())[:4])
-    problem = (
-        "model.cls_head='located' needs every scan in one template grid, but "
-        f"the records come from {len(grids)} grids (shape or position in "
-        f"the world): {found}; ")
-    if _one_lattice([affine for _, affine in grids]):
-      # What preprocessing writes: each subject on its brain's crop of the
-      # template grid. Its position in the template is known in principle
-      # (the crop's origin), but the located head does not read it yet.
+      shape, affine = _original_grid(header)
+      key = (shape, tuple(np.round(affine, 3).ravel().tolist()))
+      grids.setdefault(key, (records.subject_id(header), shape, affine))
+  if template is not None:
+    outside = [subject for subject, shape, affine in grids.values()
+               if not _inside(template, shape, affine)]
+    if outside:
       raise InputError(
-          problem + "they are crops of one template grid, saved on their "
-          "own grids (as preprocessing writes them), which the located head "
-          "cannot place in the template yet (issue 25); use a cohort on the "
-          "whole template grid, or model.cls_head='patch' or 'subject'")
+          f"{', '.join(outside[:4])}: not crops of the {template.shape} "
+          "template grid the cohort was preprocessed into (other axes or "
+          "spacing, a position between template voxels, or reaching past "
+          "it), so model.cls_head='located' cannot place them in it")
+    return template
+  (first, shape, reference), *_ = grids.values()
+  offsets = {subject: template_grid_lib.lattice_offset(affine, reference)
+             for subject, _, affine in grids.values()}
+  off = [subject for subject, offset in offsets.items() if offset is None]
+  if off:
     raise InputError(
-        problem + "register the cohort to a template first "
+        "model.cls_head='located' needs every scan on one template grid "
+        f"(crops of it are fine), but the records come from {len(grids)} "
+        f"grids (shape or position in the world), and those of "
+        f"{', '.join(off[:4])} are not on the lattice of {first}'s {shape} "
+        "grid (other axes, spacing or a position between its voxels); "
+        "register the cohort to a template first "
         "(data.preprocess.enabled=True or python -m preprocessing.run)")
-  return next(iter(grids))[0]
+  low = np.min([offsets[s] for s, _, _ in grids.values()], axis=0)
+  high = np.max([offsets[s] + shape for s, shape, _ in grids.values()],
+                axis=0)
+  box = reference.copy()
+  box[:3, 3] += reference[:3, :3] @ low
+  return template_grid_lib.TemplateGrid.of(high - low, box)
 
 
-def _one_lattice(affines: Sequence[Sequence[float]]) -> bool:
-  """Whether grid affines share axes and spacing, origins whole voxels apart."""
-  matrices = [np.reshape(a, (3, 4)) for a in affines]
-  linear = matrices[0][:, :3]
-  if any(not np.allclose(m[:, :3], linear, atol=1e-3) for m in matrices):
-    return False
-  steps = [np.linalg.solve(linear, m[:, 3] - matrices[0][:, 3])
-           for m in matrices]
-  return all(np.allclose(s, np.round(s), atol=1e-2) for s in steps)
+def _inside(template: template_grid_lib.TemplateGrid, shape: Sequence[int],
+            affine: np.ndarray) -> bool:
+  """Whether a grid is a crop of `template`: on its lattice and inside."""
+  origin = template.origin(affine)
+  return origin is not None and all(
+      0 <= o and o + n <= t for o, n, t in zip(origin, shape, template.shape))
 
 
 def _original_grid(header: dict[str, Any]) -> tuple[tuple[int, ...],
-                                                    tuple[float, ...]]:
-  """(shape, affine rounded to 1e-3) of the grid a record was cropped from."""
+                                                    np.ndarray]:
+  """(shape, 4x4 affine) of the grid a record was cropped from."""
   affine = np.asarray(header["affine"], np.float64)
   # The record's affine is its crop's (`normalize.crop_affine`); undo that.
-  origin = affine[:3, 3] - affine[:3, :3] @ np.asarray(header["crop_start"],
-                                                       np.float64)
-  grid_affine = np.concatenate([affine[:3, :3], origin[:, None]], axis=1)
   return (tuple(int(n) for n in header["original_shape"]),
-          tuple(np.round(grid_affine, 3).ravel().tolist()))
+          normalize.crop_affine(affine, tuple(-np.asarray(
+              header["crop_start"], np.int64))))
 
 
 def _template_voxels(flat: np.ndarray, subject: input_pipeline.Subject,
@@ -99,7 +123,7 @@ def lesion_frequency_mask(subjects: Sequence[input_pipeline.Subject],
 
   Args:
     subjects: the training split's decoded subjects.
-    shape: the template grid (`template_shape`).
+    shape: the template grid's (`template_grid`).
     block: block edge in voxels.
     subject_ids: their ids, for the errors.
 

@@ -6,13 +6,14 @@ position through cutting and every spatial augmentation. The position is an
 affine map, `batch["position"]` of shape (batch, 3, ndim + 1): patch voxel
 index j (ndim entries; 2 for a 2D model's slices) -> template voxel
 coordinate `L @ j + t` (3 entries), stored as [L | t]. Template voxel
-coordinates index the grid the records were cropped from
-(`crop_start` + the index in the cropped volume), which for a template-space
-cohort is the template's grid, the grid of the baseline's masks.
+coordinates index the located head's template grid (`template_grid`): the
+record's origin there (`template_grid.record_origin`) + the index in the
+cropped volume. For a preprocessing output that is the template's own grid;
+for another cohort the smallest box of its records' lattice that holds them
+all (for a cohort on one grid, that grid: the grid of the baseline's masks).
 
 * The host cuts a window at `start` of the cropped volume: L selects the
-  patch's axes (identity in 3D), t = crop_start + start
-  (`cut_position`).
+  patch's axes (identity in 3D), t = origin + start (`cut_position`).
 * The basic recipe's flip of patch axis a maps j_a to P_a - 1 - j_a
   (`flip_position`).
 * nnU-Net's recipe resamples output voxel j from input coordinate
@@ -37,10 +38,10 @@ KEY = "position"
 
 def cut_position(origin: Sequence[int], start: Sequence[int],
                  patch_ndim: int, slice_axis: int) -> np.ndarray:
-  """The position of a window cut at `start` of a volume cropped at `origin`.
+  """The position of a window cut at `start` of a volume at `origin`.
 
   Args:
-    origin: the record's crop start in the template grid (3 entries).
+    origin: the template voxel of the volume's voxel 0 (3 entries).
     start: the window's first voxel in the cropped volume (3 entries).
     patch_ndim: 3, or 2 for a 2D model's slice (`slice_axis` squeezed).
     slice_axis: the axis a 2D slice is cut across.

@@ -9,7 +9,8 @@ masked out before every metric (and before choosing the postprocessing), so
 neither predicting nor missing them counts. For r > 0 the hand-function
 probability of a subject is the sigmoid of its logit (the head of its windows'
 mean summaries, its mean window logit, or the located head's read-out of its
-whole probability map placed at its crop start: `model.cls_head`); the decision
+whole probability map placed at its origin in the template grid,
+`template_grid.record_origin`: `model.cls_head`); the decision
 threshold is chosen on the validation split's labelled subjects and applied
 to the test split's; unlabelled subjects are left out of the classification
 metrics (`n_labelled`). `results["split"]` names the split rule and the
@@ -32,6 +33,7 @@ from preprocessing import lesion_labels
 from preprocessing import normalize
 from pvl_jax.data import records
 from pvl_jax.data import splits as splits_lib
+from pvl_jax.data import template_grid
 from pvl_jax.inference import sliding_window
 from pvl_jax.models import unet
 from pvl_jax.evaluation import plots
@@ -50,14 +52,16 @@ def predict_split(
   split = {"subjects": [], "predictions": {}, "references": {},
            "ignored": {}, "spacings": {}, "inference_s": {}, "logits": [],
            "labels": []}
+  template = template_grid.TemplateGrid.from_config(config.model)
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
+    origin = template_grid.record_origin(record, template)
     start = time.perf_counter()
     # predict_volume returns host arrays: the device work is inside the time.
     probs, logit = sliding_window.predict_volume(
         window_fn, record["image"], config.data.patch_size,
         config.inference.overlap, config.inference.batch_size,
-        config.data.get("slice_axis", 2), tuple(record["crop_start"]))
+        config.data.get("slice_axis", 2), origin)
     seconds = time.perf_counter() - start
     subject = records.subject_id(record)
     split["subjects"].append(subject)

@@ -25,6 +25,7 @@ from preprocessing import template_space
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
+from pvl_jax.data import template_grid
 from pvl_jax.inference import trained_run
 
 
@@ -154,18 +155,33 @@ def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
 def template_origin(run: trained_run.TrainedRun, grid: sitk.Image,
                     files: template_lib.TemplateFiles | None
                     ) -> tuple[int, int, int]:
-  """The template voxel of a cropped template grid's voxel 0: its crop start.
+  """The template voxel of a cropped template grid's voxel 0.
+
+  In the grid the run's located head reads (`model.cls_template_affine`),
+  where training placed its records; for other runs, and located runs older
+  than that key (trained on records of one grid), its crop start in the
+  template's own grid.
 
   Raises:
     InputError: the run's located head was trained on blocks of another
       template grid than the one this scan was brought to.
   """
+  trained = template_grid.TemplateGrid.from_config(run.config.model)
+  if trained is not None:
+    origin = trained.origin(geometry.image_affine(grid))
+    if origin is None:
+      raise InputError(
+          f"the run's located hand-function head reads blocks of a "
+          f"{trained.shape} template grid, but the scan was brought to a "
+          "grid off its lattice (other axes, spacing or a position between "
+          "its voxels); use the run's template and spacing")
+    return origin
   full = template_lib.template_grid(run.template_spacing, files)
-  trained = tuple(run.config.model.get("cls_template_shape", ()))
-  if trained and tuple(full.GetSize()) != trained:
+  shape = tuple(run.config.model.get("cls_template_shape", ()))
+  if shape and tuple(full.GetSize()) != shape:
     raise InputError(
         f"the run's located hand-function head reads blocks of a "
-        f"{trained} template grid, but the scan was brought to a "
+        f"{shape} template grid, but the scan was brought to a "
         f"{tuple(full.GetSize())} grid; use the run's template and spacing")
   return tuple(int(i) for i in full.TransformPhysicalPointToIndex(
       grid.GetOrigin()))

@@ -279,7 +279,8 @@ def predict_volume(window_fn: WindowFn | ImagesFn, image: np.ndarray,
     batch_size: windows per network call.
     slice_axis: the axis a 2D model's slices are cut across.
     origin: the template voxel of the volume's voxel 0 (a record's
-      `crop_start`); only a `WindowFn.volume_head` reads it.
+      `template_grid.record_origin`); only a `WindowFn.volume_head` reads
+      it.
 
   Returns:
     (probability map (X, Y, Z), hand-function logit: the volume head of the

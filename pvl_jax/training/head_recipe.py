@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from pvl_jax.data import bags
+from pvl_jax.data import template_grid
 from pvl_jax.models import located_head
 from pvl_jax.models import unet
 from pvl_jax.training import augmentation
@@ -82,7 +83,8 @@ def initial_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
   if not is_located(config):
     return steps.create_train_state(config, model, rng, channels, tx)
   memory = located_step.initial_memory(
-      train_source, located_step.LocatedSettings.from_config(config))
+      train_source, located_step.LocatedSettings.from_config(config),
+      template_grid.TemplateGrid.from_config(config.model))
   return located_step.create_train_state(config, model, rng, channels, memory,
                                          tx)
 

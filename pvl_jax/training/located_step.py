@@ -22,6 +22,7 @@ import optax
 from pvl_jax.data import input_pipeline
 from pvl_jax.data import records
 from pvl_jax.data import template_blocks
+from pvl_jax.data import template_grid
 from pvl_jax.data import template_position
 from pvl_jax.models import located_head
 from pvl_jax.models import unet
@@ -36,7 +37,7 @@ class LocatedSettings:
   """The located head's static settings.
 
   Attributes:
-    template_shape: the template grid (`template_blocks.template_shape`).
+    template_shape: the template grid's (`template_blocks.template_grid`).
     block: block edge in template voxels (`model.cls_block`).
     readout_l2: weight of |read-out weights|^2 in L_cls
       (`model.cls_readout_l2`).
@@ -63,14 +64,22 @@ class LocatedTrainState(train_state.TrainState):
   memory: located_head.LocatedMemory
 
 
-def initial_memory(source: Any, settings: LocatedSettings
+def initial_memory(source: Any, settings: LocatedSettings,
+                   template: template_grid.TemplateGrid | None
                    ) -> located_head.LocatedMemory:
   """An empty memory for the training split and its lesion-frequency mask.
+
+  Args:
+    source: the training split.
+    settings: the head's.
+    template: the grid of `settings.template_shape` that the records lie
+      in (`model.cls_template_affine`); None: the grid they were cropped
+      from (`template_grid.record_origin`).
 
   Raises:
     InputError: a training subject without brain voxels.
   """
-  subjects = input_pipeline.decoded_subjects(source)
+  subjects = input_pipeline.decoded_subjects(source, template)
   mask = template_blocks.lesion_frequency_mask(
       subjects, settings.template_shape, settings.block,
       records.subject_ids(source))

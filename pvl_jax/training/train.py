@@ -24,6 +24,7 @@ from pvl_jax.data import input_pipeline
 from pvl_jax.data import records
 from pvl_jax.data import splits
 from pvl_jax.data import template_blocks
+from pvl_jax.data import template_grid
 from pvl_jax.evaluation import evaluate_run
 from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import run_summary
@@ -67,10 +68,14 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
   # fails on bad input leaves no files in its workdir; by process 0 alone,
   # as every once-per-run output.
   if head_recipe.is_located(config):
-    # The blocks tile the grid the records were cropped from; config.json
-    # keeps it so that inference rebuilds the same head.
+    # The blocks tile the template grid the records are crops of; config.json
+    # keeps it so that inference rebuilds the same head and places new scans
+    # where training placed its records.
     config = config.copy_and_resolve_references()
-    config.model.cls_template_shape = template_blocks.template_shape(sources)
+    grid = template_blocks.template_grid(
+        sources, dataset.pipeline_template_grid(config))
+    config.model.cls_template_shape = grid.shape
+    config.model.cls_template_affine = grid.affine
   if jax.process_index() == 0:
     atomic_write_text(workdir / "config.json",
                       config.to_json_best_effort(indent=2))
@@ -137,15 +142,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   whole_scans = head_recipe.whole_scans(config, model, sources["validation"])
 
   local_batch = config.batch_size // jax.process_count()
+  # Where the patches lie in the located head's grid.
+  template = template_grid.TemplateGrid.from_config(config.model)
   train_ds = input_pipeline.train_dataset(
       sources["train"], config.data, local_batch, config.seed,
       jax.process_index(), jax.process_count(), bags.bag_size(config),
-      bags.pooled_patches(config))
+      bags.pooled_patches(config), template)
   data_iter = iter(train_ds)
   val_batches = input_pipeline.fixed_patches(
       sources["validation"], config.data, config.eval_patches, local_batch,
       seed=config.seed + 1, bag_size=bags.bag_size(config),
-      pooled_per_bag=bags.pooled_patches(config))
+      pooled_per_bag=bags.pooled_patches(config), template=template)
 
   manager = checkpointing.checkpoint_manager(workdir, config)
   start_step = manager.latest_step() or 0

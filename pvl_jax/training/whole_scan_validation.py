@@ -2,8 +2,9 @@
 
 The located head decides per subject from the whole brain, so a patch has
 no logit of its own to score. Validation reads it as inference does: each
-validation scan's sliding-window probability map, placed in the template at
-the record's crop start, read once by the head (`unet.window_functions`).
+validation scan's sliding-window probability map, placed in the template
+grid at the record's origin (`template_grid.record_origin`), read once by
+the head (`unet.window_functions`).
 Validation subjects have no memory rows, and need none: the map covers the
 whole brain. Mirroring is left out (it multiplies the cost by 2^axes and
 the curve only has to be comparable between steps). The loss is the mean
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from pvl_jax.data import template_grid
 from pvl_jax.inference import sliding_window
 from pvl_jax.models import unet
 from pvl_jax.training import losses
@@ -40,6 +42,7 @@ class WholeScanValidation:
                                                     volume_head)
     self._source = source
     self._config = config
+    self._template = template_grid.TemplateGrid.from_config(config.model)
 
   def __call__(self, params: Any) -> dict[str, float]:
     """{"val/cls_loss": ...} for the parameters `params`."""
@@ -52,7 +55,7 @@ class WholeScanValidation:
       _, logit = sliding_window.predict_volume(
           window_fn, record["image"], self._config.data.patch_size,
           self._config.inference.overlap, self._config.inference.batch_size,
-          origin=tuple(record["crop_start"]))
+          origin=template_grid.record_origin(record, self._template))
       logits.append(logit)
       labels.append(int(record["hand_function"]))
     loss = losses.classification_loss(jnp.asarray(logits, jnp.float32),
