@@ -12,7 +12,8 @@ cohort (below) through the path `pvl_jax.predict` takes. One table: mean ±
 sample std over the seeds, and each seed's value, of the test split's Dice,
 lesion recall, precision and F1 (means over subjects), recall per lesion-size
 bin (pooled over subjects, with the lesion count it rests on), HD95 median,
-hand-function AUC (r > 0), the minimum lesion volume postprocessing chose,
+hand-function AUC (r > 0), the postprocessing chosen (minimum lesion volume
+and depth),
 the training wall time, and the same segmentation figures on the
 out-of-distribution cohort beside its resolution limit. Written to
 DIR/segmentation_quality.md and .csv.
@@ -273,6 +274,10 @@ def table(seeds: Sequence[int], workdirs: Sequence[Path],
           "min_component_voxels")) for r in results]
   rows.append(["postprocessing: min lesion (mm^3; older runs: voxels)", "",
                ", ".join(str(s) for s in sizes)])
+  depths = [r.get("postprocessing", {}).get("min_depth_mm", 0.0)
+            for r in results]
+  rows.append(["postprocessing: min depth in the brain (mm)", "",
+               ", ".join(str(d) for d in depths)])
   walls = []
   for w in workdirs:
     timing = w.parent / f"{w.name}.wall.json"

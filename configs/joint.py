@@ -183,12 +183,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.inference = ml_collections.ConfigDict(dict(
       overlap=0.5, batch_size=2, num_plot_subjects=3,
-      # Remove lesion components smaller than a volume chosen on validation
-      # among postprocess_candidates_mm3 (by lesion F1, then Dice;
-      # pvl_jax/evaluation/postprocess_choice.py). The candidates stop below
-      # 0.05 ml: PVL lesions are small.
+      # Remove lesion components smaller than a volume, and components that
+      # never reach a depth below the brain's outer surface, chosen together
+      # on validation among the candidates (by lesion F1, then Dice;
+      # pvl_jax/evaluation/postprocess_choice.py). The volumes stop below
+      # 0.05 ml and the shell at 6 mm: PVL lesions are small and lie deep,
+      # next to the ventricles.
       postprocess=True,
       postprocess_candidates_mm3=(0.0, 8.0, 16.0, 24.0, 32.0, 48.0),
+      postprocess_depth_candidates_mm=(0.0, 2.0, 4.0, 6.0),
       # Mirroring test-time augmentation: spatial axes to flip, () = off;
       # (0, 1, 2) averages all 8 flips of a 3D model (a 2D model mirrors its
       # in-plane axes 0 and 1), at 8x the inference cost.

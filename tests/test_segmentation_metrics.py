@@ -348,6 +348,15 @@ def test_aggregate_rejects_mismatched_keys_and_empty_input():
     seg.aggregate([])
 
 
+def _chosen_size(preds, refs, voxel_mm3, candidates_mm3=None):
+  """The volume `choose` picks with the surface rule off."""
+  from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
+  deep = [np.full(p.shape, 100.0) for p in preds]
+  sizes = candidates_mm3 or postprocess_choice.CANDIDATES_MM3
+  return postprocess_choice.choose(preds, refs, deep, voxel_mm3, sizes,
+                                   (0.0,)).min_mm3
+
+
 def test_remove_small_components_and_choice_on_validation():
   from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
   from pvl_jax.inference import postprocess  # pylint: disable=g-import-not-at-top
@@ -364,17 +373,16 @@ def test_remove_small_components_and_choice_on_validation():
   # best (2 mm voxels: the first candidate that does is 24 mm^3, 3 voxels).
   ref = np.zeros_like(mask)
   ref[1:4, 1:4, 1:4] = True
-  assert postprocess_choice.choose_min_size([mask], [ref], 8.0) == 24.0
+  assert _chosen_size([mask], [ref], 8.0) == 24.0
   # Reference includes the specks: no postprocessing is best.
-  assert postprocess_choice.choose_min_size([mask], [ref | mask], 8.0) == 0.0
+  assert _chosen_size([mask], [ref | mask], 8.0) == 0.0
   # The same masks on a 1 mm grid: volumes, not voxels, are the rule.
-  assert postprocess_choice.choose_min_size([mask], [ref], 1.0) == 8.0
+  assert _chosen_size([mask], [ref], 1.0) == 8.0
   assert postprocess_choice.min_voxels(16.0, 8.0) == 2
   assert postprocess_choice.min_voxels(20.0, 8.0) == 3
 
 
 def test_postprocessing_is_chosen_by_lesions_not_dice():
-  from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
   # A big lesion found, plus two small true lesions of 2 voxels and one
   # false speck of 2 voxels. Removing 2-voxel components raises Dice (the
   # speck goes) but loses two true lesions: lesion F1 keeps them.
@@ -384,10 +392,68 @@ def test_postprocessing_is_chosen_by_lesions_not_dice():
   ref[12, 2, 2:4] = True
   pred = ref.copy()
   pred[2, 12, 12:14] = True
-  assert postprocess_choice.choose_min_size([pred], [ref], 8.0) == 0.0
+  assert _chosen_size([pred], [ref], 8.0) == 0.0
   # A 2-voxel component is 16 mm^3: a 16 mm^3 minimum keeps it.
-  assert postprocess_choice.choose_min_size(
-      [pred], [ref], 8.0, candidates_mm3=(48.0, 16.0)) == 16.0
+  assert _chosen_size([pred], [ref], 8.0, candidates_mm3=(48.0, 16.0)) == 16.0
+
+
+def test_brain_depth_counts_the_outside_beyond_the_arrays_faces():
+  from pvl_jax.inference import postprocess  # pylint: disable=g-import-not-at-top
+  # A record is cropped to its brain: here the brain fills the array.
+  brain = np.ones((5, 5, 7), bool)
+  depth = postprocess.brain_depth(brain, (2.0, 2.0, 2.0))
+  assert depth[0, 0, 0] == 2.0  # a corner voxel: one voxel from outside
+  assert depth[2, 2, 3] == 6.0  # the centre: three voxels from each face
+  assert postprocess.brain_depth(brain, (1.0, 1.0, 1.0))[2, 2, 3] == 3.0
+  brain[2, 2, 3] = False
+  assert postprocess.brain_depth(brain, (2.0, 2.0, 2.0))[2, 2, 4] == 2.0
+
+
+def _surface_case():
+  """A brain cube (2 mm voxels) with a surface speck and a deep lesion."""
+  from pvl_jax.inference import postprocess  # pylint: disable=g-import-not-at-top
+  brain = np.zeros((24, 24, 24), bool)
+  brain[2:22, 2:22, 2:22] = True
+  depth = postprocess.brain_depth(brain, (2.0, 2.0, 2.0))
+  deep = np.zeros_like(brain)
+  deep[10:13, 10:13, 10:13] = True
+  surface = np.zeros_like(brain)
+  surface[2:4, 10:14, 10:14] = True  # the outer two voxel layers
+  return brain, depth, deep, surface
+
+
+def test_surface_components_are_removed_unless_they_reach_deep():
+  from pvl_jax.inference import postprocess  # pylint: disable=g-import-not-at-top
+  _, depth, deep, surface = _surface_case()
+  # The surface blob's deepest voxel is 4 mm in (second layer).
+  kept = postprocess.remove_surface_components(deep | surface, depth, 6.0)
+  np.testing.assert_array_equal(kept, deep)
+  np.testing.assert_array_equal(
+      postprocess.remove_surface_components(deep | surface, depth, 4.0),
+      deep | surface)
+  np.testing.assert_array_equal(
+      postprocess.remove_surface_components(deep | surface, depth, 0.0),
+      deep | surface)
+  # One component that starts at the surface but reaches deep is kept whole.
+  reaching = surface.copy()
+  reaching[2:12, 11, 11] = True
+  np.testing.assert_array_equal(
+      postprocess.remove_surface_components(reaching, depth, 6.0), reaching)
+
+
+def test_surface_shell_is_chosen_on_validation_only_when_it_helps():
+  from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
+  _, depth, deep, surface = _surface_case()
+  # A false lesion at the surface: the 6 mm shell removes it (F1 1 vs 2/3).
+  choice = postprocess_choice.choose([deep | surface], [deep], [depth], 8.0)
+  assert choice == postprocess_choice.Choice(min_mm3=0.0, min_depth_mm=6.0)
+  # A true lesion at the surface: nothing is removed.
+  choice = postprocess_choice.choose([deep | surface], [deep | surface],
+                                     [depth], 8.0)
+  assert choice == postprocess_choice.Choice(min_mm3=0.0, min_depth_mm=0.0)
+  kept = postprocess_choice.apply(deep | surface, depth,
+                                  postprocess_choice.Choice(0.0, 6.0), 8.0)
+  np.testing.assert_array_equal(kept, deep)
 
 
 # Ignored voxels: the prediction there is masked out (WMH's label 2).

@@ -40,7 +40,7 @@ from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import qc_report
 from pvl_jax.evaluation import classification
 from pvl_jax.evaluation import postprocess_choice
-from pvl_jax.inference.postprocess import remove_small_components
+from pvl_jax.inference import postprocess
 from pvl_jax.evaluation import segmentation
 from pvl_jax.evaluation import threshold_baseline
 
@@ -50,8 +50,8 @@ def predict_split(
     config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
   """Predicts every subject of a split (masks at probability 0.5)."""
   split = {"subjects": [], "predictions": {}, "references": {},
-           "ignored": {}, "spacings": {}, "inference_s": {}, "logits": [],
-           "labels": []}
+           "ignored": {}, "brains": {}, "spacings": {}, "inference_s": {},
+           "logits": [], "labels": []}
   template = template_grid.TemplateGrid.from_config(config.model)
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
@@ -68,7 +68,8 @@ def predict_split(
     split["inference_s"][subject] = seconds
     # Lesions lie in the brain by definition; what the network marks in the
     # dark background (it sees little of it in training) is discarded.
-    split["predictions"][subject] = (probs > 0.5) & (record["brain_mask"] > 0)
+    split["brains"][subject] = record["brain_mask"] > 0
+    split["predictions"][subject] = (probs > 0.5) & split["brains"][subject]
     split["references"][subject] = (record["lesion_mask"]
                                     == lesion_labels.LESION)
     split["ignored"][subject] = record["lesion_mask"] == lesion_labels.IGNORE
@@ -146,31 +147,42 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
 
 def postprocess_splits(splits: Mapping[str, dict[str, Any]],
                        config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Chooses the minimum lesion volume on validation; applies it to all.
+  """Chooses the postprocessing on validation; applies it to every split.
 
   Returns:
-    results.json's `postprocessing` record: the volume (mm^3), the same in
-    voxels of the run's grid (what `trained_run` applies), the candidates,
-    the criterion and the split it was chosen on.
+    results.json's `postprocessing` record: the minimum volume (mm^3), the
+    same in voxels of the run's grid, the surface shell (mm), the
+    candidates, the criterion and the split it was chosen on (what
+    `trained_run` applies to new scans).
   """
   val = splits["val"]
   voxel_mm3 = float(np.prod(val["spacings"][val["subjects"][0]]))
-  candidates = tuple(float(c) for c in
-                     config.inference.postprocess_candidates_mm3)
-  min_mm3 = 0.0
-  if config.inference.postprocess:
-    min_mm3 = postprocess_choice.choose_min_size(
-        [val["predictions"][s] & ~val["ignored"][s] for s in val["subjects"]],
-        [val["references"][s] for s in val["subjects"]], voxel_mm3,
-        candidates)
-  voxels = postprocess_choice.min_voxels(min_mm3, voxel_mm3)
+  inference = config.inference
+  sizes = tuple(float(c) for c in inference.postprocess_candidates_mm3)
+  depths = tuple(float(d) for d in inference.postprocess_depth_candidates_mm)
   for split in splits.values():
-    split["predictions"] = {s: remove_small_components(p, voxels)
-                            for s, p in split["predictions"].items()}
-  return {"min_component_mm3": min_mm3, "min_component_voxels": voxels,
-          "candidates_mm3": list(candidates) if config.inference.postprocess
-          else [], "criterion": "lesion F1, then Dice",
-          "chosen_on": "validation"}
+    split["depths"] = {s: postprocess.brain_depth(split["brains"][s],
+                                                  split["spacings"][s])
+                       for s in split["subjects"]}
+  choice = postprocess_choice.Choice(0.0, 0.0)
+  if inference.postprocess:
+    choice = postprocess_choice.choose(
+        [val["predictions"][s] & ~val["ignored"][s] for s in val["subjects"]],
+        [val["references"][s] for s in val["subjects"]],
+        [val["depths"][s] for s in val["subjects"]], voxel_mm3, sizes,
+        depths)
+  for split in splits.values():
+    split["predictions"] = {
+        s: postprocess_choice.apply(p, split["depths"][s], choice, voxel_mm3)
+        for s, p in split["predictions"].items()}
+  return {"min_component_mm3": choice.min_mm3,
+          "min_component_voxels": postprocess_choice.min_voxels(
+              choice.min_mm3, voxel_mm3),
+          "min_depth_mm": choice.min_depth_mm,
+          "candidates_mm3": list(sizes) if inference.postprocess else [],
+          "depth_candidates_mm": list(depths) if inference.postprocess
+          else [],
+          "criterion": "lesion F1, then Dice", "chosen_on": "validation"}
 
 
 def classification_results(splits: Mapping[str, Mapping[str, Any]],

@@ -1,35 +1,56 @@
-"""Choosing the postprocessing's minimum lesion size on validation.
+"""Choosing the postprocessing on validation.
 
 Postprocessing removes predicted lesion components smaller than a minimum
-volume. The volume is chosen on the validation split and then applied
-unchanged to the test split and to new scans, never tuned on them.
+volume and components that lie wholly in a shell at the brain's outer
+surface (`pvl_jax.inference.postprocess`). Both are chosen together on the
+validation split and then applied unchanged to the test split and to new
+scans, never tuned on them.
 
 The rule (docs/design.md, "Postprocessing"):
-  * the criterion counts lesions: the candidate with the best mean lesion-wise
-    F1 over the validation subjects wins, mean Dice breaks ties, and a
-    remaining tie goes to the smaller volume (less postprocessing). Dice
-    barely notices a small lesion, so choosing by Dice deletes the lesions
-    PVL is made of whenever the network also marks a few specks;
-  * sizes are volumes (mm^3), so a rule means the same on a 1 mm and a 2 mm
-    template grid;
-  * the candidates stop below 0.05 ml (`CANDIDATES_MM3`): a component of that
-    size is a lesion a reader would report, never noise to be removed on the
-    evidence of a few validation subjects. `inference.postprocess_candidates_mm3`
-    sets other candidates.
+  * the criterion counts lesions: the candidate pair with the best mean
+    lesion-wise F1 over the validation subjects wins, mean Dice breaks ties,
+    and a remaining tie goes to less postprocessing (the thinner shell, then
+    the smaller volume). Dice barely notices a small lesion, so choosing by
+    Dice deletes the lesions PVL is made of whenever the network also marks
+    a few specks;
+  * sizes are volumes (mm^3) and depths millimetres, so a rule means the
+    same on a 1 mm and a 2 mm template grid;
+  * what may be removed is capped by the candidates: volumes stop below
+    0.05 ml (`inference.postprocess_candidates_mm3`), a lesion a reader would
+    report, and the shell at 6 mm (`inference.postprocess_depth_candidates_mm`):
+    cortex and the white matter right under it, never the periventricular
+    white matter where PVL lies, so no lesion reaching deeper is removed on
+    the evidence of a few validation subjects.
 """
 
 from collections.abc import Sequence
+import dataclasses
 import math
 
 import numpy as np
 
 from pvl_jax.evaluation import lesions
 from pvl_jax.evaluation import segmentation
-from pvl_jax.inference.postprocess import remove_small_components
+from pvl_jax.inference import postprocess
 
-# Candidate minimum lesion volumes in mm^3 (0 = no postprocessing): at 2 mm
-# (8 mm^3 a voxel) up to 1, 2, 3, 4 and 6 voxels; at 1 mm up to 48 voxels.
+# Candidate minimum lesion volumes in mm^3 (0 = none): at 2 mm (8 mm^3 a
+# voxel) up to 1, 2, 3, 4 and 6 voxels; at 1 mm up to 48 voxels.
 CANDIDATES_MM3 = (0.0, 8.0, 16.0, 24.0, 32.0, 48.0)
+# Candidate surface shells in mm (0 = none).
+DEPTH_CANDIDATES_MM = (0.0, 2.0, 4.0, 6.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """The chosen postprocessing.
+
+  Attributes:
+    min_mm3: components smaller than this volume are removed.
+    min_depth_mm: components not reaching this deep into the brain are
+      removed.
+  """
+  min_mm3: float
+  min_depth_mm: float
 
 
 def min_voxels(min_mm3: float, voxel_mm3: float) -> int:
@@ -39,35 +60,52 @@ def min_voxels(min_mm3: float, voxel_mm3: float) -> int:
   return max(math.ceil(min_mm3 / voxel_mm3 - 1e-9), 0)
 
 
-def choose_min_size(predictions: Sequence[np.ndarray],
-                    references: Sequence[np.ndarray], voxel_mm3: float,
-                    candidates_mm3: Sequence[float] = CANDIDATES_MM3) -> float:
-  """The candidate volume (mm^3) with the best validation lesion F1.
+def apply(mask: np.ndarray, depth: np.ndarray, choice: Choice,
+          voxel_mm3: float) -> np.ndarray:
+  """`mask` after the chosen postprocessing (`depth`: `brain_depth`)."""
+  kept = postprocess.remove_small_components(
+      mask, min_voxels(choice.min_mm3, voxel_mm3))
+  return postprocess.remove_surface_components(kept, depth,
+                                               choice.min_depth_mm)
+
+
+def choose(predictions: Sequence[np.ndarray],
+           references: Sequence[np.ndarray], depths: Sequence[np.ndarray],
+           voxel_mm3: float,
+           candidates_mm3: Sequence[float] = CANDIDATES_MM3,
+           depth_candidates_mm: Sequence[float] = DEPTH_CANDIDATES_MM
+           ) -> Choice:
+  """The candidate pair with the best validation lesion F1.
 
   Args:
     predictions: predicted binary masks of the validation subjects.
     references: their reference masks.
+    depths: `postprocess.brain_depth` of their brain masks.
     voxel_mm3: the volume of one voxel of these masks.
     candidates_mm3: minimum volumes to try.
+    depth_candidates_mm: surface shells to try.
 
   Returns:
-    The chosen minimum volume in mm^3 (ties: higher mean Dice, then the
-    smaller volume).
+    The chosen pair (ties: higher mean Dice, then the thinner shell, then
+    the smaller volume).
   """
-  best, best_score = 0.0, None
-  tried = set()
-  for size_mm3 in sorted(float(c) for c in candidates_mm3):
-    voxels = min_voxels(size_mm3, voxel_mm3)
-    if voxels in tried:  # the same masks as a smaller candidate
-      continue
-    tried.add(voxels)
-    kept = [remove_small_components(p, voxels) for p in predictions]
-    score = (float(np.nanmean([lesions.lesion_detection(k, r)["f1"]
-                               for k, r in zip(kept, references)])),
-             float(np.mean([segmentation.dice(k, r)
-                            for k, r in zip(kept, references)])))
-    if best_score is None or _better(score, best_score):
-      best, best_score = size_mm3, score
+  best, best_score = Choice(0.0, 0.0), None
+  for depth_mm in sorted(float(d) for d in depth_candidates_mm):
+    tried = set()
+    for size_mm3 in sorted(float(c) for c in candidates_mm3):
+      voxels = min_voxels(size_mm3, voxel_mm3)
+      if voxels in tried:  # the same masks as a smaller candidate
+        continue
+      tried.add(voxels)
+      choice = Choice(size_mm3, depth_mm)
+      kept = [apply(p, d, choice, voxel_mm3)
+              for p, d in zip(predictions, depths)]
+      score = (float(np.nanmean([lesions.lesion_detection(k, r)["f1"]
+                                 for k, r in zip(kept, references)])),
+               float(np.mean([segmentation.dice(k, r)
+                              for k, r in zip(kept, references)])))
+      if best_score is None or _better(score, best_score):
+        best, best_score = choice, score
   return best
 
 

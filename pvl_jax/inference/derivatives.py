@@ -158,7 +158,9 @@ def sidecar(outputs: ScanOutputs, bids_dir: Path,
       "Threshold": THRESHOLD,
       "Postprocessing": {
           "MinComponentVoxels": run.min_component_voxels,
-          "ChosenOn": "validation" if run.min_component_voxels else "none"},
+          "MinDepthMm": run.min_depth_mm,
+          "ChosenOn": "validation" if (run.min_component_voxels
+                                       or run.min_depth_mm) else "none"},
       "ModelRun": model_run(run, workdir),
       "LesionVolumeMl": round(volume, 4),
       "LesionCount": count,

@@ -21,7 +21,7 @@ from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import read_json
 from pvl_jax.data import dataset
 from pvl_jax.inference import sliding_window
-from pvl_jax.inference.postprocess import remove_small_components
+from pvl_jax.inference import postprocess
 from pvl_jax.models import unet
 
 _NOT_A_RUN = "(is this the workdir of a training run?)"
@@ -38,6 +38,8 @@ class TrainedRun:
       the run's `inference.mirror_axes`).
     min_component_voxels: lesion components smaller than this are removed
       (chosen on validation; 0 without results.json or postprocessing).
+    min_depth_mm: lesion components that do not reach this deep into the
+      brain are removed (chosen on validation; 0: none).
     cls_threshold: P(bad hand function) at or above which a scan is called
       bad (chosen on validation); None for r = 0 or without results.json.
   """
@@ -45,6 +47,7 @@ class TrainedRun:
   step: int
   window_fn: sliding_window.WindowFn
   min_component_voxels: int
+  min_depth_mm: float
   cls_threshold: float | None
 
   @property
@@ -88,8 +91,11 @@ class TrainedRun:
     # background, which training patches show little of, is discarded.
     probs = np.where(brain, probs, 0.0)
     mask = probs > 0.5
-    removed = mask & ~remove_small_components(
-        mask, self.min_component_voxels)
+    kept = postprocess.remove_surface_components(
+        postprocess.remove_small_components(mask, self.min_component_voxels),
+        postprocess.brain_depth(brain, (self.template_spacing,) * brain.ndim),
+        self.min_depth_mm)
+    removed = mask & ~kept
     return np.where(removed, 0.0, probs), float(1 / (1 + np.exp(-logit)))
 
 
@@ -114,7 +120,10 @@ def load(workdir: str | Path) -> TrainedRun:
   results = (read_json(workdir / "results.json", _NOT_A_RUN)
              if (workdir / "results.json").exists() else {})
   # 0 when evaluation did not postprocess (config.inference.postprocess).
-  min_size = results.get("postprocessing", {}).get("min_component_voxels", 0)
+  postprocessing = results.get("postprocessing", {})
+  min_size = postprocessing.get("min_component_voxels", 0)
+  # Runs evaluated before the surface rule removed no surface components.
+  min_depth = postprocessing.get("min_depth_mm", 0.0)
   threshold = results.get("val", {}).get("cls_threshold")
   model = unet.unet_from_config(config.model)
   _check_params_fit(model, config, params, workdir / "checkpoints")
@@ -126,6 +135,7 @@ def load(workdir: str | Path) -> TrainedRun:
       tuple(config.inference.get("mirror_axes", ())), head, volume_head)
   return TrainedRun(config=config, step=step,
                     window_fn=window_fn, min_component_voxels=int(min_size),
+                    min_depth_mm=float(min_depth),
                     cls_threshold=threshold if config.r > 0 else None)
 
 

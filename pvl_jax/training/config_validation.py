@@ -81,8 +81,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.inference.batch_size >= 1, "inference.batch_size",
            "must be >= 1")
   _validate_mirror_axes(config.inference.mirror_axes, "inference.mirror_axes")
-  _validate_sizes_mm3(config.inference.postprocess_candidates_mm3,
-                      "inference.postprocess_candidates_mm3")
+  _validate_candidates(config.inference.postprocess_candidates_mm3,
+                       "inference.postprocess_candidates_mm3", "volumes",
+                       "mm^3")
+  _validate_candidates(config.inference.postprocess_depth_candidates_mm,
+                       "inference.postprocess_depth_candidates_mm", "depths",
+                       "mm")
   _require(config.deep_supervision.targets in losses.TARGET_RULES,
            "deep_supervision.targets",
            f"must be one of {losses.TARGET_RULES} (got "
@@ -157,15 +161,15 @@ def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:
            f"total stride {tuple(total_stride)}")
 
 
-def _validate_sizes_mm3(sizes, key: str) -> None:
-  """Postprocessing volumes: a non-empty tuple of numbers >= 0 (mm^3)."""
-  _require(isinstance(sizes, (tuple, list)) and len(sizes) >= 1, key,
-           f"must be a non-empty tuple of volumes in mm^3, e.g. (0, 8, 16) "
-           f"(got {sizes!r})")
-  for size in sizes:
-    _require(isinstance(size, (int, float)) and not isinstance(size, bool)
-             and math.isfinite(size) and size >= 0, key,
-             f"volumes must be numbers >= 0 mm^3 (got {size!r})")
+def _validate_candidates(values, key: str, what: str, unit: str) -> None:
+  """Postprocessing candidates: a non-empty tuple of numbers >= 0."""
+  _require(isinstance(values, (tuple, list)) and len(values) >= 1, key,
+           f"must be a non-empty tuple of {what} in {unit}, e.g. (0, 8, 16) "
+           f"(got {values!r})")
+  for value in values:
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+             and math.isfinite(value) and value >= 0, key,
+             f"{what} must be numbers >= 0 {unit} (got {value!r})")
 
 
 def _validate_ds_weights(config: ml_collections.ConfigDict) -> None:
