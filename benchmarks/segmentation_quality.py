@@ -248,12 +248,12 @@ def metric_rows(name: str, blocks: Sequence[dict[str, Any]],
   for index, (label, _, _) in enumerate(bins[0] if bins else []):
     counts = [b[index] for b in bins]
     recalls = [found / n if n else None for _, n, found in counts]
-    lesions = "/".join(str(n) for _, n, _ in counts)
+    counted = "/".join(str(n) for _, n, _ in counts)
     limit_value = None
     if limit is not None:
       _, n, found = lesions.size_bins(limit)[index]
       limit_value = found / n if n else None
-    add(f"recall {label} ({lesions} lesions)", recalls, limit_value)
+    add(f"recall {label} ({counted} lesions)", recalls, limit_value)
   return rows
 
 
