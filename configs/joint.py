@@ -81,6 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # coarsest axis; 2, the axial axis, for isotropic data).
   config.data.slice_axis = 2
   config.data.foreground_fraction = 0.33
+  # The lesion voxel a forced patch is placed on: "voxel", uniform over all
+  # lesion voxels (nnU-Net's; large lesions dominate), or "lesion", a lesion
+  # drawn uniformly first (small lesions as often as large ones).
+  config.data.foreground_sampling = "voxel"
   # grain worker processes: at most this many, and at most one per CPU this
   # process may use (its affinity, e.g. a Slurm allocation); 0: none.
   config.data.num_workers = 8

@@ -237,3 +237,56 @@ def test_max_train_subjects_keeps_the_first_subjects(tiny_builder):
   batches = _take(input_pipeline.train_dataset(source, config, 4, 0), 5)
   seen = np.concatenate([b["subject_index"] for b in batches])
   assert set(seen) == {0, 1}
+
+
+def test_lesion_components_group_voxels_by_26_connected_lesion():
+  mask = np.zeros((6, 6, 6), bool)
+  mask[0, 0, 0] = mask[1, 1, 1] = True  # diagonal neighbours: one lesion
+  mask[4, 4, 4:6] = True
+  lesion = np.flatnonzero(mask)
+  grouped, offsets = input_pipeline.lesion_components(mask, lesion)
+  np.testing.assert_array_equal(offsets, [0, 2, 4])
+  assert sorted(grouped.tolist()) == lesion.tolist()
+  first = {np.ravel_multi_index(v, mask.shape) for v in [(0, 0, 0), (1, 1, 1)]}
+  assert set(grouped[:2].tolist()) == first
+
+
+def test_lesion_sampling_centres_small_lesions_as_often_as_large_ones():
+  # One 1-voxel lesion beside a 999-voxel one: drawn by voxel, the small
+  # one is chosen about 1 time in 1000; drawn by lesion, half the time.
+  shape = (40, 40, 40)
+  mask = np.zeros(shape, bool)
+  mask[2:12, 2:12, 2:12] = True
+  mask[2, 2, 2] = False
+  mask[35, 35, 35] = True
+  lesion = np.flatnonzero(mask)
+  grouped, offsets = input_pipeline.lesion_components(mask, lesion)
+  rng = np.random.default_rng(0)
+  patch = (8, 8, 8)
+
+  def holds_small(start):
+    return all(s <= 35 < s + p for s, p in zip(start, patch))
+
+  by_lesion = [holds_small(input_pipeline.sample_patch_start(
+      shape, grouped, patch, True, rng, offsets)) for _ in range(400)]
+  by_voxel = [holds_small(input_pipeline.sample_patch_start(
+      shape, lesion, patch, True, rng)) for _ in range(400)]
+  assert 0.4 < np.mean(by_lesion) < 0.6
+  assert np.mean(by_voxel) < 0.02
+
+
+def test_foreground_sampling_is_validated():
+  from preprocessing.io.errors import InputError
+  from pvl_jax.training import config_validation
+  config = joint.get_config("demo")
+  config.data.foreground_sampling = "component"
+  with pytest.raises(InputError, match="config.data.foreground_sampling"):
+    config_validation.validate_config(config)
+
+
+def test_lesion_sampling_keeps_every_forced_patch_on_a_lesion(tiny_builder):
+  source = tiny_builder.as_data_source("fold0+fold1+fold2")
+  data = _data_config(patch_size=(8, 8, 8), fg=1.0)
+  data.foreground_sampling = "lesion"
+  batches = _take(input_pipeline.train_dataset(source, data, 3, 0), 8)
+  assert all((b["label"] == 1).any(axis=(1, 2, 3)).all() for b in batches)

@@ -7,7 +7,13 @@ training element is one patch cut from one subject:
   placed so that a random lesion voxel lies inside them, the others
   uniformly at random (so some of those contain lesion too): nnU-Net's
   foreground oversampling, which forces the last 33% of its batch
-  (`_oversample_last_XX_percent`), so that every batch of 2 holds a lesion;
+  (`_oversample_last_XX_percent`), so that every batch of 2 holds a lesion.
+  Which lesion voxel (`data.foreground_sampling`): "voxel" draws one
+  uniformly among all lesion voxels, as nnU-Net does, so a large lesion is
+  chosen in proportion to its volume and a one-voxel lesion almost never;
+  "lesion" first draws a lesion (26-connected component, as the metrics
+  count them) uniformly, then a voxel in it, so every lesion is centred as
+  often as any other, whatever its size;
 * augmentation (`data.augment.recipe`): "basic" draws cheap,
   label-preserving ones here, per patch (random flips per axis, intensity
   scale and shift, additive Gaussian noise); "nnunet" draws nnU-Net's in the
@@ -43,6 +49,7 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
+from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from preprocessing import lesion_labels
@@ -90,12 +97,46 @@ class Subject:
     """(image, lesion mask, flat lesion voxel indices), memory-mapped."""
     return _mapped(self.directory)
 
+  def lesions(self) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion voxels grouped by lesion (`lesion_components`)."""
+    return _lesion_components(self.directory)
+
 
 @functools.cache
 def _mapped(directory: str) -> tuple[np.ndarray, ...]:
   # Mapped once per process; a patch then faults in only its own pages.
   return tuple(np.load(os.path.join(directory, f"{name}.npy"), mmap_mode="r")
                for name in _DECODED_FILES)
+
+
+@functools.cache
+def _lesion_components(directory: str) -> tuple[np.ndarray, np.ndarray]:
+  # Labelled once per process and subject (a few ms for a 2 mm volume).
+  _, label, lesion = _mapped(directory)
+  return lesion_components(np.asarray(label) == lesion_labels.LESION,
+                           np.asarray(lesion))
+
+
+def lesion_components(mask: np.ndarray, lesion: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """The lesion voxels of `mask`, ordered by 26-connected component.
+
+  26-connected, as the lesion-wise metrics count lesions (WMH's rule).
+
+  Args:
+    mask: the binary lesion mask.
+    lesion: its flat (C order) lesion voxel indices, ascending.
+
+  Returns:
+    (the indices reordered so that each component's are contiguous,
+    offsets: component c holds entries offsets[c]:offsets[c + 1]).
+  """
+  labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim,
+                                                        dtype=bool))
+  component = labels.ravel()[lesion]
+  order = np.argsort(component, kind="stable")
+  offsets = np.searchsorted(component[order], np.arange(1, count + 2))
+  return lesion[order], offsets
 
 
 def decoded_subjects(source: Any,
@@ -185,7 +226,8 @@ class PatchSampler(grain.transforms.RandomMap):
 
   def __init__(self, patch_size: Sequence[int],
                augment: Mapping[str, Any] | None, slice_axis: int = 2,
-               cut_size: Sequence[int] | None = None):
+               cut_size: Sequence[int] | None = None,
+               foreground_sampling: str = "voxel"):
     """Initialises the sampler.
 
     Args:
@@ -197,18 +239,25 @@ class PatchSampler(grain.transforms.RandomMap):
       cut_size: cut this larger window, centred on the patch, instead (as
         many entries as patch_size, each exceeding it by an even number);
         None: the patch itself.
+      foreground_sampling: how a forced patch's lesion voxel is drawn,
+        "voxel" or "lesion" (`data.foreground_sampling`, module docstring).
     """
     self.patch_size = tuple(int(p) for p in patch_size)
     self.cut_size = tuple(int(c) for c in cut_size or patch_size)
     self.slice_axis = int(slice_axis)
     self.augment = dict(augment) if augment else None
+    self.by_lesion = foreground_sampling == "lesion"
 
   def random_map(self, element: PatchRequest,
                  rng: np.random.Generator) -> Batch:
     subject, force_fg = element.subject, element.force_foreground
     image, label, lesion = subject.volumes()
     patch3d, cut3d = self._slab(self.patch_size), self._slab(self.cut_size)
-    start = sample_patch_start(label.shape, lesion, patch3d, force_fg, rng)
+    offsets = None
+    if force_fg and self.by_lesion:
+      lesion, offsets = subject.lesions()
+    start = sample_patch_start(label.shape, lesion, patch3d, force_fg, rng,
+                               offsets)
     # The patch is placed (and foreground forced) as without the larger cut,
     # which surrounds it evenly.
     start = [s - (c - p) // 2 for s, c, p in zip(start, cut3d, patch3d)]
@@ -243,7 +292,9 @@ class PatchSampler(grain.transforms.RandomMap):
 
 def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
                        patch: Sequence[int], force_foreground: bool,
-                       rng: np.random.Generator) -> tuple[int, ...]:
+                       rng: np.random.Generator,
+                       lesion_offsets: np.ndarray | None = None
+                       ) -> tuple[int, ...]:
   """Chooses the patch's corner voxel.
 
   A patch larger than the volume along an axis is centred on it (the window
@@ -252,12 +303,16 @@ def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
 
   Args:
     shape: the volume's spatial shape.
-    lesion: flat (C order) indices of the lesion voxels, ascending.
+    lesion: flat (C order) indices of the lesion voxels: ascending, or
+      grouped by lesion with `lesion_offsets` (`lesion_components`).
     patch: patch shape.
     force_foreground: place the patch so that a uniformly chosen lesion voxel
       falls at a uniformly random position inside it (falls back to a random
       patch for a lesion-free subject).
     rng: the element's generator.
+    lesion_offsets: None: the lesion voxel is uniform over all of them;
+      else lesion c's voxels are lesion[offsets[c]:offsets[c + 1]], and a
+      lesion is drawn uniformly first, then a voxel in it.
 
   Returns:
     Start index per axis.
@@ -266,7 +321,13 @@ def sample_patch_start(shape: Sequence[int], lesion: np.ndarray,
   low = [-(n // 2) for n in need]
   high = [s + n // 2 + n % 2 - p for s, p, n in zip(shape, patch, need)]
   if force_foreground and lesion.size:
-    voxel = np.unravel_index(lesion[rng.integers(lesion.size)], shape)
+    if lesion_offsets is None:
+      chosen = rng.integers(lesion.size)
+    else:
+      c = rng.integers(lesion_offsets.size - 1)
+      chosen = lesion_offsets[c] + rng.integers(lesion_offsets[c + 1]
+                                                - lesion_offsets[c])
+    voxel = np.unravel_index(lesion[chosen], shape)
     return tuple(int(np.clip(v - rng.integers(p), lo, h))
                  for v, p, lo, h in zip(voxel, patch, low, high))
   return tuple(int(rng.integers(lo, h + 1)) for lo, h in zip(low, high))
@@ -340,7 +401,8 @@ def train_dataset(source: Any, data_config: ml_collections.ConfigDict,
       PatchSampler(data_config.patch_size,
                    augment.basic.to_dict() if augment.recipe == "basic"
                    else None, data_config.get("slice_axis", 2),
-                   augmentation_geometry.input_patch_size(data_config)),
+                   augmentation_geometry.input_patch_size(data_config),
+                   data_config.foreground_sampling),
       seed=seed)
 
   def global_element(i: int) -> int:

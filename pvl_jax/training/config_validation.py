@@ -62,6 +62,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f"must be in [0, {data.num_folds}) (got {data.fold})")
   _require(0.0 <= data.foreground_fraction <= 1.0, "data.foreground_fraction",
            f"must be in [0, 1] (got {data.foreground_fraction})")
+  _require(data.foreground_sampling in ("voxel", "lesion"),
+           "data.foreground_sampling",
+           f"must be 'voxel' or 'lesion' (got {data.foreground_sampling!r})")
   _require(data.num_workers >= 0, "data.num_workers", "must be >= 0")
   _require(data.max_train_subjects >= 0, "data.max_train_subjects",
            f"must be >= 0 (0: all; got {data.max_train_subjects})")
