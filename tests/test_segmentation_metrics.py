@@ -497,3 +497,40 @@ def test_ignore_overlapping_the_reference_is_refused():
   ignore[5, 5, 5] = True
   with pytest.raises(ValueError, match="ignore overlaps ref"):
     seg.evaluate_subject(pred, ref, (1, 1, 1), ignore=ignore)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_postprocessing_choice_equals_scoring_every_postprocessed_mask(seed):
+  # The choice scores candidates from component counts; here every
+  # candidate's masks are postprocessed and scored by the metrics
+  # themselves, and the best pair (F1, then Dice, then less postprocessing)
+  # must be the same, on random specks and blobs in a brain with a rim.
+  from pvl_jax.evaluation import postprocess_choice  # pylint: disable=g-import-not-at-top
+  from pvl_jax.inference import postprocess  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  preds, refs, depths = [], [], []
+  for _ in range(3):
+    brain = np.zeros((20, 20, 20), bool)
+    brain[1:19, 1:19, 1:19] = True
+    depth = postprocess.brain_depth(brain, (2.0, 2.0, 2.0))
+    ref = ndimage.binary_dilation(rng.random(brain.shape) < 0.004,
+                                  iterations=int(rng.integers(0, 2)))
+    pred = (ref & (rng.random(brain.shape) < 0.8)) | (
+        rng.random(brain.shape) < 0.01)
+    preds.append(pred & brain)
+    refs.append(ref & brain)
+    depths.append(depth)
+  brute = []
+  for depth_mm in postprocess_choice.DEPTH_CANDIDATES_MM:
+    for size in postprocess_choice.CANDIDATES_MM3:
+      choice = postprocess_choice.Choice(size, depth_mm)
+      kept = [postprocess_choice.apply(p, d, choice, 8.0)
+              for p, d in zip(preds, depths)]
+      f1 = np.nanmean([lesions.lesion_detection(k, r)["f1"]
+                       for k, r in zip(kept, refs)])
+      dice = np.mean([seg.dice(k, r) for k, r in zip(kept, refs)])
+      # Less postprocessing first among equals: max keeps the first.
+      brute.append(((round(f1, 9), round(dice, 9)), -depth_mm, -size,
+                    choice))
+  expected = max(brute, key=lambda b: b[:3])[3]
+  assert postprocess_choice.choose(preds, refs, depths, 8.0) == expected

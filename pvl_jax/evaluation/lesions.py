@@ -78,8 +78,14 @@ def lesion_detection(pred: ArrayLike, ref: ArrayLike) -> dict[str, float]:
   pred, ref = masks.as_binary_pair(pred, ref)
   ref_labels, n_ref = _components(ref)
   pred_labels, n_pred = _components(pred)
-  n_ref_detected = int(_overlaps(ref_labels, n_ref, pred).sum())
-  n_pred_correct = int(_overlaps(pred_labels, n_pred, ref).sum())
+  return detection_scores(n_ref, n_pred,
+                          int(_overlaps(ref_labels, n_ref, pred).sum()),
+                          int(_overlaps(pred_labels, n_pred, ref).sum()))
+
+
+def detection_scores(n_ref: int, n_pred: int, n_ref_detected: int,
+                     n_pred_correct: int) -> dict[str, float]:
+  """`lesion_detection`'s dict from its four lesion counts."""
   if n_ref == 0 and n_pred == 0:
     recall = precision = f1 = 1.0
   else:

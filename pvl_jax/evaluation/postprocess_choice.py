@@ -28,9 +28,9 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy import ndimage
 
 from pvl_jax.evaluation import lesions
-from pvl_jax.evaluation import segmentation
 from pvl_jax.inference import postprocess
 
 # Candidate minimum lesion volumes in mm^3 (0 = none): at 2 mm (8 mm^3 a
@@ -77,6 +77,12 @@ def choose(predictions: Sequence[np.ndarray],
            ) -> Choice:
   """The candidate pair with the best validation lesion F1.
 
+  Both rules remove whole components, so every candidate's masks are a
+  selection of the same components: each subject's components are labelled
+  once (`_Components`) and each candidate scored from their counts, with
+  the figures `lesions.lesion_detection` and `segmentation.dice` give on the
+  postprocessed masks.
+
   Args:
     predictions: predicted binary masks of the validation subjects.
     references: their reference masks.
@@ -89,6 +95,8 @@ def choose(predictions: Sequence[np.ndarray],
     The chosen pair (ties: higher mean Dice, then the thinner shell, then
     the smaller volume).
   """
+  subjects = [_Components(p, r, d)
+              for p, r, d in zip(predictions, references, depths)]
   best, best_score = Choice(0.0, 0.0), None
   for depth_mm in sorted(float(d) for d in depth_candidates_mm):
     tried = set()
@@ -97,16 +105,46 @@ def choose(predictions: Sequence[np.ndarray],
       if voxels in tried:  # the same masks as a smaller candidate
         continue
       tried.add(voxels)
-      choice = Choice(size_mm3, depth_mm)
-      kept = [apply(p, d, choice, voxel_mm3)
-              for p, d in zip(predictions, depths)]
-      score = (float(np.nanmean([lesions.lesion_detection(k, r)["f1"]
-                                 for k, r in zip(kept, references)])),
-               float(np.mean([segmentation.dice(k, r)
-                              for k, r in zip(kept, references)])))
+      scores = [s.score(voxels, depth_mm) for s in subjects]
+      score = (float(np.nanmean([f1 for f1, _ in scores])),
+               float(np.mean([dice for _, dice in scores])))
       if best_score is None or _better(score, best_score):
-        best, best_score = choice, score
+        best, best_score = Choice(size_mm3, depth_mm), score
   return best
+
+
+class _Components:
+  """One subject's predicted components, for scoring their selections."""
+
+  def __init__(self, prediction: np.ndarray, reference: np.ndarray,
+               depth: np.ndarray):
+    reference = np.asarray(reference, bool)
+    labels, count = postprocess.components(prediction)
+    index = np.arange(1, count + 1)
+    self.sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    self.deepest = np.asarray(ndimage.maximum(depth, labels, index)
+                              if count else np.zeros(0))
+    # Voxels of each component inside the reference, and which reference
+    # lesions each overlaps (pairs of labels sharing a voxel).
+    self.inside = np.bincount(labels[reference], minlength=count + 1)[1:]
+    ref_labels, self.n_ref = postprocess.components(reference)
+    both = (ref_labels > 0) & (labels > 0)
+    self.pairs = np.unique(np.stack([ref_labels[both], labels[both]]),
+                           axis=1)
+    self.ref_voxels = int(reference.sum())
+
+  def score(self, min_voxels_kept: int, min_depth_mm: float
+            ) -> tuple[float, float]:
+    """(lesion F1, Dice) of the mask after the candidate's postprocessing."""
+    keep = self.sizes >= max(min_voxels_kept, 1)
+    if min_depth_mm > 0:
+      keep &= self.deepest >= min_depth_mm
+    detected = np.unique(self.pairs[0][keep[self.pairs[1] - 1]]).size
+    f1 = lesions.detection_scores(self.n_ref, int(keep.sum()), detected,
+                                  int((keep & (self.inside > 0)).sum()))["f1"]
+    total = int(self.sizes[keep].sum()) + self.ref_voxels
+    dice = 2 * int(self.inside[keep].sum()) / total if total else 1.0
+    return f1, dice
 
 
 def _better(score: tuple[float, float], best: tuple[float, float]) -> bool:
