@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from configs import joint
+from pvl_jax.data import decoded_subjects
 from pvl_jax.data import input_pipeline
 from pvl_jax.training import augmentation_basic
 
@@ -75,7 +76,7 @@ def test_workers_build_the_same_batches_and_resume_with_any_count(
   # fail: the main process only receives finished batches.
   def not_here(*args):
     raise AssertionError("a patch was cut in the main process")
-  monkeypatch.setattr(input_pipeline, "_mapped", not_here)
+  monkeypatch.setattr(decoded_subjects, "_mapped", not_here)
   with_workers = [next(it) for _ in range(3)]
   state = it.get_state()
   it.close()
@@ -120,7 +121,7 @@ def test_resumes_from_states_of_the_previous_pipeline(tiny_builder, state):
 
 def test_records_are_decoded_once(tiny_builder, monkeypatch):
   source = tiny_builder.as_data_source("fold0+fold1")
-  subjects = input_pipeline.decoded_subjects(source)
+  subjects = decoded_subjects.decoded_subjects(source)
   assert [s.index for s in subjects] == list(range(len(source)))
   record = source[1]
   image, label, lesion = subjects[1].volumes()
@@ -132,7 +133,7 @@ def test_records_are_decoded_once(tiny_builder, monkeypatch):
   # a volume again.
   def no_decoding(*args):
     raise AssertionError("a record was decoded again")
-  monkeypatch.setattr(input_pipeline, "_decode", no_decoding)
+  monkeypatch.setattr(decoded_subjects, "_decode", no_decoding)
   _take(input_pipeline.train_dataset(source, _data_config(), 4, 0), 3)
   input_pipeline.fixed_patches(source, _data_config(), 4, 2, seed=1)
 
@@ -198,10 +199,10 @@ def test_2d_patches_are_cut_across_the_slice_axis(tmp_path):
   volume = np.random.default_rng(1).normal(size=(6, 7, 8, 1)).astype(
       np.float32)
   label = np.zeros((6, 7, 8), np.uint8)
-  for name, array in zip(input_pipeline._DECODED_FILES,
+  for name, array in zip(decoded_subjects._DECODED_FILES,
                          (volume, label, np.flatnonzero(label))):
     np.save(tmp_path / f"{name}.npy", array)
-  subject = input_pipeline.Subject(0, 1, str(tmp_path), (0, 0, 0))
+  subject = decoded_subjects.Subject(0, 1, str(tmp_path), (0, 0, 0))
   sampler = input_pipeline.PatchSampler((7, 8), None, slice_axis=0)
   patch = sampler.random_map(input_pipeline.PatchRequest(subject, False),
                              np.random.default_rng(2))
@@ -244,7 +245,7 @@ def test_lesion_components_group_voxels_by_26_connected_lesion():
   mask[0, 0, 0] = mask[1, 1, 1] = True  # diagonal neighbours: one lesion
   mask[4, 4, 4:6] = True
   lesion = np.flatnonzero(mask)
-  grouped, offsets = input_pipeline.lesion_components(mask, lesion)
+  grouped, offsets = decoded_subjects.lesion_components(mask, lesion)
   np.testing.assert_array_equal(offsets, [0, 2, 4])
   assert sorted(grouped.tolist()) == lesion.tolist()
   first = {np.ravel_multi_index(v, mask.shape) for v in [(0, 0, 0), (1, 1, 1)]}
@@ -260,7 +261,7 @@ def test_lesion_sampling_centres_small_lesions_as_often_as_large_ones():
   mask[2, 2, 2] = False
   mask[35, 35, 35] = True
   lesion = np.flatnonzero(mask)
-  grouped, offsets = input_pipeline.lesion_components(mask, lesion)
+  grouped, offsets = decoded_subjects.lesion_components(mask, lesion)
   rng = np.random.default_rng(0)
   patch = (8, 8, 8)
 

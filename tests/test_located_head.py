@@ -8,7 +8,7 @@ from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
 from preprocessing.io.errors import InputError
-from pvl_jax.data import input_pipeline
+from pvl_jax.data import decoded_subjects
 from pvl_jax.data import template_blocks
 from pvl_jax.data import template_position
 from pvl_jax.handfunction import block_features
@@ -96,10 +96,10 @@ def _decoded(tmp_path, masks, origins):
     directory = tmp_path / f"s{i}"
     directory.mkdir()
     image = np.ones(crop.shape + (1,), np.float32)
-    for name, array in zip(input_pipeline._DECODED_FILES,
+    for name, array in zip(decoded_subjects._DECODED_FILES,
                            (image, crop, np.flatnonzero(crop == 1))):
       np.save(directory / f"{name}.npy", array)
-    subjects.append(input_pipeline.Subject(i, i % 2, str(directory), origin))
+    subjects.append(decoded_subjects.Subject(i, i % 2, str(directory), origin))
   return subjects
 
 
@@ -150,7 +150,7 @@ def test_a_subject_without_brain_is_refused_by_name(tmp_path):
   subjects = _decoded(tmp_path, masks, [(0, 0, 0)] * 2)
   np.save(tmp_path / "s1" / "image.npy",
           np.zeros(_TEMPLATE + (1,), np.float32))
-  input_pipeline._mapped.cache_clear()
+  decoded_subjects._mapped.cache_clear()
   with pytest.raises(InputError, match="sub-b: no brain voxel"):
     template_blocks.lesion_frequency_mask(subjects, _TEMPLATE, _BLOCK,
                                           ["sub-a", "sub-b"])

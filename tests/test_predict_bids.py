@@ -147,7 +147,7 @@ def test_a_bids_dataset_becomes_a_derivatives_dataset(
     assert sidecar["Sources"] == [f"bids:raw:{folder}/{scan_path.name}"]
     assert sidecar["Threshold"] == 0.5
     assert set(sidecar["Postprocessing"]) == {"MinComponentVoxels",
-                                              "ChosenOn"}
+                                              "MinDepthMm", "ChosenOn"}
     assert sidecar["ModelRun"] == generated["ModelRun"]
     assert sidecar["HandFunction"]["ProbabilityBad"] == pytest.approx(0.7)
     assert sidecar["QCWarnings"] == []

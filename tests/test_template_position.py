@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import joint
+from pvl_jax.data import decoded_subjects
 from pvl_jax.data import input_pipeline
 from pvl_jax.data import template_position
 from pvl_jax.training import augmentation
@@ -24,16 +25,16 @@ _TEMPLATE = tuple(o + c + 3 for o, c in zip(_ORIGIN, _CROPPED))
 _BLOCK = 4
 
 
-def _coordinate_subject(tmp_path) -> input_pipeline.Subject:
+def _coordinate_subject(tmp_path) -> decoded_subjects.Subject:
   """A decoded subject whose channel k is its voxels' template axis k."""
   grid = np.stack(np.meshgrid(*[np.arange(n) for n in _CROPPED],
                               indexing="ij"), axis=-1)
   image = (grid + np.array(_ORIGIN) + _OFFSET).astype(np.float32)
   label = np.zeros(_CROPPED, np.uint8)
-  for name, array in zip(input_pipeline._DECODED_FILES,
+  for name, array in zip(decoded_subjects._DECODED_FILES,
                          (image, label, np.flatnonzero(label))):
     np.save(tmp_path / f"{name}.npy", array)
-  return input_pipeline.Subject(0, 1, str(tmp_path), _ORIGIN)
+  return decoded_subjects.Subject(0, 1, str(tmp_path), _ORIGIN)
 
 
 def _flat_block(coordinates: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from preprocessing import normalize
 from preprocessing.io.errors import InputError
-from pvl_jax.data import input_pipeline
+from pvl_jax.data import decoded_subjects
 from pvl_jax.data import records
 from pvl_jax.data import template_grid as template_grid_lib
 from pvl_jax.data import template_position
@@ -100,7 +100,7 @@ def _original_grid(header: dict[str, Any]) -> tuple[tuple[int, ...],
               header["crop_start"], np.int64))))
 
 
-def _template_voxels(flat: np.ndarray, subject: input_pipeline.Subject,
+def _template_voxels(flat: np.ndarray, subject: decoded_subjects.Subject,
                      cropped_shape: Sequence[int]) -> np.ndarray:
   """Template voxel coordinates (n, 3) of flat indices of a cropped volume."""
   return np.stack(np.unravel_index(flat, cropped_shape), axis=1) + np.asarray(
@@ -113,7 +113,7 @@ def _flat_blocks(voxels: np.ndarray, shape: Sequence[int],
       tuple((voxels // block).T), template_position.block_grid(shape, block))
 
 
-def lesion_frequency_mask(subjects: Sequence[input_pipeline.Subject],
+def lesion_frequency_mask(subjects: Sequence[decoded_subjects.Subject],
                           shape: Sequence[int], block: int,
                           subject_ids: Sequence[str]) -> np.ndarray:
   """1 for the blocks some training subject has a lesion voxel in, else 0.

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from pvl_jax.data import input_pipeline
+from pvl_jax.data import decoded_subjects
 from pvl_jax.data import records
 from pvl_jax.data import template_blocks
 from pvl_jax.data import template_grid
@@ -79,7 +79,7 @@ def initial_memory(source: Any, settings: LocatedSettings,
   Raises:
     InputError: a training subject without brain voxels.
   """
-  subjects = input_pipeline.decoded_subjects(source, template)
+  subjects = decoded_subjects.decoded_subjects(source, template)
   mask = template_blocks.lesion_frequency_mask(
       subjects, settings.template_shape, settings.block,
       records.subject_ids(source))
