@@ -14,6 +14,7 @@ import pytest
 from configs import joint
 from pvl_jax.evaluation import evaluate_run
 from pvl_jax.inference import sliding_window
+from pvl_jax.inference import trained_run
 from pvl_jax.models import unet
 
 
@@ -321,3 +322,29 @@ def test_predict_split_records_inference_seconds():
   assert results["inference_s_mean_after_first"] == pytest.approx(
       np.mean(seconds[1:]))
   assert "inference_s_std" not in results  # not aggregated as a metric
+
+
+def test_a_trained_run_applies_both_postprocessing_rules(monkeypatch):
+  # The run's choices (results.json) act on new scans: a component at the
+  # brain's rim and a 1-voxel speck go, a deep lesion stays; what goes gets
+  # probability 0, so that mask = probability > 0.5 as written.
+  brain = np.zeros((20, 20, 20), bool)
+  brain[2:18, 2:18, 2:18] = True
+  probs = np.zeros(brain.shape, np.float32)
+  probs[9:12, 9:12, 9:12] = 0.9   # deep lesion
+  probs[2, 9:12, 9:12] = 0.8      # the rim: the outermost brain layer
+  probs[5, 14, 5] = 0.7           # a 1-voxel speck, 6 mm deep
+  monkeypatch.setattr(sliding_window, "predict_volume",
+                      lambda *args, **kwargs: (probs.copy(), 0.0))
+  config = joint.get_config("demo")  # 2 mm template: the rim is 2 mm deep
+
+  def run(voxels, depth_mm):
+    return trained_run.TrainedRun(config=config, step=1, window_fn=None,
+                                  min_component_voxels=voxels,
+                                  min_depth_mm=depth_mm, cls_threshold=None)
+
+  kept, _ = run(2, 4.0).predict(probs[..., None], brain, (0, 0, 0))
+  np.testing.assert_array_equal(kept > 0.5, probs > 0.85)
+  assert kept[10, 10, 10] == pytest.approx(0.9)
+  kept, _ = run(0, 0.0).predict(probs[..., None], brain, (0, 0, 0))
+  np.testing.assert_array_equal(kept, probs)
