@@ -134,9 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "located": logistic regression on the lesion probability's template
   # blocks of cls_block^3 voxels (4: 8 mm at 2 mm), read from a per-subject
   # memory of the whole brain (pvl_jax/models/located_head.py); its weights
-  # get cls_readout_l2 * |w|^2 added to L_cls.
+  # get cls_readout_l2 * |w|^2 added to L_cls, -1: chosen on the training
+  # split's reference masks like the baseline's C
+  # (pvl_jax/training/readout_penalty.py; config.json keeps the value).
   config.model.cls_block = 4
-  config.model.cls_readout_l2 = 1e-3
+  config.model.cls_readout_l2 = -1.0
   # The template grid the blocks tile (shape, and the 4x4 voxel-to-world
   # affine that places every record and new scan in it); not set by hand:
   # prepare_run fills them in from the cohort (config.json keeps them for

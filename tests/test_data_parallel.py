@@ -66,6 +66,7 @@ LOCATED_SCRIPT = textwrap.dedent("""
     config.data.patch_size = (16, 16, 16)
     config.model.features = (4, 8, 16)
     config.model.cls_head = "located"
+    config.model.cls_readout_l2 = 1e-3
     config.model.cls_template_shape = (24, 20, 16)
     config.batch_size = 4
     settings = located_step.LocatedSettings.from_config(config)

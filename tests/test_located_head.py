@@ -127,9 +127,11 @@ def test_reference_masks_give_the_baselines_matrix_features(tmp_path):
   flat = sparse.csr_matrix(masks.reshape(12, -1).astype(np.float32))
   blocks = average.transform(flat)
   frequency = block_features.MinLesionFrequency(0.0).fit(blocks)
-  mask = template_blocks.lesion_frequency_mask(
+  reference_fractions = template_blocks.lesion_block_fractions(
       _decoded(tmp_path, masks, origins), _TEMPLATE, _BLOCK,
       [f"s{i}" for i in range(12)])
+  np.testing.assert_allclose(reference_fractions, blocks.toarray(), atol=1e-7)
+  mask = template_blocks.lesion_frequency_mask(reference_fractions)
   np.testing.assert_array_equal(np.flatnonzero(mask), frequency.kept_)
 
   features = frequency.transform(blocks)
@@ -152,5 +154,5 @@ def test_a_subject_without_brain_is_refused_by_name(tmp_path):
           np.zeros(_TEMPLATE + (1,), np.float32))
   decoded_subjects._mapped.cache_clear()
   with pytest.raises(InputError, match="sub-b: no brain voxel"):
-    template_blocks.lesion_frequency_mask(subjects, _TEMPLATE, _BLOCK,
-                                          ["sub-a", "sub-b"])
+    template_blocks.lesion_block_fractions(subjects, _TEMPLATE, _BLOCK,
+                                           ["sub-a", "sub-b"])

@@ -21,6 +21,7 @@ from pvl_jax.data import template_grid
 from pvl_jax.inference import native_space
 from pvl_jax.inference import sliding_window
 from pvl_jax.inference import trained_run
+from pvl_jax.training import readout_penalty
 from pvl_jax.training import train
 from tests.conftest import TINY_AFFINE
 from tests.conftest import TINY_SHAPE
@@ -32,6 +33,8 @@ def _config(cohort, cache):
   config = tiny_config(cohort, cache, r=1.0)
   config.model.cls_head = "located"
   config.model.cls_block = 4
+  # The tiny cohort has too few subjects to choose it (tested below).
+  config.model.cls_readout_l2 = 1e-3
   return config
 
 
@@ -268,3 +271,30 @@ def test_crops_of_one_lattice_give_their_bounding_box(tmp_path):
     grid = template_grid.TemplateGrid.from_config(model)
     assert grid.shape == (30, 32, 24)
     np.testing.assert_allclose(grid.affine, box, atol=1e-5)
+
+
+def test_readout_penalty_is_chosen_on_the_training_split(tmp_path):
+  """-1: chosen on the training split and kept in config.json."""
+  config = _config(write_tiny_cohort(tmp_path / "cohort", num_subjects=30),
+                   tmp_path / "cache")
+  config.model.cls_readout_l2 = -1.0
+  prepared, sources = train.prepare_run(config, tmp_path / "run")
+  labels = np.array([sources["train"][i]["hand_function"]
+                     for i in range(len(sources["train"]))])
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert saved["model"]["cls_readout_l2"] == prepared.model.cls_readout_l2
+  c = 1 / (2 * prepared.model.cls_readout_l2 * np.sum(labels >= 0))
+  assert min(abs(np.log10(c / g)) for g in readout_penalty.C_GRID) < 1e-9
+
+
+def test_readout_penalty_choice_needs_labelled_subjects(tiny_cohort, tmp_path):
+  config = _config(tiny_cohort, tmp_path / "cache")
+  config.model.cls_readout_l2 = -1.0
+  with pytest.raises(InputError, match=r"model.cls_readout_l2=-1 chooses the "
+                     r"read-out penalty by 5-fold CV on the training split"):
+    train.prepare_run(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "config.json").exists()
+  # With r = 0 the head is not trained: nothing to choose.
+  config.r = 0.0
+  prepared, _ = train.prepare_run(config, tmp_path / "run0")
+  assert prepared.model.cls_readout_l2 == 0.0

@@ -22,6 +22,7 @@ def _config(recipe="basic"):
   config = joint.get_config("demo")
   config.r = 1.0
   config.model.cls_head = "located"
+  config.model.cls_readout_l2 = 1e-3
   config.model.features = (4, 8)
   config.model.strides = ((1, 1, 1), (2, 2, 2))
   config.model.kernel_sizes = ((3, 3, 3),) * 2

@@ -113,13 +113,15 @@ def _flat_blocks(voxels: np.ndarray, shape: Sequence[int],
       tuple((voxels // block).T), template_position.block_grid(shape, block))
 
 
-def lesion_frequency_mask(subjects: Sequence[decoded_subjects.Subject],
-                          shape: Sequence[int], block: int,
-                          subject_ids: Sequence[str]) -> np.ndarray:
-  """1 for the blocks some training subject has a lesion voxel in, else 0.
+def lesion_block_fractions(subjects: Sequence[decoded_subjects.Subject],
+                           shape: Sequence[int], block: int,
+                           subject_ids: Sequence[str]) -> np.ndarray:
+  """Each subject's lesion fraction per template block, (subjects, blocks).
 
-  The baseline's `MinLesionFrequency(min_fraction=0)` on the same blocks: a
-  block no training subject has a lesion in carries no information.
+  The located head's input with the reference masks in place of the
+  network's map (`located_head.whole_volume_fractions`): lesion voxels of
+  the block over its `block`^3 voxels, template voxels outside the record
+  counting as no lesion; the baseline's `BlockAverage` on the same blocks.
 
   Args:
     subjects: the training split's decoded subjects.
@@ -129,16 +131,29 @@ def lesion_frequency_mask(subjects: Sequence[decoded_subjects.Subject],
 
   Raises:
     InputError: a subject has no brain voxel (its image is zero
-      everywhere), so its row could never hold anything.
+      everywhere), so the head could never read anything of it.
   """
-  mask = np.zeros(int(np.prod(template_position.block_grid(shape, block))),
-                  np.float32)
-  for subject, subject_id in zip(subjects, subject_ids):
+  num_blocks = int(np.prod(template_position.block_grid(shape, block)))
+  fractions = np.zeros((len(subjects), num_blocks), np.float32)
+  for row, subject, subject_id in zip(fractions, subjects, subject_ids):
     image, label, lesion = subject.volumes()
     if not np.any(image):
       raise InputError(
           f"{subject_id}: no brain voxel in any template block (its image is "
           "zero everywhere); model.cls_head='located' cannot read it")
     voxels = _template_voxels(lesion, subject, label.shape)
-    mask[_flat_blocks(voxels, shape, block)] = 1
-  return mask
+    row[:] = np.bincount(_flat_blocks(voxels, shape, block),
+                         minlength=num_blocks) / block ** 3
+  return fractions
+
+
+def lesion_frequency_mask(fractions: np.ndarray) -> np.ndarray:
+  """1 for the blocks some training subject has a lesion voxel in, else 0.
+
+  The baseline's `MinLesionFrequency(min_fraction=0)` on the same blocks: a
+  block no training subject has a lesion in carries no information.
+
+  Args:
+    fractions: the training split's `lesion_block_fractions`.
+  """
+  return np.any(fractions > 0, axis=0).astype(np.float32)

@@ -11,6 +11,7 @@ from preprocessing.io.errors import InputError
 from pvl_jax.data import bags
 from pvl_jax.planning import config_plan
 from pvl_jax.training import losses
+from pvl_jax.training import readout_penalty
 
 
 # config.platform values: "" accepts whatever JAX finds.
@@ -121,8 +122,10 @@ def _validate_cls_head(config: ml_collections.ConfigDict) -> None:
              "'located' reads 3D template blocks; a 2D model has none")
     _require(config.model.cls_block >= 1, "model.cls_block",
              f"must be >= 1 voxel (got {config.model.cls_block})")
-    _require(config.model.cls_readout_l2 >= 0, "model.cls_readout_l2",
-             f"must be >= 0 (got {config.model.cls_readout_l2})")
+    l2 = config.model.cls_readout_l2
+    _require(l2 >= 0 or readout_penalty.is_chosen(l2), "model.cls_readout_l2",
+             f"must be >= 0, or {readout_penalty.CHOOSE:g} to choose it on "
+             f"the training split (got {l2})")
 
 
 def _validate_batch_and_topology(config: ml_collections.ConfigDict) -> None:

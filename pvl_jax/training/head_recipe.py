@@ -10,6 +10,7 @@ every head.
 """
 
 from collections.abc import Callable
+import logging
 from typing import Any
 
 import jax
@@ -24,8 +25,11 @@ from pvl_jax.models import unet
 from pvl_jax.training import augmentation
 from pvl_jax.training import located_step
 from pvl_jax.training import losses
+from pvl_jax.training import readout_penalty
 from pvl_jax.training import steps
 from pvl_jax.training import whole_scan_validation
+
+log = logging.getLogger(__name__)
 
 
 def is_located(config: ml_collections.ConfigDict) -> bool:
@@ -69,6 +73,35 @@ def whole_scans(config: ml_collections.ConfigDict, model: unet.UNet,
   if not is_located(config) or config.r == 0:
     return None
   return whole_scan_validation.WholeScanValidation(model, validation, config)
+
+
+def with_readout_penalty(config: ml_collections.ConfigDict, train_source: Any
+                         ) -> ml_collections.ConfigDict:
+  """The config with the located head's read-out L2 chosen, if asked.
+
+  `model.cls_readout_l2 = -1` (`readout_penalty.CHOOSE`) is replaced by the
+  value chosen on the training split's reference masks
+  (`readout_penalty.choose`); with r = 0 the head is not trained, so 0.
+  `config` must hold the template grid (`model.cls_template_shape`).
+
+  Raises:
+    InputError: too few labelled training subjects to choose.
+  """
+  if not (is_located(config) and
+          readout_penalty.is_chosen(config.model.cls_readout_l2)):
+    return config
+  config = config.copy_and_resolve_references()
+  if config.r == 0:
+    config.model.cls_readout_l2 = 0.0
+    return config
+  fractions, labels = located_step.reference_fractions(
+      train_source, tuple(int(n) for n in config.model.cls_template_shape),
+      int(config.model.cls_block),
+      template_grid.TemplateGrid.from_config(config.model))
+  penalty = readout_penalty.choose(fractions, labels, config.seed)
+  log.info("%s", readout_penalty.describe(penalty))
+  config.model.cls_readout_l2 = penalty.l2
+  return config
 
 
 def initial_train_state(config: ml_collections.ConfigDict, model: unet.UNet,

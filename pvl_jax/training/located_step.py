@@ -17,6 +17,7 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from pvl_jax.data import decoded_subjects
@@ -27,6 +28,7 @@ from pvl_jax.data import template_position
 from pvl_jax.models import located_head
 from pvl_jax.models import unet
 from pvl_jax.training import losses
+from pvl_jax.training import readout_penalty
 from pvl_jax.training import steps
 
 Batch = dict[str, jax.Array]
@@ -54,7 +56,15 @@ class LocatedSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict
                   ) -> "LocatedSettings":
-    """From `model.cls_template_shape` (`train.prepare_run` sets it)."""
+    """From `model.cls_template_shape` (`train.prepare_run` sets it).
+
+    Raises:
+      ValueError: `model.cls_readout_l2` still asks for its choice, which
+        `train.prepare_run` makes (`head_recipe.with_readout_penalty`).
+    """
+    if readout_penalty.is_chosen(config.model.cls_readout_l2):
+      raise ValueError("model.cls_readout_l2 = -1 is chosen by "
+                       "train.prepare_run before the head is built")
     return cls(tuple(int(n) for n in config.model.cls_template_shape),
                int(config.model.cls_block),
                float(config.model.cls_readout_l2))
@@ -64,26 +74,45 @@ class LocatedTrainState(train_state.TrainState):
   memory: located_head.LocatedMemory
 
 
-def initial_memory(source: Any, settings: LocatedSettings,
-                   template: template_grid.TemplateGrid | None
-                   ) -> located_head.LocatedMemory:
-  """An empty memory for the training split and its lesion-frequency mask.
+def reference_fractions(source: Any, template_shape: tuple[int, ...],
+                        block: int,
+                        template: template_grid.TemplateGrid | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """The training split's reference-mask block fractions and labels.
 
   Args:
     source: the training split.
-    settings: the head's.
-    template: the grid of `settings.template_shape` that the records lie
+    template_shape: the template grid's (`model.cls_template_shape`).
+    block: block edge in template voxels (`model.cls_block`).
+    template: the grid of `template_shape` that the records lie
       in (`model.cls_template_affine`); None: the grid they were cropped
       from (`template_grid.record_origin`).
+
+  Returns:
+    ((subjects, blocks) `template_blocks.lesion_block_fractions`, (subjects,)
+    hand function, -1 where unlabelled).
 
   Raises:
     InputError: a training subject without brain voxels.
   """
   subjects = decoded_subjects.decoded_subjects(source, template)
-  mask = template_blocks.lesion_frequency_mask(
-      subjects, settings.template_shape, settings.block,
-      records.subject_ids(source))
-  return located_head.LocatedMemory.create(len(subjects), jnp.asarray(mask))
+  fractions = template_blocks.lesion_block_fractions(
+      subjects, template_shape, block, records.subject_ids(source))
+  return fractions, np.array([s.hand_function for s in subjects])
+
+
+def initial_memory(source: Any, settings: LocatedSettings,
+                   template: template_grid.TemplateGrid | None
+                   ) -> located_head.LocatedMemory:
+  """An empty memory for the training split and its lesion-frequency mask.
+
+  Arguments and errors as `reference_fractions`', the grid and block the
+  head's `settings`.
+  """
+  fractions, _ = reference_fractions(source, settings.template_shape,
+                                     settings.block, template)
+  mask = template_blocks.lesion_frequency_mask(fractions)
+  return located_head.LocatedMemory.create(len(fractions), jnp.asarray(mask))
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,

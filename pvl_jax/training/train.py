@@ -76,6 +76,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | Path
         sources, dataset.pipeline_template_grid(config))
     config.model.cls_template_shape = grid.shape
     config.model.cls_template_affine = grid.affine
+    config = head_recipe.with_readout_penalty(config, sources["train"])
   if jax.process_index() == 0:
     atomic_write_text(workdir / "config.json",
                       config.to_json_best_effort(indent=2))
