@@ -24,6 +24,7 @@ from preprocessing.synthetic import anatomy
 from preprocessing.synthetic import cohort as cohort_lib
 from preprocessing.synthetic import lesions
 from preprocessing.synthetic import subject as subject_lib
+from preprocessing.synthetic import params as params_lib
 from preprocessing.synthetic.params import CohortParams
 
 NUM_SUBJECTS = 3
@@ -361,3 +362,25 @@ def test_raw_same_seed_same_bytes_through_the_cli(raw_cohort, tmp_path):
     assert one[name] == both[name], name
   rows = (raw_cohort / "participants.tsv").read_text().splitlines()
   assert (out / "participants.tsv").read_text().splitlines() == rows[:2]
+
+
+def test_the_label_region_moves_only_when_asked():
+  """label_roi_centres_mm moves the region whose lesions decide the label."""
+  moved = CohortParams(label_roi_centres_mm=((30.0, -50.0, 8.0),
+                                             (-30.0, -50.0, 8.0)))
+  template = anatomy.load_template(2)
+  motor = lesions.motor_roi(template)
+  elsewhere = lesions.motor_roi(template, moved.label_roi_centres_mm)
+  assert motor.sum() > 100 and elsewhere.sum() > 100
+  assert not np.any(motor & elsewhere)
+  seed = np.random.SeedSequence(3)
+  default = subject_lib.generate_subject(CohortParams(), seed)
+  assert default["motor_ml"] == pytest.approx(
+      (default["lesion"].astype(bool) & motor).sum() * 0.008)
+  subject = subject_lib.generate_subject(moved, seed)
+  assert subject["motor_ml"] == pytest.approx(
+      (subject["lesion"].astype(bool) & elsewhere).sum() * 0.008)
+  # Cached cohorts keep their keys: the new field at its default stays out.
+  assert "label_roi_centres_mm" not in params_lib.identity(CohortParams())
+  assert params_lib.identity(moved)["label_roi_centres_mm"] == (
+      moved.label_roi_centres_mm)

@@ -138,7 +138,7 @@ def generate_cohort(
         json.dumps({
             "version": GENERATOR_VERSION, "seed": seed,
             "num_subjects": num_subjects, "params": dataclasses.asdict(params),
-            "motor_roi": {"centres_mm": lesions.MOTOR_ROI_CENTRES_MM,
+            "motor_roi": {"centres_mm": params.label_roi_centres_mm,
                           "radii_mm": lesions.MOTOR_ROI_RADII_MM},
             "label_model": "P(bad) = sigmoid(label_slope * (log(motor_ml + "
                            "0.01) - log(label_threshold_ml)))",

@@ -12,14 +12,19 @@ from preprocessing.synthetic.anatomy import Anatomy
 from preprocessing.synthetic.anatomy import Template
 from preprocessing.synthetic.params import CohortParams
 
-MOTOR_ROI_CENTRES_MM = ((24.0, -22.0, 24.0), (-24.0, -22.0, 24.0))
 MOTOR_ROI_RADII_MM = (10.0, 16.0, 12.0)
 
 
-def motor_roi(template: Template) -> np.ndarray:
-  """The motor ROI (boolean, template grid): both ellipsoids, in the brain."""
+def motor_roi(template: Template,
+              centres_mm: tuple[tuple[float, float, float], ...] = (
+                  CohortParams.label_roi_centres_mm)) -> np.ndarray:
+  """The label's ROI (boolean, template grid): its ellipsoids, in the brain.
+
+  The motor ROI unless `centres_mm` (`CohortParams.label_roi_centres_mm`)
+  moves it.
+  """
   roi = np.zeros(template.brain.shape, bool)
-  for centre in MOTOR_ROI_CENTRES_MM:
+  for centre in centres_mm:
     roi |= (((template.mm - centre) / MOTOR_ROI_RADII_MM) ** 2).sum(-1) < 1
   return roi & template.brain
 
@@ -53,7 +58,8 @@ def place_lesions(rng: np.random.Generator, params: CohortParams,
   # bodies beside the corticospinal tract) and the motor ROI itself vary a
   # lot between subjects, which is what makes hand function vary.
   y = template.mm[..., 1].reshape(-1)[candidates]
-  in_motor = motor_roi(template).reshape(-1)[candidates]
+  in_motor = motor_roi(template, params.label_roi_centres_mm).reshape(-1)[
+      candidates]
   posterior = rng.uniform(0.0, 3.0)
   affinity = (rng.uniform(*params.motor_affinity)
               if rng.random() < params.motor_involvement else 0.0)

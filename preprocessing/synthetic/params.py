@@ -42,6 +42,11 @@ class CohortParams:
       probability 0.5.
     label_slope: steepness of the label model in log-volume units; smaller
       means noisier labels.
+    label_roi_centres_mm: centres (template mm) of the ellipsoids whose
+      lesion volume decides the label and that motor-involved subjects'
+      lesions favour; the default is the motor ROI beside the
+      corticospinal tract. Moving it gives a cohort whose labels depend on
+      lesions elsewhere (a check that a classifier learns its region).
   """
   resolution_mm: int = 2
   deform_mm: float = 3.0
@@ -63,6 +68,20 @@ class CohortParams:
   noise_level: tuple[float, float] = (0.04, 0.08)
   label_threshold_ml: float = 0.3
   label_slope: float = 3.0
+  label_roi_centres_mm: tuple[tuple[float, float, float], ...] = (
+      (24.0, -22.0, 24.0), (-24.0, -22.0, 24.0))
+
+
+# Fields added after cohorts were cached: at their defaults they stay out of
+# the cache key (`identity`), so that existing cohorts keep their keys.
+_ADDED_LATER = ("label_roi_centres_mm",)
+
+
+def identity(params: CohortParams) -> dict:
+  """What keys a cached cohort: every field, those added later if changed."""
+  defaults = CohortParams(resolution_mm=params.resolution_mm)
+  return {name: value for name, value in dataclasses.asdict(params).items()
+          if name not in _ADDED_LATER or value != getattr(defaults, name)}
 
 
 @dataclasses.dataclass(frozen=True)

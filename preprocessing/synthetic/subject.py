@@ -47,7 +47,7 @@ def generate_subject(params: CohortParams, seed: np.random.SeedSequence,
 
   brain = anatomy.brain
   lesion &= brain
-  motor = lesions.motor_roi(template)
+  motor = lesions.motor_roi(template, params.label_roi_centres_mm)
   _, num_lesions = ndimage.label(lesion, np.ones((3, 3, 3)))
   return {
       "clean": clean,

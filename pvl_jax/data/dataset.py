@@ -69,6 +69,13 @@ def _digest(text: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _as_tuples(value: Any) -> Any:
+  """Lists, nested too, as the tuples `CohortParams` holds."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuples(v) for v in value)
+  return value
+
+
 def synthetic_cohort(config: ml_collections.ConfigDict,
                      space: str = "template") -> Path:
   """Generates (once) and returns the embedded synthetic cohort directory.
@@ -85,7 +92,7 @@ def synthetic_cohort(config: ml_collections.ConfigDict,
   from preprocessing.synthetic import params as synthetic_params  # pylint: disable=g-import-not-at-top
   spec = config.data.synthetic
   # A run's config.json gives tuples back as lists; older ones have none.
-  overrides = {name: tuple(value) if isinstance(value, list) else value
+  overrides = {name: _as_tuples(value)
                for name, value in (spec.get("overrides") or {}).items()}
   try:
     params = synthetic_params.CohortParams(resolution_mm=spec.resolution_mm,
@@ -95,7 +102,7 @@ def synthetic_cohort(config: ml_collections.ConfigDict,
     raise InputError(f"config.data.synthetic.overrides: {e}; the fields are "
                      f"{fields}") from None
   identity = (synthetic_cohort_lib.GENERATOR_VERSION, spec.num_subjects,
-              spec.seed, dataclasses.asdict(params))
+              spec.seed, synthetic_params.identity(params))
   # Template-space cohorts keep the key they always had.
   key = _digest(repr(identity if space == "template" else (*identity, space)))
   out = (cache_root(config) / "cohorts" /
