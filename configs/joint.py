@@ -177,6 +177,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # pvl_jax/training/losses.py).
   config.deep_supervision = ml_collections.ConfigDict(dict(
       weights=(), targets="nearest"))
+  # Extra cross-entropy weight of a lesion voxel with no other lesion voxel
+  # within 2 voxels (1 + w / n for n lesion voxels there): small lesions,
+  # what PVL is made of, get more of the loss (pvl_jax/training/losses.py).
+  # 0: nnU-Net's plain cross-entropy.
+  config.small_lesion_weight = 0.0
   # NaN/Inf loss or gradients: "stop" (name the step and subjects, keep the
   # last good checkpoint) or "skip" (leave parameters unchanged, count it).
   config.nonfinite = "stop"

@@ -39,6 +39,7 @@ def test_sweep_crosses_r_folds_and_seeds():
 
 @pytest.mark.parametrize("key,value,message", [
     ("r", -0.1, "config.r: must be >= 0"),
+    ("small_lesion_weight", -1.0, "config.small_lesion_weight: must be >= 0"),
     ("batch_size", 0, "config.batch_size: must be >= 1"),
     ("num_steps", 0, "config.num_steps"),
     ("data.fold", 7, "config.data.fold: must be in"),

@@ -167,3 +167,59 @@ def test_unlabelled_subjects_are_out_of_the_classification_loss():
                ) == 0.0
   grad = jax.grad(losses.classification_loss)(logits, labels)
   assert np.asarray(grad)[[1, 3]].tolist() == [0.0, 0.0]
+
+
+def _lesion_counts_by_hand(labels):
+  """Lesion voxels in each voxel's 5^3 neighbourhood, by brute force."""
+  lesion = (labels > 0) & (labels != IGNORE)
+  counts = np.zeros(labels.shape)
+  for index in np.ndindex(labels.shape):
+    box = (index[0],) + tuple(slice(max(i - 2, 0), i + 3) for i in index[1:])
+    counts[index] = lesion[box].sum()
+  return lesion, counts
+
+
+def test_small_lesion_weights_count_the_neighbourhood():
+  labels = np.zeros((2, 12, 12, 12), np.int32)
+  labels[0, 1, 1, 1] = 1  # an isolated voxel at the edge
+  labels[0, 5:8, 5:8, 5:8] = 1  # a 27-voxel cube
+  labels[1] = np.random.default_rng(0).random((12, 12, 12)) < 0.08
+  labels[1, 0, :, :3] = IGNORE
+  weights = np.asarray(losses.small_lesion_weights(jnp.asarray(labels), 4.0))
+  assert weights[0, 1, 1, 1] == pytest.approx(5.0)
+  assert weights[0, 6, 6, 6] == pytest.approx(1 + 4 / 27)
+  assert weights[0, 5, 5, 5] == pytest.approx(1 + 4 / 27)
+  lesion, counts = _lesion_counts_by_hand(labels)
+  expected = np.where(lesion, 1 + 4.0 / np.maximum(counts, 1), 1.0)
+  np.testing.assert_allclose(weights, expected, rtol=1e-6)
+
+
+def test_weighted_cross_entropy_adds_the_small_lesions_weight():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 8, 8, 8, 2)).astype(np.float32)
+  labels = (rng.random((2, 8, 8, 8)) < 0.05).astype(np.int32)
+  labels[0, :2] = IGNORE
+  plain = float(losses.cross_entropy_loss(jnp.asarray(logits),
+                                          jnp.asarray(labels)))
+  assert float(losses.cross_entropy_loss(jnp.asarray(logits),
+                                         jnp.asarray(labels), 0.0)) == plain
+  weighted = float(losses.cross_entropy_loss(jnp.asarray(logits),
+                                             jnp.asarray(labels), 3.0))
+  # By hand: -log softmax of the true class, weighted, over valid voxels.
+  valid = labels != IGNORE
+  target = np.where(valid, labels, 0)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  per_voxel = -np.take_along_axis(log_p, target[..., None], -1)[..., 0]
+  lesion, counts = _lesion_counts_by_hand(labels)
+  weight = np.where(lesion, 1 + 3.0 / np.maximum(counts, 1), 1.0)
+  assert plain == pytest.approx(per_voxel[valid].mean(), rel=1e-5)
+  assert weighted == pytest.approx((per_voxel * weight)[valid].sum()
+                                   / valid.sum(), rel=1e-5)
+  assert weighted > plain
+  # Through L_seg's settings.
+  settings = losses.SegLoss(small_lesion_weight=3.0)
+  seg = losses.segmentation_loss([jnp.asarray(logits)], jnp.asarray(labels),
+                                 settings)
+  dice = float(losses.soft_dice_loss(jnp.asarray(logits),
+                                     jnp.asarray(labels)))
+  assert float(seg) == pytest.approx(dice + weighted, rel=1e-5)

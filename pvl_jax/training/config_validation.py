@@ -91,6 +91,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _validate_candidates(config.inference.postprocess_depth_candidates_mm,
                        "inference.postprocess_depth_candidates_mm", "depths",
                        "mm")
+  _require(config.small_lesion_weight >= 0, "small_lesion_weight",
+           f"must be >= 0 (got {config.small_lesion_weight})")
   _require(config.deep_supervision.targets in losses.TARGET_RULES,
            "deep_supervision.targets",
            f"must be one of {losses.TARGET_RULES} (got "
