@@ -49,6 +49,25 @@ def load_lesion_labels(path: str | os.PathLike, *,
   data, affine = nifti.load_volume(path, kind="mask")
   nifti.check_same_geometry(reference_path, reference_shape, reference_affine,
                             path, data.shape, affine)
+  return label_values(path, data, threshold=threshold,
+                      ignore_label=ignore_label)
+
+
+def label_values(path: str | os.PathLike, data: np.ndarray, *,
+                 threshold: float | None = None,
+                 ignore_label: int | None = None) -> np.ndarray:
+  """A lesion mask's voxels `data` as BACKGROUND / LESION / IGNORE.
+
+  Args:
+    path: the mask, named in errors.
+    data: its voxels (`nifti.load_volume`).
+    threshold: as `load_lesion_labels`.
+    ignore_label: as `load_lesion_labels`.
+
+  Raises:
+    InputError: naming `path`: values other than 0, 1 (and the ignore
+      label) without a threshold.
+  """
   ignored = (np.zeros(data.shape, bool) if ignore_label is None
              else data == ignore_label)
   if threshold is not None:

@@ -6,8 +6,10 @@ which the accelerator machines' images lack.
 """
 
 import nibabel as nib
+from nibabel.filebasedimages import ImageFileError
 import numpy as np
 
+from preprocessing.io.errors import InputError
 from preprocessing.template_files import TemplateFiles
 
 
@@ -25,6 +27,9 @@ def grid(spacing_mm: float, files: TemplateFiles | None = None
 
   Returns:
     The grid's shape and its 4x4 voxel-to-RAS+ affine.
+
+  Raises:
+    InputError: the user's template mask is missing or unreadable.
   """
   if files is None:
     # Imported here: nilearn takes seconds to import, and only the runs on
@@ -32,7 +37,11 @@ def grid(spacing_mm: float, files: TemplateFiles | None = None
     from nilearn import datasets  # pylint: disable=g-import-not-at-top
     template = datasets.load_mni152_brain_mask(resolution=1)
   else:
-    template = nib.load(files.mask)
+    try:
+      template = nib.load(files.mask)
+    except (OSError, ImageFileError) as err:
+      raise InputError(f"{files.mask}: cannot read the template brain mask "
+                       f"({err})") from None
   zooms = np.asarray(template.header.get_zooms()[:3], float)
   extent = (np.asarray(template.shape[:3]) - 1) * zooms
   shape = tuple(int(n) for n in np.floor(extent / spacing_mm + 1e-6) + 1)

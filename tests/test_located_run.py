@@ -1,8 +1,6 @@
 """The located head through the real run: train, resume, evaluate, predict."""
 
-import dataclasses
 import json
-from pathlib import Path
 import shutil
 
 import jax
@@ -12,8 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from preprocessing import geometry
-from preprocessing import normalize
-from preprocessing import pipeline_output
 from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
@@ -26,6 +22,7 @@ from pvl_jax.training import train
 from tests.conftest import TINY_AFFINE
 from tests.conftest import TINY_SHAPE
 from tests.conftest import write_tiny_cohort
+from tests.pipeline_layout import as_pipeline_output
 from tests.test_train import tiny_config
 
 
@@ -121,57 +118,10 @@ def test_located_head_with_r_zero_only_segments(tiny_cohort, tmp_path):
   assert validation[-1]["val/loss"] == validation[-1]["val/seg_loss"]
 
 
-def _as_pipeline_output(cohort, out):
-  """The tiny cohort laid out as `preprocessing.run` writes a cohort.
-
-  Each subject is saved on its own crop of the tiny grid (which the
-  dataset_description.json names as the user's template, at 2 mm), cut at
-  a start that differs between subjects.
-
-  Returns:
-    (the cohort, subject -> the template voxel of its files' voxel 0).
-  """
-  template = out.parent / "template"
-  brain, _ = nifti.load_volume(cohort / "derivatives" / "synthetic" /
-                               "sub-001" / "anat" /
-                               "sub-001_desc-brain_mask.nii.gz")
-  nifti.save_nifti(brain.astype(np.float32), TINY_AFFINE,
-                   template / "T.nii.gz", np.float32)
-  nifti.save_nifti(brain, TINY_AFFINE, template / "mask.nii.gz", np.uint8)
-  shape = np.array(TINY_SHAPE)
-  starts = {}
-  for i, pid in enumerate(f"sub-{k:03d}" for k in range(1, 11)):
-    # The brains lie 3 voxels inside the grid: every crop keeps them whole.
-    start = np.array([i % 3, (i // 3) % 2, i % 2])
-    stop = shape - [(i + 1) % 2, i % 3, 0]
-    crop = tuple(slice(a, b) for a, b in zip(start, stop))
-    affine = normalize.crop_affine(TINY_AFFINE, tuple(start))
-    lesion = Path("derivatives", "lesions", pid, "anat",
-                  f"{pid}_label-lesion_mask.nii.gz")
-    for source, target, dtype in (
-        (Path(pid, "anat", f"{pid}_FLAIR.nii.gz"),) * 2 + (np.float32,),
-        (Path("derivatives", "synthetic", pid, "anat",
-              f"{pid}_desc-brain_mask.nii.gz"),
-         Path(pid, "anat", f"{pid}_desc-brain_mask.nii.gz"), np.uint8),
-        (lesion, lesion, np.uint8)):
-      volume, _ = nifti.load_volume(cohort / source)
-      nifti.save_nifti(volume[crop], affine, out / target, dtype)
-    starts[pid] = tuple(int(a) for a in start)
-  shutil.copy(cohort / "participants.tsv", out)
-  (out / pipeline_output.DESCRIPTION_FILE).write_text(json.dumps({
-      "Name": "tiny, preprocessed", "BIDSVersion": "1.9.0",
-      "DatasetType": "derivative",
-      "GeneratedBy": [{"Name": pipeline_output.GENERATED_BY}],
-      "PipelineParameters": dataclasses.asdict(pipeline_output.Params(
-          target_spacing=2.0, template=str(template / "T.nii.gz"),
-          template_mask=str(template / "mask.nii.gz")))}))
-  return out, starts
-
-
 def test_located_head_reads_a_preprocessed_cohort(tiny_cohort, tmp_path):
   """Subjects on their own crops of the template grid: trained, evaluated
   and predicted at their offsets in it."""
-  cohort, starts = _as_pipeline_output(tiny_cohort, tmp_path / "prep")
+  cohort, starts = as_pipeline_output(tiny_cohort, tmp_path / "prep")
   config = _config(cohort, tmp_path / "cache")
   config.num_steps = 2
   run_dir = tmp_path / "run"

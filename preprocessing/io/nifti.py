@@ -136,6 +136,16 @@ def load_mask(path: str | os.PathLike, *,
     _check_shape(reference_path, reference_shape, path, data.shape)
   if reference_affine is not None:
     _check_affine_match(reference_path, reference_affine, path, affine)
+  return mask_values(path, data, threshold)
+
+
+def mask_values(path: str | os.PathLike, data: np.ndarray,
+                threshold: float | None = None) -> np.ndarray:
+  """The foreground of a mask's voxels `data` (as `load_mask` reads it).
+
+  Raises:
+    InputError: naming `path`: not binary when no threshold is given.
+  """
   if threshold is not None:
     return data >= threshold
   _check_binary(path, data)

@@ -216,6 +216,19 @@ def pipeline_template_grid(config: ml_collections.ConfigDict
       template_spacing(config), template_files(config)))
 
 
+def cohort_template_grid(cohort_dir: str | os.PathLike
+                         ) -> template_grid.TemplateGrid | None:
+  """The template grid of a cohort read as it is, without a training run.
+
+  `pipeline_template_grid` of a config that names only the cohort, so the
+  grid a located run on the cohort places its records in: for a
+  preprocessing output, the template's own grid at the spacing its
+  dataset_description.json names; None for any other cohort.
+  """
+  return pipeline_template_grid(ml_collections.ConfigDict(
+      {"data": {"cohort_dir": str(cohort_dir)}}))
+
+
 def cohort_fingerprint(cohort_dir: Path) -> str:
   """Hash of every file's relative path, size and modification time."""
   entries = []

@@ -86,8 +86,7 @@ def _inside(template: template_grid_lib.TemplateGrid, shape: Sequence[int],
             affine: np.ndarray) -> bool:
   """Whether a grid is a crop of `template`: on its lattice and inside."""
   origin = template.origin(affine)
-  return origin is not None and all(
-      0 <= o and o + n <= t for o, n, t in zip(origin, shape, template.shape))
+  return origin is not None and template.holds(origin, shape)
 
 
 def _original_grid(header: dict[str, Any]) -> tuple[tuple[int, ...],

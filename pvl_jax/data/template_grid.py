@@ -69,6 +69,52 @@ class TemplateGrid:
     offset = lattice_offset(affine, self.affine)
     return None if offset is None else tuple(int(o) for o in offset)
 
+  def holds(self, origin: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether a grid of `shape` at template voxel `origin` lies inside."""
+    return all(0 <= o and o + n <= t
+               for o, n, t in zip(origin, shape, self.shape))
+
+  def crop_origin(self, shape: Sequence[int], affine: Any, name: str,
+                  described: str) -> tuple[int, int, int]:
+    """The origin of a grid that must be a crop of this one: checked.
+
+    Args:
+      shape: the crop's voxels per axis.
+      affine: its 4x4 voxel-to-world affine.
+      name: the file (or subject) it is of, named first in errors.
+      described: how errors name this grid, e.g. "the (99, 117, 95)
+        template grid the cohort was preprocessed into".
+
+    Raises:
+      InputError: naming `name` and the problem: its axes or spacing differ
+        from this grid's, its voxel 0 lies between template voxels, or it
+        reaches past the grid.
+    """
+    origin = self.origin(affine)
+    if origin is not None and self.holds(origin, shape):
+      return origin
+    affine = np.asarray(affine, np.float64)
+    linear = np.asarray(self.affine, np.float64)[:3, :3]
+    if not np.allclose(affine[:3, :3], linear, atol=_AXES_ATOL):
+      problem = ("its voxel axes or spacing differ from the grid's "
+                 f"(voxel sizes {_voxel_sizes(affine)} mm against "
+                 f"{_voxel_sizes(self.affine)} mm, or another orientation)")
+    elif origin is None:
+      position = np.linalg.solve(
+          linear, affine[:3, 3] - np.asarray(self.affine)[:3, 3])
+      problem = ("its voxel 0 lies between template voxels, at template "
+                 f"voxel ({', '.join(f'{p:.3g}' for p in position)})")
+    else:
+      problem = (f"its {tuple(int(n) for n in shape)} voxels from template "
+                 f"voxel {origin} reach past the grid")
+    raise InputError(f"{name}: not a crop of {described}: {problem}")
+
+
+def _voxel_sizes(affine: Any) -> tuple[float, ...]:
+  """An affine's voxel sizes in mm, rounded for messages."""
+  return tuple(round(float(v), 3) for v in np.linalg.norm(
+      np.asarray(affine, np.float64)[:3, :3], axis=0))
+
 
 def lattice_offset(affine: Any, reference: Any) -> np.ndarray | None:
   """Voxel 0 of the grid of `affine` in voxels of `reference`'s grid.

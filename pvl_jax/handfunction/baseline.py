@@ -83,7 +83,8 @@ class RegionOptions:
   """The lesion-load regions: built-in, or a user's atlas.
 
   Attributes:
-    atlas: a label map in the masks' grid (None: the built-in regions).
+    atlas: a label map in the masks' grid (`features.cohort_grid`; None:
+      the built-in regions).
     atlas_names: its names table (`atlas.read_names`).
     regions: the region names to use (empty: all).
     tract: the names whose union is the tract load (empty: the built-in
@@ -136,8 +137,10 @@ def run(cohort_dir: str | os.PathLike,
 
   Args:
     cohort_dir: a BIDS cohort (participants.tsv with hand_function, reference
-      masks under derivatives/lesions), all masks in one grid. Subjects
-      whose label is n/a are left out (and counted in the output).
+      masks under derivatives/lesions), all masks in one grid or, for a
+      `preprocessing` output, crops of its template grid
+      (`features.cohort_grid`). Subjects whose label is n/a are left out
+      (and counted in the output).
     prediction_dirs: training runs, one per fold of one fold scheme, each
       with splits.json and predictions/ (`crossfit`); then the outer folds
       of every row are the runs' test splits; empty: stratified folds.
@@ -209,7 +212,8 @@ def run(cohort_dir: str | os.PathLike,
     table = reading.phenotype or Path(cohort_dir) / bids.PARTICIPANTS_FILE
     nested_cv.check_class_sizes(labels, folds, Path(table),
                                 reading.label_column)
-  grid = features_lib.read_grid(paths["reference"][subject_ids[0]])
+  grid = features_lib.cohort_grid(cohort_dir,
+                                  paths["reference"][subject_ids[0]])
   region_set = region_options.region_set(grid)
   extract = features_lib.FeatureExtractor(grid, region_set)
   # Every mask is read (and checked) before the first, slower, fit.

@@ -79,6 +79,13 @@ class CohortReading:
         ignore_label=self.ignore_label)
     return labels == lesion_labels.LESION
 
+  def lesion_values(self, path: Path, data: np.ndarray) -> np.ndarray:
+    """The lesion voxels of a mask file's voxels `data`, on its own grid."""
+    labels = lesion_labels.label_values(path, data,
+                                        threshold=self.mask_threshold,
+                                        ignore_label=self.ignore_label)
+    return labels == lesion_labels.LESION
+
 
 def of_config(config: ml_collections.ConfigDict) -> CohortReading:
   """The reading a training config gives its cohort."""

@@ -20,7 +20,9 @@ with splits.json; the outer folds of every row are then the runs' test
 splits, and a mask from a run that trained or validated on its subject is
 refused; see `pvl_jax.handfunction.crossfit`). Subjects whose label is n/a
 are left out. The regions are the built-in ones (`regions`) or, with
---atlas, the labels of a user's atlas in the masks' grid (`atlas`);
+--atlas, the labels of a user's atlas (`atlas`) in the masks' grid: for a
+`preprocessing` output, whose masks are crops of the template grid, each
+placed at its origin in it, that template grid (`features.cohort_grid`);
 --regions picks some, --tract names those whose union is the tract load.
 The cohort is read as the training runs read it (their config.json: label
 column, phenotype file, session, run, entity filter, ignore label, mask
@@ -64,7 +66,8 @@ flags.DEFINE_list("downsample", [str(f) for f in nested_cv.BLOCK_FACTORS],
                   "the inner cross-validation chooses one per outer fold.")
 flags.DEFINE_integer("seed", 0, "Seed of the fold assignment.")
 flags.DEFINE_string("atlas", None, "Label map (NIfTI, non-negative integer "
-                    "labels, 0 background) in the masks' grid whose labels "
+                    "labels, 0 background) in the masks' grid (a "
+                    "preprocessing output's: its template grid) whose labels "
                     "replace the built-in regions; needs --atlas_names.")
 flags.DEFINE_string("atlas_names", None, "The atlas's names table: TSV "
                     "(.tsv) or CSV with columns 'index' and 'name'.")
