@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from preprocessing import lesion_labels
@@ -93,8 +92,7 @@ def lesion_components(mask: np.ndarray, lesion: np.ndarray
     (the indices reordered so that each component's are contiguous,
     offsets: component c holds entries offsets[c]:offsets[c + 1]).
   """
-  labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim,
-                                                        dtype=bool))
+  labels, count = lesion_labels.components(mask)
   component = labels.ravel()[lesion]
   order = np.argsort(component, kind="stable")
   offsets = np.searchsorted(component[order], np.arange(1, count + 2))

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import ndimage
 
+from preprocessing import lesion_labels
 from pvl_jax.evaluation import masks
 
 # Lesion size bin edges in ml. A voxel is 0.001 ml at 1 mm and 0.008 ml at
@@ -51,11 +51,6 @@ def _ratio(numerator: float, denominator: float) -> float:
   return float(numerator / denominator) if denominator else math.nan
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-  """Labels 26-connected (8 in 2D) components, as WMH's script does."""
-  return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-
-
 def _overlaps(labels: np.ndarray, n: int, other: np.ndarray) -> np.ndarray:
   """Per component 1..n of `labels`: whether it overlaps `other`."""
   hit = np.zeros(n + 1, dtype=bool)
@@ -76,8 +71,8 @@ def lesion_detection(pred: ArrayLike, ref: ArrayLike) -> dict[str, float]:
     n_pred_correct.
   """
   pred, ref = masks.as_binary_pair(pred, ref)
-  ref_labels, n_ref = _components(ref)
-  pred_labels, n_pred = _components(pred)
+  ref_labels, n_ref = lesion_labels.components(ref)
+  pred_labels, n_pred = lesion_labels.components(pred)
   return detection_scores(n_ref, n_pred,
                           int(_overlaps(ref_labels, n_ref, pred).sum()),
                           int(_overlaps(pred_labels, n_pred, ref).sum()))
@@ -135,7 +130,7 @@ def lesion_recall_by_size(
   pred, ref = masks.as_binary_pair(pred, ref)
   spacing = masks.as_spacing(spacing, ref.ndim)
   edges = _as_bin_edges(bins_ml)
-  ref_labels, n_ref = _components(ref)
+  ref_labels, n_ref = lesion_labels.components(ref)
   voxel_ml = float(np.prod(spacing)) / 1000.0
   voxels = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)[1:]
   volumes_ml = voxels * voxel_ml

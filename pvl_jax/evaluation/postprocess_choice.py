@@ -30,6 +30,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from preprocessing import lesion_labels
 from pvl_jax.evaluation import lesions
 from pvl_jax.inference import postprocess
 
@@ -119,7 +120,7 @@ class _Components:
   def __init__(self, prediction: np.ndarray, reference: np.ndarray,
                depth: np.ndarray):
     reference = np.asarray(reference, bool)
-    labels, count = postprocess.components(prediction)
+    labels, count = lesion_labels.components(prediction)
     index = np.arange(1, count + 1)
     self.sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     self.deepest = np.asarray(ndimage.maximum(depth, labels, index)
@@ -127,7 +128,7 @@ class _Components:
     # Voxels of each component inside the reference, and which reference
     # lesions each overlaps (pairs of labels sharing a voxel).
     self.inside = np.bincount(labels[reference], minlength=count + 1)[1:]
-    ref_labels, self.n_ref = postprocess.components(reference)
+    ref_labels, self.n_ref = lesion_labels.components(reference)
     both = (ref_labels > 0) & (labels > 0)
     self.pairs = np.unique(np.stack([ref_labels[both], labels[both]]),
                            axis=1)

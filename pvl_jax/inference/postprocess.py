@@ -12,17 +12,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-
-def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-  """26-connected (8 in 2D) components, as the lesion-wise metrics count."""
-  return ndimage.label(mask, np.ones((3,) * mask.ndim))
+from preprocessing import lesion_labels
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
   """`mask` without its 26-connected components smaller than `min_voxels`."""
   if min_voxels <= 1 or not mask.any():
     return mask
-  labels, count = components(mask)
+  labels, count = lesion_labels.components(mask)
   sizes = np.bincount(labels.ravel(), minlength=count + 1)
   keep = sizes >= min_voxels
   keep[0] = False
@@ -53,7 +50,7 @@ def remove_surface_components(mask: np.ndarray, depth: np.ndarray,
   """
   if min_depth_mm <= 0 or not mask.any():
     return mask
-  labels, count = components(mask)
+  labels, count = lesion_labels.components(mask)
   deepest = ndimage.maximum(depth, labels, index=np.arange(1, count + 1))
   keep = np.concatenate([[False], np.asarray(deepest) >= min_depth_mm])
   return keep[labels]
