@@ -47,7 +47,8 @@ def test_memory_update_and_read_out_match_numpy():
   num_subjects, patch = 5, (4, 8, 4)
   memory = located_head.LocatedMemory(
       jnp.asarray(rng.random((num_subjects, _NUM_BLOCKS)), jnp.float32),
-      jnp.asarray(rng.random(_NUM_BLOCKS) > 0.3, jnp.float32))
+      jnp.asarray(rng.random(_NUM_BLOCKS) > 0.3, jnp.float32),
+      jnp.asarray(np.arange(num_subjects) % 2, jnp.float32))
   head = located_head.LocatedHead(_NUM_BLOCKS)
   params = {"kernel": jnp.asarray(rng.normal(size=_NUM_BLOCKS), jnp.float32),
             "bias": jnp.float32(0.3)}
@@ -156,3 +157,31 @@ def test_a_subject_without_brain_is_refused_by_name(tmp_path):
   with pytest.raises(InputError, match="sub-b: no brain voxel"):
     template_blocks.lesion_block_fractions(subjects, _TEMPLATE, _BLOCK,
                                            ["sub-a", "sub-b"])
+
+
+def test_fitted_read_out_is_scikit_learns_logistic_regression():
+  """Newton steps in the subjects' span reach LogisticRegression(C)."""
+  rng = np.random.default_rng(4)
+  subjects, blocks = 30, 200
+  fractions = (rng.random((subjects, blocks))
+               * (rng.random((subjects, blocks)) < 0.2)).astype(np.float32)
+  fractions[:, :50] = 0  # masked blocks: their weights stay 0
+  labels = (fractions[:, 60] + fractions[:, 61] + rng.normal(0, 0.2, subjects)
+            > 0.2).astype(np.float32)
+  labels[:4] = -1  # unlabelled: out of the fit
+  l2 = 1e-3
+  kernel, bias = located_head.fit_readout(
+      jnp.asarray(fractions), jnp.asarray(labels), l2,
+      jnp.zeros(blocks), jnp.float32(0), iterations=30)
+  known = labels >= 0
+  sklearn = LogisticRegression(C=1 / (2 * l2 * known.sum()), tol=1e-10,
+                               max_iter=10000).fit(fractions[known],
+                                                   labels[known])
+  np.testing.assert_allclose(kernel, sklearn.coef_[0], atol=2e-3)
+  assert float(bias) == pytest.approx(sklearn.intercept_[0], abs=2e-3)
+  assert np.all(np.asarray(kernel)[:50] == 0)
+  # From that fit, more steps stay there (warm start).
+  again, _ = located_head.fit_readout(jnp.asarray(fractions),
+                                      jnp.asarray(labels), l2, kernel, bias,
+                                      iterations=2)
+  np.testing.assert_allclose(again, kernel, atol=1e-5)

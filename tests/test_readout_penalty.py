@@ -105,11 +105,11 @@ def test_too_few_subjects_of_a_class_name_the_key():
   labels[:4] = 1
   with pytest.raises(InputError, match=r"model.cls_readout_l2=-1 chooses .* "
                      r"4 subject\(s\) with hand_function=1; set "
-                     r"model.cls_readout_l2 to a value >= 0"):
+                     r"model.cls_readout_l2 to a value > 0"):
     readout_penalty.choose(fractions, labels, seed=0)
 
 
-@pytest.mark.parametrize("value, ok", [(-1.0, True), (0.0, True),
+@pytest.mark.parametrize("value, ok", [(-1.0, True), (0.0, False),
                                        (1e-3, True), (-0.5, False)])
 def test_config_accepts_a_penalty_or_the_choice(value, ok):
   config = joint.get_config("demo")
@@ -118,6 +118,6 @@ def test_config_accepts_a_penalty_or_the_choice(value, ok):
   if ok:
     config_validation.validate_config(config)
   else:
-    with pytest.raises(InputError, match=r"model.cls_readout_l2.*must be >= "
+    with pytest.raises(InputError, match=r"model.cls_readout_l2.*must be > "
                        r"0, or -1 to choose it"):
       config_validation.validate_config(config)

@@ -14,8 +14,12 @@ the brain, so training keeps a memory of every training subject's block
 fractions (rows of the train state, `LocatedMemory`); each patch writes
 its own blocks into its subject's row (`update_rows`), and its logit is
 the read-out of that row with the patch's blocks live (differentiable) and
-the others as last seen (constants). At inference the whole-brain
-probability map is read once (`whole_volume_fractions`).
+the others as last seen (constants). The read-out itself is not trained by
+the optimizer: every step fits it to the memory as logistic regression
+(`fit_readout`, a few Newton steps from the last fit), so it stays what the
+baseline would fit on the network's own maps of the training subjects, and
+the network learns through it. At inference the whole-brain probability map
+is read once (`whole_volume_fractions`).
 
 A block only partly covered by a patch (its edge, or a rotated and scaled
 patch) is updated in proportion: with `share` the part of the block the
@@ -86,9 +90,10 @@ def whole_volume_fractions(probability: jax.Array, blocks: jax.Array,
 class LocatedHead(nn.Module):
   """(N, num_blocks) block fractions -> (N,) logits: weights per block + bias.
 
-  Both start at zero: a block that no training subject has a lesion in is
-  masked out of the input (`LocatedMemory.mask`), so its weight gets no
-  gradient and stays exactly zero, and inference needs no mask.
+  Both start at zero and are then fitted to the memory (`fit_readout`): a
+  block that no training subject has a lesion in is masked out of the input
+  (`LocatedMemory.mask`), so its weight stays exactly zero, and inference
+  needs no mask.
   """
   num_blocks: int
 
@@ -108,14 +113,74 @@ class LocatedMemory:
       by the batch's `subject_index`.
     mask: (num_blocks,) 1 where some training subject has a lesion
       (`template_blocks.lesion_frequency_mask`), else 0.
+    labels: (train subjects,) hand function, -1 where unlabelled (out of
+      the read-out's fit).
   """
   rows: jax.Array
   mask: jax.Array
+  labels: jax.Array
 
   @classmethod
-  def create(cls, num_subjects: int, mask: jax.Array) -> "LocatedMemory":
-    return cls(jnp.zeros((num_subjects, mask.shape[0]), jnp.float32),
-               jnp.asarray(mask, jnp.float32))
+  def create(cls, mask: jax.Array, labels: jax.Array) -> "LocatedMemory":
+    labels = jnp.asarray(labels, jnp.float32)
+    return cls(jnp.zeros((labels.shape[0], mask.shape[0]), jnp.float32),
+               jnp.asarray(mask, jnp.float32), labels)
+
+
+def fit_readout(features: jax.Array, labels: jax.Array, l2: float,
+                kernel: jax.Array, bias: jax.Array, iterations: int
+                ) -> tuple[jax.Array, jax.Array]:
+  """Newton steps of L2-penalised logistic regression, from (kernel, bias).
+
+  Minimises mean_i BCE(labels_i, features_i . kernel + bias) over the
+  labelled subjects (labels >= 0) + l2 |kernel|^2: scikit-learn's
+  LogisticRegression at C = 1 / (2 l2 n) (`readout_penalty`). Subjects are
+  few and blocks many, so each Newton system is solved in the subjects'
+  span (Woodbury: one n x n solve), and features that are 0 for every
+  subject keep their kernel entry.
+
+  Args:
+    features: (n, blocks) the subjects' block fractions (masked).
+    labels: (n,) 0 or 1, -1 for unlabelled subjects.
+    l2: the penalty's weight (> 0).
+    kernel, bias: where the steps start (the last fit: the memory moves
+      little between training steps).
+    iterations: Newton steps.
+
+  Returns:
+    (kernel, bias) after the steps.
+  """
+  features = features.astype(jnp.float32)
+  labelled = (labels >= 0).astype(jnp.float32)
+  count = jnp.maximum(labelled.sum(), 1.0)
+  y = jnp.maximum(labels, 0.0)
+  penalty = 2.0 * l2
+
+  def step(_, carry):
+    w, b = carry
+    p = jax.nn.sigmoid(features @ w + b)
+    error = (p - y) * labelled / count
+    grad_w = features.T @ error + penalty * w
+    grad_b = error.sum()
+    curvature = p * (1 - p) * labelled / count
+    root = jnp.sqrt(curvature)
+    scaled = root[:, None] * features  # M = D^1/2 X
+    gram = penalty * jnp.eye(features.shape[0]) + scaled @ scaled.T
+
+    def inverse_a(v):
+      # (penalty I + M^T M)^-1 v by Woodbury.
+      return (v - scaled.T @ jnp.linalg.solve(gram, scaled @ v)) / penalty
+
+    c = features.T @ curvature
+    a_inv_c, a_inv_g = inverse_a(c), inverse_a(grad_w)
+    schur = curvature.sum() - c @ a_inv_c
+    delta_b = (grad_b - c @ a_inv_g) / jnp.maximum(schur, 1e-12)
+    delta_w = a_inv_g - a_inv_c * delta_b
+    return w - delta_w, b - delta_b
+
+  return jax.lax.fori_loop(0, iterations, step,
+                           (kernel.astype(jnp.float32),
+                            jnp.asarray(bias, jnp.float32)))
 
 
 def patch_logits(head: LocatedHead, head_params, memory: LocatedMemory,
@@ -125,8 +190,9 @@ def patch_logits(head: LocatedHead, head_params, memory: LocatedMemory,
   """Each patch's subject-level logit and the memory with the patches in.
 
   The patch's blocks carry the gradient; the rest of its subject's row is
-  the memory's (a constant). Two patches of one subject in a batch each read
-  the row as the step found it, and the later one's row is kept.
+  the memory's (a constant), and so is the read-out (`head_params`, fitted
+  on the memory by `fit_readout`). Two patches of one subject in a batch
+  each read the row as the step found it, and the later one's row is kept.
 
   Returns:
     ((batch,) logits, updated memory (no gradient)).
@@ -134,7 +200,8 @@ def patch_logits(head: LocatedHead, head_params, memory: LocatedMemory,
   sums, counts = block_statistics(probability, blocks, head.num_blocks)
   rows = update_rows(memory.rows[subject_index], sums, counts, voxel_volume,
                      block)
-  logits = head.apply({"params": head_params}, rows * memory.mask)
+  logits = head.apply({"params": jax.lax.stop_gradient(head_params)},
+                      rows * memory.mask)
   new_rows = memory.rows.at[subject_index].set(jax.lax.stop_gradient(rows))
   return logits, memory.replace(rows=new_rows)
 

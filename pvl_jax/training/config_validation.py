@@ -125,8 +125,8 @@ def _validate_cls_head(config: ml_collections.ConfigDict) -> None:
     _require(config.model.cls_block >= 1, "model.cls_block",
              f"must be >= 1 voxel (got {config.model.cls_block})")
     l2 = config.model.cls_readout_l2
-    _require(l2 >= 0 or readout_penalty.is_chosen(l2), "model.cls_readout_l2",
-             f"must be >= 0, or {readout_penalty.CHOOSE:g} to choose it on "
+    _require(l2 > 0 or readout_penalty.is_chosen(l2), "model.cls_readout_l2",
+             f"must be > 0, or {readout_penalty.CHOOSE:g} to choose it on "
              f"the training split (got {l2})")
 
 

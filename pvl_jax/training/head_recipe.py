@@ -137,6 +137,7 @@ def abstract_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
   blocks = model.cls_num_blocks
   memory = located_head.LocatedMemory(
       rows=jax.ShapeDtypeStruct((num_train_subjects, blocks), jnp.float32),
-      mask=jax.ShapeDtypeStruct((blocks,), jnp.float32))
+      mask=jax.ShapeDtypeStruct((blocks,), jnp.float32),
+      labels=jax.ShapeDtypeStruct((num_train_subjects,), jnp.float32))
   return jax.eval_shape(lambda m: located_step.create_train_state(
       config, model, rng, channels, m, tx), memory)

@@ -41,8 +41,8 @@ class LocatedSettings:
   Attributes:
     template_shape: the template grid's (`template_blocks.template_grid`).
     block: block edge in template voxels (`model.cls_block`).
-    readout_l2: weight of |read-out weights|^2 in L_cls
-      (`model.cls_readout_l2`).
+    readout_l2: weight of |read-out weights|^2 in the read-out's fit
+      (`model.cls_readout_l2`, `located_head.fit_readout`).
   """
   template_shape: tuple[int, ...]
   block: int
@@ -68,6 +68,12 @@ class LocatedSettings:
     return cls(tuple(int(n) for n in config.model.cls_template_shape),
                int(config.model.cls_block),
                float(config.model.cls_readout_l2))
+
+
+# Newton steps of the read-out's fit per training step, from the last fit:
+# two patches' rows change per step, and logistic regression's Newton steps
+# converge quadratically (`located_head.fit_readout`).
+READOUT_NEWTON_STEPS = 2
 
 
 class LocatedTrainState(train_state.TrainState):
@@ -109,10 +115,11 @@ def initial_memory(source: Any, settings: LocatedSettings,
   Arguments and errors as `reference_fractions`', the grid and block the
   head's `settings`.
   """
-  fractions, _ = reference_fractions(source, settings.template_shape,
-                                     settings.block, template)
+  fractions, labels = reference_fractions(source, settings.template_shape,
+                                          settings.block, template)
   mask = template_blocks.lesion_frequency_mask(fractions)
-  return located_head.LocatedMemory.create(len(fractions), jnp.asarray(mask))
+  return located_head.LocatedMemory.create(jnp.asarray(mask),
+                                           jnp.asarray(labels))
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: unet.UNet,
@@ -147,21 +154,30 @@ def make_train_step(model: unet.UNet, r: float, seg_loss: losses.SegLoss,
         settings.block)
     volume = located_head.voxel_volumes(position)
 
+    readout = state.params["cls_head"]
+    if r > 0:  # with r = 0 the head is not trained (its L2 is 0)
+      memory = state.memory
+      kernel, bias = located_head.fit_readout(
+          memory.rows * memory.mask, memory.labels, settings.readout_l2,
+          readout["kernel"], readout["bias"], READOUT_NEWTON_STEPS)
+      readout = {"kernel": kernel, "bias": bias}
+
     def loss_fn(params):
       seg_logits, probability = model.apply({"params": params},
                                             batch["image"])
       logits, memory = located_head.patch_logits(
-          head, params["cls_head"], state.memory, batch["subject_index"],
-          probability, blocks, volume, settings.block)
+          head, readout, state.memory, batch["subject_index"], probability,
+          blocks, volume, settings.block)
       loss, parts = losses.joint_loss(seg_logits, logits, batch["label"],
                                       batch["hand_function"], r, seg_loss)
-      penalty = settings.readout_l2 * jnp.sum(
-          params["cls_head"]["kernel"] ** 2)
-      return loss + r * penalty, (parts, memory)
+      return loss, (parts, memory)
 
     (loss, (parts, memory)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads=grads).replace(memory=memory)
+    new_state = state.apply_gradients(grads=grads)
+    # The read-out is the fit, not an optimizer step (its gradient is 0).
+    params = {**new_state.params, "cls_head": readout}
+    new_state = new_state.replace(params=params, memory=memory)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                        **parts}
 

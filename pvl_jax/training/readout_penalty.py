@@ -77,7 +77,7 @@ def choose(fractions: np.ndarray, labels: np.ndarray, seed: int
           f"model.cls_readout_l2={CHOOSE:g} chooses the read-out penalty by "
           f"{nested_cv.INNER_FOLDS}-fold CV on the training split, which has "
           f"{count} subject(s) with hand_function={label}; set "
-          "model.cls_readout_l2 to a value >= 0")
+          "model.cls_readout_l2 to a value > 0")
   features = features[:, np.any(features > 0, axis=0)]
   search = nested_cv.Search(
       pipeline.Pipeline([("logreg", LogisticRegression(
