@@ -185,3 +185,21 @@ def test_fitted_read_out_is_scikit_learns_logistic_regression():
                                       jnp.asarray(labels), l2, kernel, bias,
                                       iterations=2)
   np.testing.assert_allclose(again, kernel, atol=1e-5)
+
+
+def test_fitted_read_out_converges_from_far_away_on_separable_data():
+  """Damped steps: no blow-up where plain Newton's would (saturated logits)."""
+  rng = np.random.default_rng(5)
+  fractions = (rng.random((36, 300))
+               * (rng.random((36, 300)) < 0.1)).astype(np.float32)
+  labels = (fractions[:, 7] > 0).astype(np.float32)  # separable
+  l2 = 1.4e-3
+  start = jnp.asarray(rng.normal(0, 5, 300), jnp.float32)
+  kernel, bias = located_head.fit_readout(
+      jnp.asarray(fractions), jnp.asarray(labels), l2, start,
+      jnp.float32(-5), iterations=60)
+  sklearn = LogisticRegression(C=1 / (2 * l2 * 36), tol=1e-10,
+                               max_iter=10000).fit(fractions, labels)
+  assert np.all(np.isfinite(kernel))
+  np.testing.assert_allclose(kernel, sklearn.coef_[0], atol=5e-3)
+  assert float(bias) == pytest.approx(sklearn.intercept_[0], abs=5e-3)

@@ -127,17 +127,26 @@ class LocatedMemory:
                jnp.asarray(mask, jnp.float32), labels)
 
 
+# Fractions of the Newton step tried in each of `fit_readout`'s steps (the
+# best is taken; 0 keeps the start, so the objective never rises): Newton's
+# method alone diverges on logistic regression from a start far from the
+# optimum (logits saturate, the curvature vanishes, the step explodes).
+_STEP_FRACTIONS = tuple(0.5**k for k in range(8)) + (0.0,)
+
+
 def fit_readout(features: jax.Array, labels: jax.Array, l2: float,
                 kernel: jax.Array, bias: jax.Array, iterations: int
                 ) -> tuple[jax.Array, jax.Array]:
-  """Newton steps of L2-penalised logistic regression, from (kernel, bias).
+  """Damped Newton steps of L2-penalised logistic regression.
 
   Minimises mean_i BCE(labels_i, features_i . kernel + bias) over the
   labelled subjects (labels >= 0) + l2 |kernel|^2: scikit-learn's
   LogisticRegression at C = 1 / (2 l2 n) (`readout_penalty`). Subjects are
   few and blocks many, so each Newton system is solved in the subjects'
   span (Woodbury: one n x n solve), and features that are 0 for every
-  subject keep their kernel entry.
+  subject keep their kernel entry. Each step takes the fraction of the
+  Newton step (`_STEP_FRACTIONS`) of lowest objective, so the fit converges
+  from any start.
 
   Args:
     features: (n, blocks) the subjects' block fractions (masked).
@@ -155,6 +164,12 @@ def fit_readout(features: jax.Array, labels: jax.Array, l2: float,
   count = jnp.maximum(labelled.sum(), 1.0)
   y = jnp.maximum(labels, 0.0)
   penalty = 2.0 * l2
+  fractions = jnp.asarray(_STEP_FRACTIONS, jnp.float32)
+
+  def objective(w, b):
+    logits = features @ w + b
+    bce = jax.nn.softplus(logits) - y * logits
+    return (bce * labelled).sum() / count + l2 * jnp.sum(w * w)
 
   def step(_, carry):
     w, b = carry
@@ -163,8 +178,7 @@ def fit_readout(features: jax.Array, labels: jax.Array, l2: float,
     grad_w = features.T @ error + penalty * w
     grad_b = error.sum()
     curvature = p * (1 - p) * labelled / count
-    root = jnp.sqrt(curvature)
-    scaled = root[:, None] * features  # M = D^1/2 X
+    scaled = jnp.sqrt(curvature)[:, None] * features  # M = D^1/2 X
     gram = penalty * jnp.eye(features.shape[0]) + scaled @ scaled.T
 
     def inverse_a(v):
@@ -176,7 +190,12 @@ def fit_readout(features: jax.Array, labels: jax.Array, l2: float,
     schur = curvature.sum() - c @ a_inv_c
     delta_b = (grad_b - c @ a_inv_g) / jnp.maximum(schur, 1e-12)
     delta_w = a_inv_g - a_inv_c * delta_b
-    return w - delta_w, b - delta_b
+    values = jax.vmap(lambda t: objective(w - t * delta_w,
+                                          b - t * delta_b))(fractions)
+    # A non-finite candidate (an exploding step) is never taken.
+    t = fractions[jnp.argmin(jnp.where(jnp.isfinite(values), values,
+                                       jnp.inf))]
+    return w - t * delta_w, b - t * delta_b
 
   return jax.lax.fori_loop(0, iterations, step,
                            (kernel.astype(jnp.float32),
