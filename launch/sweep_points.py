@@ -50,6 +50,12 @@ def format_value(value: Any) -> str:
     return "true" if value else "false"
   if isinstance(value, (tuple, list)):
     return repr(tuple(value))  # the tuple parser of config_flags reads literals
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, dict):
+    # A dict field (e.g. data.synthetic.overrides) parses a Python literal;
+    # str() of a ConfigDict would give YAML, which it cannot read.
+    return repr(value)
   return str(value)
 
 

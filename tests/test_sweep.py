@@ -293,3 +293,19 @@ def test_real_local_sweep_and_report(tmp_path, request, tiny_cohort):
   for r in ("0", "0.3", "1"):
     assert f"| {r} | 2/2 |" in md
   assert (root / "report.png").stat().st_size > 0
+
+
+def test_dict_overrides_are_written_as_python_literals():
+  """A dict field's value (data.synthetic.overrides) survives the command.
+
+  config_flags reads a dict field's value as a Python literal; str() of a
+  ConfigDict gives YAML, which it cannot parse.
+  """
+  import ast  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  value = ml_collections.ConfigDict(
+      {"label_roi_centres_mm": ((30.0, -50.0, 8.0), (-30.0, -50.0, 8.0))})
+  text = sweep_points.format_value(value)
+  assert text == ("{'label_roi_centres_mm': ((30.0, -50.0, 8.0), "
+                  "(-30.0, -50.0, 8.0))}")
+  assert ast.literal_eval(text) == value.to_dict()
