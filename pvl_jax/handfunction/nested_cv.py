@@ -240,6 +240,35 @@ def _named(params: Mapping[str, Any]) -> dict[str, Any]:
           for key, value in params.items()}
 
 
+def fit_inner(search: Search, features: Any, labels: np.ndarray, seed: int,
+              inner_repeats: int = INNER_REPEATS
+              ) -> model_selection.GridSearchCV:
+  """The inner CV: `search`'s grid chosen on `features` and refitted.
+
+  Repeated stratified `INNER_FOLDS`-fold CV scored by `INNER_SCORING`, the
+  candidate chosen by `one_standard_error_choice` and refitted on all of
+  `features`.
+
+  Args:
+    search: the model and its grid.
+    features: (subjects, features).
+    labels: 0 or 1 per subject.
+    seed: shuffles the inner folds.
+    inner_repeats: repeats of the inner CV.
+  """
+  grid_search = model_selection.GridSearchCV(
+      search.model, search.grid, scoring=INNER_SCORING,
+      cv=model_selection.RepeatedStratifiedKFold(
+          n_splits=INNER_FOLDS, n_repeats=inner_repeats, random_state=seed),
+      error_score="raise",
+      refit=functools.partial(one_standard_error_choice, search=search))
+  # The fits are small: BLAS threads synchronise more than they compute
+  # (one thread fitted 6x faster on a busy 2-core machine).
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    grid_search.fit(features, labels)
+  return grid_search
+
+
 def cross_validate(features: Any, labels: np.ndarray, search: Search,
                    folds: int | np.ndarray, seed: int,
                    inner_repeats: int = INNER_REPEATS) -> CVResult:
@@ -264,21 +293,13 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
     fold_ids = np.arange(folds)
     outer = model_selection.StratifiedKFold(folds, shuffle=True,
                                             random_state=seed)
-  inner = model_selection.RepeatedStratifiedKFold(
-      n_splits=INNER_FOLDS, n_repeats=inner_repeats, random_state=seed)
   prob = np.zeros(len(labels))
   fold_of = np.zeros(len(labels), int)
   results = []
   for fold, (train, test) in zip(fold_ids.tolist(),
                                  outer.split(labels, labels)):
-    grid_search = model_selection.GridSearchCV(
-        search.model, search.grid, scoring=INNER_SCORING, cv=inner,
-        error_score="raise",
-        refit=functools.partial(one_standard_error_choice, search=search))
-    # The fits are small: BLAS threads synchronise more than they compute
-    # (one thread fitted 6x faster on a busy 2-core machine).
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-      grid_search.fit(features[train], labels[train])
+    grid_search = fit_inner(search, features[train], labels[train], seed,
+                            inner_repeats)
     prob[test] = grid_search.predict_proba(features[test])[:, 1]
     fold_of[test] = fold
     results.append({

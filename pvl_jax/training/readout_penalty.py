@@ -15,12 +15,9 @@ not standardised ones, so the grid reaches larger C than the baseline's.
 """
 
 import dataclasses
-import functools
 import math
 
 import numpy as np
-import threadpoolctl
-from sklearn import model_selection
 from sklearn import pipeline
 from sklearn.linear_model import LogisticRegression
 
@@ -83,17 +80,7 @@ def choose(fractions: np.ndarray, labels: np.ndarray, seed: int
       pipeline.Pipeline([("logreg", LogisticRegression(
           max_iter=nested_cv.MAX_ITER))]),
       {"logreg__C": list(C_GRID)})
-  grid_search = model_selection.GridSearchCV(
-      search.model, search.grid, scoring=nested_cv.INNER_SCORING,
-      cv=model_selection.RepeatedStratifiedKFold(
-          n_splits=nested_cv.INNER_FOLDS, n_repeats=nested_cv.INNER_REPEATS,
-          random_state=seed),
-      error_score="raise",
-      refit=functools.partial(nested_cv.one_standard_error_choice,
-                              search=search))
-  # Small fits: BLAS threads would synchronise more than they compute.
-  with threadpoolctl.threadpool_limits(1, user_api="blas"):
-    grid_search.fit(features, labels)
+  grid_search = nested_cv.fit_inner(search, features, labels, seed)
   c = float(grid_search.best_params_["logreg__C"])
   return ReadoutPenalty(
       l2=1.0 / (2.0 * c * len(labels)), C=c, subjects=len(labels),
