@@ -14,7 +14,10 @@ finished runs' test splits and with those splits as the outer folds:
   * "LR predicted": the poster's baseline, logistic regression on the masks
     in matrix form, on the cross-fitted masks that the group's own runs
     predicted (`pvl_jax.handfunction.crossfit` refuses any leak);
-  * "LR reference": the same on the cohort's reference masks.
+  * "LR reference": the same on the cohort's reference masks;
+  * "LR reference, train split": the same, each fold's model trained on its
+    run's train split alone: the subjects the joint model trained on (the
+    other rows' models also train on the runs' validation splits).
 
 Accuracy, F1 and AUC are pooled over the group's subjects, with paired
 bootstrap 95% intervals (`pvl_jax.evaluation.bootstrap`: subjects resampled
@@ -48,8 +51,7 @@ from pvl_jax.handfunction import nested_cv
 
 FLAGS = flags.FLAGS
 
-JOINT, PREDICTED, REFERENCE = (poster_figure.JOINT, poster_figure.PREDICTED,
-                               poster_figure.REFERENCE)
+JOINT, PREDICTED, REFERENCE, REFERENCE_TRAIN = poster_figure.CLASSIFIERS
 FOLD_KEY = "data.fold"
 
 
@@ -151,15 +153,21 @@ def compare_group(group: Group, cohort: Path, options: dict[str, Any],
   (predicted,) = baseline.run(cohort, group.finished, masks=["predicted"],
                               **common)["rows"]
   folds = tuple(sorted(fit.fold_of.items()))
-  # The reference row depends on the folds and on which masks are read
-  # (session, run, entity filter, ignore label, threshold, label column):
-  # groups that read the cohort differently never share it.
-  key = (folds, reading)
-  if key not in reference_cache:
-    reference_cache[key] = baseline.run(
-        cohort, group.finished, masks=["reference"], **common)["rows"][0]
-  predictions = {PREDICTED: _from_row(predicted, fit.subjects),
-                 REFERENCE: _from_row(reference_cache[key], fit.subjects)}
+  train_splits = tuple(sorted((run.fold, tuple(sorted(run.splits["train"])))
+                              for run in fit.runs))
+  predictions = {PREDICTED: _from_row(predicted, fit.subjects)}
+  # The reference rows depend on the folds (and the train splits), and on
+  # which masks are read (session, run, entity filter, ignore label,
+  # threshold, label column): groups that read the cohort differently never
+  # share them.
+  for name, train_on, key in ((REFERENCE, "outer", (folds, reading)),
+                              (REFERENCE_TRAIN, "runs",
+                               (folds, train_splits, reading))):
+    if key not in reference_cache:
+      reference_cache[key] = baseline.run(
+          cohort, group.finished, masks=["reference"], train_on=train_on,
+          **common)["rows"][0]
+    predictions[name] = _from_row(reference_cache[key], fit.subjects)
   if joint is not None:
     predictions = {JOINT: joint, **predictions}
   y = np.array([labels[s] for s in fit.subjects])

@@ -13,9 +13,15 @@ from pvl_jax.evaluation import bootstrap
 NONE = "—"  # no joint model at r = 0
 METRIC_LABELS = dict(zip(bootstrap.METRICS, ("accuracy", "F1", "AUC")))
 JOINT, PREDICTED, REFERENCE = "joint", "LR predicted", "LR reference"
-CLASSIFIERS = (JOINT, PREDICTED, REFERENCE)
-# Each pair's difference is the first minus the second.
-PAIRS = ((JOINT, PREDICTED), (JOINT, REFERENCE), (PREDICTED, REFERENCE))
+# Logistic regression on the reference masks of the subjects the joint
+# model trained on (each run's train split, without its validation split).
+REFERENCE_TRAIN = "LR reference, train split"
+CLASSIFIERS = (JOINT, PREDICTED, REFERENCE, REFERENCE_TRAIN)
+# Each pair's difference is the first minus the second; the joint model's
+# come first (the plot's bottom row).
+PAIRS = ((JOINT, PREDICTED), (JOINT, REFERENCE), (JOINT, REFERENCE_TRAIN),
+         (PREDICTED, REFERENCE))
+JOINT_DIFFERENCES = 3
 DIFFERENCES = tuple(f"{a} - {b}" for a, b in PAIRS)
 
 
@@ -57,7 +63,11 @@ def markdown(report: Mapping[str, Any]) -> str:
       f"the subjects (seed {report['seed']}). joint: the joint model at its "
       "validation-chosen threshold; LR predicted / LR reference: logistic "
       "regression on the masks in matrix form, on the masks the setting's "
-      "own runs predicted (cross-fitted) / on the reference masks. "
+      "own runs predicted (cross-fitted) / on the reference masks, each "
+      "fold's model trained on every subject outside the fold; "
+      f"{REFERENCE_TRAIN}: the same on the reference masks of the fold's "
+      "run's train split alone, the subjects the joint model trained on "
+      "(its validation split stays out). "
       f"{NONE}: no joint model at r = 0; {bootstrap.UNDEFINED}: undefined.",
       "",
       "## Classifiers", "",
@@ -97,7 +107,8 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
   ticks = [f"{g['label']}\nn={g['subjects']} ({g['bad']} bad)"
            for g in groups]
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for row, names in enumerate((CLASSIFIERS, DIFFERENCES[:2])):
+  for row, names in enumerate((CLASSIFIERS,
+                               DIFFERENCES[:JOINT_DIFFERENCES])):
     for ax, (metric, label) in zip(axes[row], METRIC_LABELS.items()):
       for k, name in enumerate(names):
         offset = (k - (len(names) - 1) / 2) * 0.15
@@ -105,7 +116,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
           found = group["intervals"].get(name)
           # Differences in colours of their own, not their classifiers'.
           _errorbar(ax, i + offset, found and found[metric],
-                    color=colors[k + 3 * row], label=name)
+                    color=colors[k + len(CLASSIFIERS) * row], label=name)
       if row:
         ax.axhline(0, color="0.4", lw=1)
       ax.set_xticks(range(len(groups)), ticks, fontsize=8)

@@ -432,6 +432,40 @@ def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
   json.dumps(output, allow_nan=False)
 
 
+def test_train_on_runs_fits_each_fold_on_its_run_train_split(
+    cohort, problem, tmp_path, small_grids):
+  runs = fake_runs.write_fold_runs(tmp_path, cohort, IDS, num_folds=4)
+  (row,) = baseline.run(cohort, runs, downsample=[4], inner_repeats=1,
+                        feature_sets=["matrix"], masks=["reference"],
+                        train_on="runs")["rows"]
+  assert row["name"] == "LR matrix (reference masks, the runs' train splits)"
+  features, labels = problem
+  search = nested_cv.matrix_search(SHAPE, [4])
+  prob = {e["subject_id"]: e["prob"] for e in row["out_of_fold"]}
+  for fold in row["folds"]:
+    splits = fake_runs.fold_splits(IDS, fold["fold"], 4)
+    train = [IDS.index(s) for s in splits["train"]]
+    test = [IDS.index(s) for s in splits["test"]]
+    # Validation subjects are neither trained on nor tested in this fold.
+    assert (fold["n_train"], fold["n_test"]) == (len(train), len(test))
+    direct = nested_cv.fit_inner(search, features["matrix"][train],
+                                 labels[train], 0, 1)
+    np.testing.assert_allclose(
+        [prob[IDS[i]] for i in test],
+        direct.predict_proba(features["matrix"][test])[:, 1], atol=1e-9)
+
+
+@pytest.mark.parametrize("runs, train_on, message", [
+    (False, "runs", "train_on='runs': training on the runs' train splits "
+     "needs the runs"),
+    (True, "val", "train_on: one of outer, runs, got 'val'")])
+def test_run_rejects_bad_train_on(cohort, tmp_path, runs, train_on, message):
+  dirs = (fake_runs.write_fold_runs(tmp_path, cohort, IDS, num_folds=4)
+          if runs else ())
+  with pytest.raises(InputError, match=message):
+    baseline.run(cohort, dirs, train_on=train_on)
+
+
 def test_unlabelled_subjects_are_left_out(cohort, monkeypatch, caplog,
                                           small_grids):
   load_cohort = bids.load_cohort

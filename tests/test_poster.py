@@ -147,7 +147,11 @@ def test_r_zero_and_unfinished_settings(cohort, report):
   assert r0["unlabelled"] == []
   assert "## Left out" not in paths["md"].read_text()
   assert set(r0["intervals"]) == {"LR predicted", "LR reference",
+                                  "LR reference, train split",
                                   "LR predicted - LR reference"}
+  assert set(result["groups"][1]["intervals"]) == set(r0["intervals"]) | {
+      "joint", "joint - LR predicted", "joint - LR reference",
+      "joint - LR reference, train split"}
   assert result["skipped"] == [{
       "label": "r=3", "finished": 1,
       "unfinished": [f"r=3.0_fold={k}_seed=0" for k in range(1, NUM_FOLDS)]}]
@@ -237,10 +241,12 @@ def test_reference_rows_are_keyed_by_how_the_cohort_is_read(
   cache = {}
   poster.compare_group(group, path, OPTIONS, cache)
   poster.compare_group(group, path, OPTIONS, cache)
-  assert fitted.count("reference") == 1  # the same folds and reading
+  # One fit per reference row (all outside the fold; the train splits) for
+  # the same folds and reading.
+  assert fitted.count("reference") == 2
   # Masks read another way (here binarised at a threshold) are refitted.
   reading = cohort_reading.of_runs(group.finished)
   monkeypatch.setattr(cohort_reading, "of_runs", lambda runs: (
       dataclasses.replace(reading, mask_threshold=0.5)))
   poster.compare_group(group, path, OPTIONS, cache)
-  assert fitted.count("reference") == 2
+  assert fitted.count("reference") == 4

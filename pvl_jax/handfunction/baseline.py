@@ -76,6 +76,8 @@ def result_row(name: str, feature_set: str, masks: str,
 
 _ROW_NAMES = {"matrix": "LR matrix", "lesion_load": "LR lesion load"}
 MASK_KINDS = ("reference", "predicted")
+# Whom each outer fold's model trains on (`run`'s train_on).
+TRAIN_ON = ("outer", "runs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +133,8 @@ def run(cohort_dir: str | os.PathLike,
         feature_sets: Sequence[str] = FEATURE_SETS,
         masks: Sequence[str] | None = None,
         require_all: bool = True, resamples: int = 0,
-        reading: cohort_reading.CohortReading | None = None
-        ) -> dict[str, Any]:
+        reading: cohort_reading.CohortReading | None = None,
+        train_on: str = "outer") -> dict[str, Any]:
   """The baseline on reference masks, and on cross-fitted predicted ones.
 
   Args:
@@ -159,6 +161,10 @@ def run(cohort_dir: str | os.PathLike,
     reading: how the cohort's labels, scans and reference masks are read;
       None: as the runs read it (their config.json), without runs the
       defaults.
+    train_on: "outer": each outer fold's model trains on every subject
+      outside the fold; "runs": on its run's train split alone (what the
+      joint model trained on: its validation split stays out), which needs
+      runs.
 
   Returns:
     {"rows": result rows (`result_row`), by masks then feature set,
@@ -181,6 +187,12 @@ def run(cohort_dir: str | os.PathLike,
   if resamples and not bootstrap.MIN_RESAMPLES <= resamples:
     raise InputError(f"--resamples: 0 or at least {bootstrap.MIN_RESAMPLES}, "
                      f"got {resamples}")
+  if train_on not in TRAIN_ON:
+    raise InputError(f"train_on: one of {', '.join(TRAIN_ON)}, got "
+                     f"{train_on!r}")
+  if train_on == "runs" and not prediction_dirs:
+    raise InputError("train_on='runs': training on the runs' train splits "
+                     "needs the runs")
   masks = tuple(masks or MASK_KINDS[:1 + bool(prediction_dirs)])
   if "predicted" in masks and not prediction_dirs:
     raise InputError("--predictions: predicted masks need training runs")
@@ -190,6 +202,7 @@ def run(cohort_dir: str | os.PathLike,
   cohort = reading.load(cohort_dir)
   subjects = _labelled(cohort, reading.label_column)
   outer: int | np.ndarray = folds
+  trainable = None
   paths = {"reference": {s.participant_id: s.lesion_mask_path
                          for s in subjects}}
   if prediction_dirs:
@@ -199,6 +212,10 @@ def run(cohort_dir: str | os.PathLike,
     subjects = [s for s in subjects if s.participant_id in fit.fold_of]
     paths["predicted"] = fit.predictions
     outer = np.array([fit.fold_of[s.participant_id] for s in subjects])
+    if train_on == "runs":
+      trainable = {run.fold: np.array([s.participant_id in run.splits["train"]
+                                       for s in subjects])
+                   for run in fit.runs}
   if not subjects:
     raise InputError(f"{cohort_dir}: no labelled subject"
                      + (" in the runs' test splits" if prediction_dirs else ""))
@@ -234,10 +251,11 @@ def run(cohort_dir: str | os.PathLike,
                else f"{folds} stratified folds", feature_set, kind)
       result = nested_cv.cross_validate(
           features[kind][feature_set], labels, searches[feature_set], outer,
-          seed, inner_repeats)
+          seed, inner_repeats, trainable)
+      suffix = ", the runs' train splits" if train_on == "runs" else ""
       rows.append(result_row(
-          f"{_ROW_NAMES[feature_set]} ({kind} masks)", feature_set, kind,
-          result, subject_ids, labels, resamples, seed))
+          f"{_ROW_NAMES[feature_set]} ({kind} masks{suffix})", feature_set,
+          kind, result, subject_ids, labels, resamples, seed))
   return {"rows": rows,
           "regions": {"source": region_set.source,
                       "names": list(region_set.names),

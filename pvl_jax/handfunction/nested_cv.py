@@ -271,7 +271,9 @@ def fit_inner(search: Search, features: Any, labels: np.ndarray, seed: int,
 
 def cross_validate(features: Any, labels: np.ndarray, search: Search,
                    folds: int | np.ndarray, seed: int,
-                   inner_repeats: int = INNER_REPEATS) -> CVResult:
+                   inner_repeats: int = INNER_REPEATS,
+                   trainable: Mapping[int, np.ndarray] | None = None
+                   ) -> CVResult:
   """Nested stratified cross-validation of one feature matrix.
 
   Args:
@@ -282,6 +284,9 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
       fold (predefined folds: the cross-fitted runs' test splits).
     seed: shuffles the stratified outer folds and the inner folds.
     inner_repeats: repeats of the inner `INNER_FOLDS`-fold CV.
+    trainable: with predefined folds, per fold the (subjects,) mask of the
+      subjects its model may train on (e.g. a run's train split, without
+      its validation split); None: every subject outside the fold.
 
   Returns:
     The per-fold metrics and out-of-fold probabilities.
@@ -298,6 +303,8 @@ def cross_validate(features: Any, labels: np.ndarray, search: Search,
   results = []
   for fold, (train, test) in zip(fold_ids.tolist(),
                                  outer.split(labels, labels)):
+    if trainable is not None:
+      train = train[trainable[fold][train]]
     grid_search = fit_inner(search, features[train], labels[train], seed,
                             inner_repeats)
     prob[test] = grid_search.predict_proba(features[test])[:, 1]

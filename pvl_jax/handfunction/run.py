@@ -8,7 +8,7 @@ Usage:
       [--regions=NAME1,NAME2,...] [--tract=NAME1,...] [--resamples=2000]
       [--label_column=hand_function] [--phenotype=FILE] [--session=first]
       [--run=last] [--bids_filter=acq-3D] [--ignore_label=2]
-      [--mask_threshold=0.5]
+      [--mask_threshold=0.5] [--train_on=outer|runs]
 
 Nested cross-validated logistic regression on the "matrix" (block-averaged
 mask, the poster's form and the primary row; the inner CV chooses the block
@@ -28,7 +28,9 @@ The cohort is read as the training runs read it (their config.json: label
 column, phenotype file, session, run, entity filter, ignore label, mask
 threshold; `cohort_reading`); without runs, as the flags of the same names
 say, whose defaults are the training config's. A flag that contradicts the
-runs is an error.
+runs is an error. Each outer fold's model trains on every subject outside
+the fold (--train_on=outer) or, with --predictions, on its run's train split
+alone (--train_on=runs: the subjects the joint model trained on).
 Writes {"rows": [...], ...} to --out (the format launch/report.py reads as
 --baseline) and prints a markdown table: per row the pooled out-of-fold
 accuracy, F1 and AUC with paired-bootstrap 95% intervals over --resamples
@@ -92,6 +94,10 @@ flags.DEFINE_integer("inner_repeats", nested_cv.INNER_REPEATS,
                      "choice of hyper-parameters less noisy, at proportional "
                      "cost.")
 
+flags.DEFINE_enum("train_on", "outer", baseline.TRAIN_ON, "Whom each outer "
+                  "fold's model trains on: every subject outside the fold, "
+                  "or (with --predictions) its run's train split alone.")
+
 flags.adopt_module_key_flags(selection_flags)
 
 
@@ -132,7 +138,8 @@ def main(argv):
                           downsample=downsample, seed=FLAGS.seed,
                           inner_repeats=FLAGS.inner_repeats,
                           region_options=options,
-                          resamples=FLAGS.resamples, reading=_reading())
+                          resamples=FLAGS.resamples, reading=_reading(),
+                          train_on=FLAGS.train_on)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
