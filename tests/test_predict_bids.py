@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import types
 
 import nibabel as nib
@@ -41,6 +42,12 @@ def _stand_in(run, paths) -> native_space.Prediction:
       scan=scan, brain_template_dice=0.98)
 
 
+def _checked(run, paths):
+  """The preprocessing's stand-in: predict's checks of the scan, no more."""
+  native_space.load_scan(run, paths)
+  return paths
+
+
 @pytest.fixture
 def segmented(monkeypatch) -> list[Path]:
   """Every scan the stand-in segments, in order."""
@@ -51,6 +58,8 @@ def segmented(monkeypatch) -> list[Path]:
     return _stand_in(run, paths)
 
   monkeypatch.setattr(native_space, "segment", recorded)
+  monkeypatch.setattr(native_space, "to_template", _checked)
+  monkeypatch.setattr(native_space, "segment_template_scan", recorded)
   return calls
 
 
@@ -203,6 +212,30 @@ def test_a_bad_scan_fails_alone(tiny_run, dataset, tmp_path, segmented):
   summary = _predict(tiny_run[0], only_bad, tmp_path / "out2")
   assert len(summary.failed) == 1
   assert not (tmp_path / "out2").exists()
+
+
+def test_the_next_scan_is_preprocessed_while_one_is_segmented(
+    tiny_run, dataset, tmp_path, monkeypatch):
+  preprocessed = []
+  second_started = threading.Event()
+
+  def preprocessing(run, paths):
+    preprocessed.append(Path(paths[0]))
+    if len(preprocessed) == 2:
+      second_started.set()
+    return _checked(run, paths)
+
+  def segmenting(run, paths):
+    if Path(paths[0]) == preprocessed[0]:
+      # Without the overlap the second scan's preprocessing starts only
+      # after this returns, and the wait times out.
+      assert second_started.wait(timeout=60)
+    return _stand_in(run, paths)
+
+  monkeypatch.setattr(native_space, "to_template", preprocessing)
+  monkeypatch.setattr(native_space, "segment_template_scan", segmenting)
+  summary = _predict(tiny_run[0], dataset, tmp_path / "out")
+  assert len(summary.segmented) == len(preprocessed) == 3
 
 
 def test_no_scan_matching_the_selection(tiny_run, dataset, tmp_path):
