@@ -17,12 +17,12 @@ JOINT, PREDICTED, REFERENCE = "joint", "LR predicted", "LR reference"
 # model trained on (each run's train split, without its validation split).
 REFERENCE_TRAIN = "LR reference, train split"
 CLASSIFIERS = (JOINT, PREDICTED, REFERENCE, REFERENCE_TRAIN)
-# Each pair's difference is the first minus the second; the joint model's
-# come first (the plot's bottom row).
+# Each pair's difference is the first minus the second.
 PAIRS = ((JOINT, PREDICTED), (JOINT, REFERENCE), (JOINT, REFERENCE_TRAIN),
          (PREDICTED, REFERENCE))
-JOINT_DIFFERENCES = 3
 DIFFERENCES = tuple(f"{a} - {b}" for a, b in PAIRS)
+# The plot's bottom row: the joint model against each baseline.
+JOINT_DIFFERENCES = tuple(f"{a} - {b}" for a, b in PAIRS if a == JOINT)
 
 
 def cell(interval: Mapping[str, Any] | None, resamples: int,
@@ -107,8 +107,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
   ticks = [f"{g['label']}\nn={g['subjects']} ({g['bad']} bad)"
            for g in groups]
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for row, names in enumerate((CLASSIFIERS,
-                               DIFFERENCES[:JOINT_DIFFERENCES])):
+  for row, names in enumerate((CLASSIFIERS, JOINT_DIFFERENCES)):
     for ax, (metric, label) in zip(axes[row], METRIC_LABELS.items()):
       for k, name in enumerate(names):
         offset = (k - (len(names) - 1) / 2) * 0.15

@@ -189,9 +189,13 @@ def predict_files(workdir: str | os.PathLike, input_path: str | os.PathLike,
     for job in tqdm.tqdm(jobs, desc="checking scans", unit="scan"):
       native_space.load_scan(run, job.scan)
   rows = []
-  for job in tqdm.tqdm(jobs, desc="predicting", unit="scan",
-                       disable=len(jobs) == 1):
-    prediction = native_space.segment(run, job.scan)
+  preprocessed = native_space.preprocessed_ahead(run,
+                                                 [job.scan for job in jobs])
+  for job, template_scan in tqdm.tqdm(zip(jobs, preprocessed),
+                                      total=len(jobs), desc="predicting",
+                                      unit="scan", disable=len(jobs) == 1):
+    prediction = native_space.segment_template_scan(run,
+                                                    template_scan.result())
     write(prediction, job)
     rows.append(scan_report.qc_row(job.scan.name, run, prediction))
     tqdm.tqdm.write(

@@ -57,7 +57,6 @@ def segmented(monkeypatch) -> list[Path]:
     calls.append(Path(paths[0]))
     return _stand_in(run, paths)
 
-  monkeypatch.setattr(native_space, "segment", recorded)
   monkeypatch.setattr(native_space, "to_template", _checked)
   monkeypatch.setattr(native_space, "segment_template_scan", recorded)
   return calls

@@ -1,5 +1,6 @@
 """launch.sweep: points and names, command lines, local orchestration."""
 
+import ast
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import textwrap
 import threading
 import time
 
+import ml_collections
 import pytest
 
 from configs import joint
@@ -301,8 +303,6 @@ def test_dict_overrides_are_written_as_python_literals():
   config_flags reads a dict field's value as a Python literal; str() of a
   ConfigDict gives YAML, which it cannot parse.
   """
-  import ast  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   value = ml_collections.ConfigDict(
       {"label_roi_centres_mm": ((30.0, -50.0, 8.0), (-30.0, -50.0, 8.0))})
   text = sweep_points.format_value(value)

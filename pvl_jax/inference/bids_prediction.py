@@ -2,18 +2,14 @@
 
 `pvl_jax.predict`'s BIDS input: one scan per participant, chosen as training
 chooses a cohort's (`preprocessing.bids.select_scans`), each segmented with
-the run (`native_space.segment`) and written as derivatives
+the run (`native_space`) and written as derivatives
 (`derivatives`), with lesions.tsv and the QC report over every complete
 scan. A rerun skips the scans whose outputs are complete; a scan that
 cannot be used gets no output and is listed in the `Summary` with its
 problem, and the others are segmented. The next scan is preprocessed
-(registration, N4, ...) in a thread while the current one is segmented:
-SimpleITK and XLA release the GIL, and neither keeps both cores busy all the
-time.
+while the current one is segmented (`native_space.preprocessed_ahead`).
 """
 
-from collections.abc import Iterator, Sequence
-from concurrent import futures
 import dataclasses
 import os
 from pathlib import Path
@@ -90,27 +86,28 @@ def predict_bids(workdir: str | os.PathLike, bids_dir: str | os.PathLike,
                     skipped=[o for o in everyone if o.complete()], failed=[])
   rows: dict[Path, qc_report.Row] = {}
   pending = [o for o in everyone if not o.complete()]
-  with futures.ThreadPoolExecutor(max_workers=1) as pool:
-    for outputs, preprocessed in tqdm.tqdm(
-        _preprocessed_ahead(run, pending, pool), total=len(pending),
-        desc="predicting", unit="scan"):
-      scan = outputs.reference
-      try:
-        prediction = native_space.segment_template_scan(
-            run, preprocessed.result())
-        row = scan_report.qc_row(_row_name(outputs.scans), run, prediction)
-        derivatives.write_description(out, description)
-        derivatives.write_scan(outputs, prediction, derivatives.sidecar(
-            outputs, bids_dir, run, workdir, prediction, list(row.warnings)))
-      except InputError as err:
-        summary.failed.append((scan, str(err)))
-        tqdm.tqdm.write(f"failed: {err}", file=stdout)
-        continue
-      rows[outputs.mask] = row
-      summary.segmented.append(outputs)
-      tqdm.tqdm.write(
-          scan_report.result_line(scan, outputs.mask, run, prediction),
-          file=stdout)
+  preprocessed = native_space.preprocessed_ahead(
+      run, [list(o.scans.image_paths.values()) for o in pending])
+  for outputs, template_scan in tqdm.tqdm(zip(pending, preprocessed),
+                                          total=len(pending),
+                                          desc="predicting", unit="scan"):
+    scan = outputs.reference
+    try:
+      prediction = native_space.segment_template_scan(run,
+                                                      template_scan.result())
+      row = scan_report.qc_row(_row_name(outputs.scans), run, prediction)
+      derivatives.write_description(out, description)
+      derivatives.write_scan(outputs, prediction, derivatives.sidecar(
+          outputs, bids_dir, run, workdir, prediction, list(row.warnings)))
+    except InputError as err:
+      summary.failed.append((scan, str(err)))
+      tqdm.tqdm.write(f"failed: {err}", file=stdout)
+      continue
+    rows[outputs.mask] = row
+    summary.segmented.append(outputs)
+    tqdm.tqdm.write(
+        scan_report.result_line(scan, outputs.mask, run, prediction),
+        file=stdout)
   done = [o for o in everyone if o.complete()]
   seconds = time.perf_counter() - start
   if done:
@@ -129,27 +126,6 @@ def predict_bids(workdir: str | os.PathLike, bids_dir: str | os.PathLike,
         + (f" ({derivatives.TABLE_FILE}, {qc_report.REPORT_FILE})"
            if done else ""), file=stdout)
   return summary
-
-
-def _preprocessed_ahead(run: trained_run.TrainedRun,
-                        pending: Sequence[derivatives.ScanOutputs],
-                        pool: futures.Executor
-                        ) -> Iterator[tuple[derivatives.ScanOutputs,
-                                            futures.Future]]:
-  """Each scan with its preprocessing, the next one's started first.
-
-  When a scan is handed out, the following scan's `native_space.to_template`
-  is already submitted to `pool`, so it runs while this one is segmented.
-  """
-  def start(outputs: derivatives.ScanOutputs) -> futures.Future:
-    return pool.submit(native_space.to_template, run,
-                       list(outputs.scans.image_paths.values()))
-
-  following = start(pending[0]) if pending else None
-  for k, outputs in enumerate(pending):
-    current = following
-    following = start(pending[k + 1]) if k + 1 < len(pending) else None
-    yield outputs, current
 
 
 def _row_name(scans: bids.Scans) -> str:

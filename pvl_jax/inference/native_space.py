@@ -12,7 +12,8 @@ at 0.5 (as nnU-Net resamples probabilities, not masks: the boundary falls
 between template voxels instead of snapping to them).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent import futures
 import dataclasses
 from pathlib import Path
 
@@ -141,15 +142,32 @@ def segment_template_scan(run: trained_run.TrainedRun, scan: TemplateScan
                         template_space.template_for_scan(affine, files)))
 
 
-def segment(run: trained_run.TrainedRun, path: Path | Sequence[Path]
-            ) -> Prediction:
-  """Preprocesses, segments and maps back one scan (see the module doc).
+def preprocessed_ahead(run: trained_run.TrainedRun,
+                       paths: Sequence[Path | Sequence[Path]]
+                       ) -> Iterator[futures.Future]:
+  """Each scan's `to_template`, the next scan's started before one is given.
+
+  The preprocessing runs in one worker thread: when a scan's future is
+  handed out, the following scan's is already submitted, so registration
+  and N4 (SimpleITK) of the next scan run while the caller segments this one
+  (`segment_template_scan`, XLA); both release the GIL, and neither keeps
+  every core busy throughout. At most two scans are held at once.
 
   Args:
     run: the trained run.
-    path: the scan, as `load_scan` takes it.
+    paths: the scans, each as `load_scan` takes it.
+
+  Yields:
+    Per scan, in order, the future of its `TemplateScan` (its `result()`
+    raises what `to_template` raised, e.g. an InputError naming the file).
   """
-  return segment_template_scan(run, to_template(run, path))
+  with futures.ThreadPoolExecutor(max_workers=1) as pool:
+    following = pool.submit(to_template, run, paths[0]) if paths else None
+    for k in range(len(paths)):
+      current = following
+      following = (pool.submit(to_template, run, paths[k + 1])
+                   if k + 1 < len(paths) else None)
+      yield current
 
 
 def template_origin(run: trained_run.TrainedRun, grid: sitk.Image,
