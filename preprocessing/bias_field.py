@@ -2,9 +2,9 @@
 
 N4 on a full 1 mm head takes tens of seconds; the bias field is smooth (a few
 B-spline control points across the head), so it is estimated on the scan
-shrunk to about `_ESTIMATION_SPACING_MM` voxels inside the brain mask, and
-the log bias field is then evaluated on the full-resolution grid
-(`GetLogBiasFieldAsImage(full_res_image)`) and divided out.
+shrunk to about `_ESTIMATION_SPACING_MM` voxels inside the brain mask; the
+field is then evaluated at about `_EVALUATION_SPACING_MM`, interpolated to the
+full-resolution grid and divided out.
 """
 
 import dataclasses
@@ -14,6 +14,9 @@ import SimpleITK as sitk
 
 # Voxel size (mm) of the shrunk image N4 works on.
 _ESTIMATION_SPACING_MM = 8.0
+# Voxel size (mm) the estimated field is evaluated at before it is
+# interpolated to the scan's grid (see `correct`).
+_EVALUATION_SPACING_MM = 2.0
 # N4's B-spline fitting levels (each doubles the control-point resolution)
 # and iterations per level. A fourth level took the white-matter coefficient
 # of variation of two synthetic 1 mm scans from 0.106 to 0.090 (0.088 with
@@ -58,7 +61,14 @@ def correct(image: sitk.Image, mask: sitk.Image) -> Correction:
   n4 = sitk.N4BiasFieldCorrectionImageFilter()
   n4.SetMaximumNumberOfIterations(list(_ITERATIONS))
   n4.Execute(sitk.Shrink(positive, shrink), sitk.Shrink(mask, shrink))
-  bias = sitk.Cast(sitk.Exp(n4.GetLogBiasFieldAsImage(image)),
-                   sitk.sitkFloat32)
+  # The field is evaluated at about `_EVALUATION_SPACING_MM` and interpolated
+  # linearly to the full grid: evaluating N4's B-spline at every voxel of a
+  # 1 mm head took 1.3 s, this 0.4 s, within 0.7% of it anywhere in the head.
+  coarse_grid = sitk.Shrink(image, [
+      max(1, int(round(_EVALUATION_SPACING_MM / s)))
+      for s in image.GetSpacing()])
+  bias = sitk.Resample(sitk.Exp(n4.GetLogBiasFieldAsImage(coarse_grid)),
+                       image, sitk.Transform(), sitk.sitkLinear, 1.0,
+                       sitk.sitkFloat32, useNearestNeighborExtrapolator=True)
   # sitk.Divide keeps float32 (the `/` operator, DivideReal, gives float64).
   return Correction(corrected=sitk.Divide(image, bias), bias_field=bias)

@@ -237,6 +237,33 @@ def test_the_next_scan_is_preprocessed_while_one_is_segmented(
   assert len(summary.segmented) == len(preprocessed) == 3
 
 
+@pytest.mark.parametrize("scans_ahead", [1, 2])
+def test_preprocessing_runs_scans_ahead_in_order(monkeypatch, scans_ahead):
+  paths = [f"sub-{k}" for k in range(5)]
+  started, lock = [], threading.Lock()
+  ahead_started = threading.Event()
+
+  def preprocessing(run, path):
+    with lock:
+      started.append(path)
+      if len(started) == 1 + scans_ahead:
+        ahead_started.set()
+    return path
+
+  monkeypatch.setattr(native_space, "to_template", preprocessing)
+  given = []
+  for k, future in enumerate(
+      native_space.preprocessed_ahead(None, paths, scans_ahead)):
+    if k == 0:
+      # The scans after this one are being preprocessed while it is used.
+      assert ahead_started.wait(timeout=60)
+      with lock:
+        # Never more than `scans_ahead` beyond the scan handed out.
+        assert len(started) == 1 + scans_ahead
+    given.append(future.result())
+  assert given == paths
+
+
 def test_no_scan_matching_the_selection(tiny_run, dataset, tmp_path):
   out = tmp_path / "out"
   with pytest.raises(InputError) as info:
