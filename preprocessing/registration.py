@@ -72,10 +72,10 @@ _FIXED_MASK_MARGIN_MM = 10.0
 # `_DEFORMABLE_ITERATIONS` L-BFGS-B steps with `_DEFORMABLE_SAMPLING` of the
 # masked template voxels. A finer mesh or more steps cost 2x the time and
 # did not lower the error on 8 synthetic subjects; 5% sampling raised it.
-# On 12 raw 1 mm subjects 15 steps ended closer to the true pose than 30
-# (mean 0.25 mm, worst 0.47, against 0.32 and 1.18: the longer fit drifts
-# into the brain's own shape) and cost 2.5 s less (docs/results.md, "The
-# deformable fit's length").
+# 15 steps rather than 30: over 36 raw 1 mm subjects of two cohorts the pose
+# ended as close to the true one (mean 0.277 mm either way; worst 0.74
+# against 1.18) for 2-3 s less per scan (docs/results.md, "The deformable
+# fit's length").
 _DEFORMABLE_MESH = 6
 _DEFORMABLE_MM = 4.0
 _DEFORMABLE_ITERATIONS = 15
