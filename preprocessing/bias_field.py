@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 
+from preprocessing import geometry
+
 # Voxel size (mm) of the shrunk image N4 works on.
 _ESTIMATION_SPACING_MM = 8.0
 # Voxel size (mm) the estimated field is evaluated at before it is
@@ -56,17 +58,15 @@ def correct(image: sitk.Image, mask: sitk.Image) -> Correction:
       sitk.GetArrayViewFromImage(mask) > 0]
   floor = _FLOOR_FRACTION * float(np.median(inside))
   positive = sitk.Maximum(image, floor)
-  shrink = [max(1, int(round(_ESTIMATION_SPACING_MM / s)))
-            for s in image.GetSpacing()]
+  shrink = geometry.shrink_factors(image, _ESTIMATION_SPACING_MM)
   n4 = sitk.N4BiasFieldCorrectionImageFilter()
   n4.SetMaximumNumberOfIterations(list(_ITERATIONS))
   n4.Execute(sitk.Shrink(positive, shrink), sitk.Shrink(mask, shrink))
   # The field is evaluated at about `_EVALUATION_SPACING_MM` and interpolated
   # linearly to the full grid: evaluating N4's B-spline at every voxel of a
   # 1 mm head took 1.3 s, this 0.4 s, within 0.7% of it anywhere in the head.
-  coarse_grid = sitk.Shrink(image, [
-      max(1, int(round(_EVALUATION_SPACING_MM / s)))
-      for s in image.GetSpacing()])
+  coarse_grid = sitk.Shrink(
+      image, geometry.shrink_factors(image, _EVALUATION_SPACING_MM))
   bias = sitk.Resample(sitk.Exp(n4.GetLogBiasFieldAsImage(coarse_grid)),
                        image, sitk.Transform(), sitk.sitkLinear, 1.0,
                        sitk.sitkFloat32, useNearestNeighborExtrapolator=True)

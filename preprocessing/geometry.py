@@ -13,6 +13,11 @@ import SimpleITK as sitk
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+def shrink_factors(image: sitk.Image, voxel_mm: float) -> list[int]:
+  """Per-axis integer factors that shrink `image` to about `voxel_mm`."""
+  return [max(1, int(round(voxel_mm / s))) for s in image.GetSpacing()]
+
+
 def image_from_array(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
   """A SimpleITK image of `data` (nibabel voxel order) with a RAS affine.
 

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing import bias_field
+from preprocessing import geometry
 from preprocessing.template import Template
 
 # Mattes MI: the FLAIR-like scans have grey matter brighter than white matter
@@ -127,7 +128,8 @@ def register_to_template(image: sitk.Image, template: Template,
   # with a +-40% field, 2 of 10 test subjects ended 8 mm off, all 10 within
   # 1 mm once the head's gross bias was removed first.
   image = bias_field.correct(image, _head_mask(image)).corrected
-  coarse = sitk.BinShrink(image, _shrink_factors(image, _RIGID_SCAN_MM))
+  coarse = sitk.BinShrink(image,
+                          geometry.shrink_factors(image, _RIGID_SCAN_MM))
   fixed_mask = sitk.BinaryDilate(
       template.brain_mask,
       [int(round(_FIXED_MASK_MARGIN_MM / template.resolution_mm))] * 3)
@@ -153,10 +155,11 @@ def _start_pose(template: Template, fixed_mask: sitk.Image,
 
   def reduce(image):
     return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma_mm),
-                       _shrink_factors(image, size_mm))
+                       geometry.shrink_factors(image, size_mm))
 
   method = _mutual_information_method(
-      sitk.Shrink(fixed_mask, _shrink_factors(fixed_mask, size_mm)))
+      sitk.Shrink(fixed_mask,
+                  geometry.shrink_factors(fixed_mask, size_mm)))
   fixed, moving = reduce(template.t1), reduce(moving)
   candidates = []
   for angles in itertools.product(_START_ANGLES_DEG, repeat=3):
@@ -177,17 +180,13 @@ def _head_mask(image: sitk.Image) -> sitk.Image:
   mask is made at about `_HEAD_MASK_MM` (N4 estimates the field at 8 mm
   anyway), where closing and filling cost 30 times less.
   """
-  coarse = sitk.BinShrink(image, _shrink_factors(image, _HEAD_MASK_MM))
+  coarse = sitk.BinShrink(image,
+                          geometry.shrink_factors(image, _HEAD_MASK_MM))
   foreground = sitk.OtsuThreshold(coarse, 0, 1)
   head = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(foreground,
                                                              [1, 1, 1]))
   return sitk.Resample(head, image, sitk.Transform(),
                        sitk.sitkNearestNeighbor)
-
-
-def _shrink_factors(image: sitk.Image, voxel_mm: float) -> list[int]:
-  """Per-axis integer factors that shrink `image` to about `voxel_mm`."""
-  return [max(1, int(round(voxel_mm / s))) for s in image.GetSpacing()]
 
 
 def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
@@ -319,8 +318,8 @@ def _brain_points(brain_mask: sitk.Image, mapping: sitk.Transform
   Sampled on a grid of about `_DEFORMABLE_MM`: the mapping is smooth, and
   the fits above need thousands of points, not millions.
   """
-  brain = sitk.BinShrink(brain_mask, _shrink_factors(brain_mask,
-                                                     _DEFORMABLE_MM)) > 0
+  brain = sitk.BinShrink(
+      brain_mask, geometry.shrink_factors(brain_mask, _DEFORMABLE_MM)) > 0
   displacement = sitk.GetArrayFromImage(sitk.TransformToDisplacementField(
       mapping, sitk.sitkVectorFloat64, brain.GetSize(), brain.GetOrigin(),
       brain.GetSpacing(), brain.GetDirection()))

@@ -12,6 +12,7 @@ at 0.5 (as nnU-Net resamples probabilities, not masks: the boundary falls
 between template voxels instead of snapping to them).
 """
 
+import collections
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 import dataclasses
@@ -165,14 +166,12 @@ def preprocessed_ahead(run: trained_run.TrainedRun,
     raises what `to_template` raised, e.g. an InputError naming the file).
   """
   with futures.ThreadPoolExecutor(max_workers=scans_ahead) as pool:
-    submitted = [pool.submit(to_template, run, path)
-                 for path in paths[:scans_ahead]]
-    for k in range(len(paths)):
-      if k + scans_ahead < len(paths):
-        submitted.append(pool.submit(to_template, run,
-                                     paths[k + scans_ahead]))
-      yield submitted[k]
-      submitted[k] = None  # the caller holds it now; free it when done
+    waiting = collections.deque(pool.submit(to_template, run, path)
+                                for path in paths[:scans_ahead])
+    for path in paths[scans_ahead:]:
+      waiting.append(pool.submit(to_template, run, path))
+      yield waiting.popleft()
+    yield from (waiting.popleft() for _ in range(len(waiting)))
 
 
 def template_origin(run: trained_run.TrainedRun, grid: sitk.Image,
