@@ -23,7 +23,9 @@ from preprocessing.template_files import TemplateFiles
 TEMPLATE_SPACE = "MNI152NLin2009cAsym"
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: compared and hashed by identity (its images have no value
+# equality), so per-template results can be cached (`registration`).
+@dataclasses.dataclass(frozen=True, eq=False)
 class Template:
   """The registration target and the maps propagated from it.
 
