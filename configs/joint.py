@@ -139,6 +139,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (pvl_jax/training/readout_penalty.py; config.json keeps the value).
   config.model.cls_block = 4
   config.model.cls_readout_l2 = -1.0
+  # After training, the located head's read-out is refitted as the poster's
+  # baseline (block size, lesion-frequency threshold and C chosen by its
+  # inner CV) on the network's own segmentations of every subject outside
+  # the test split (pvl_jax/evaluation/located_readout.py); False keeps the
+  # read-out fitted to the training memory.
+  config.model.cls_readout_refit = True
   # The template grid the blocks tile (shape, and the 4x4 voxel-to-world
   # affine that places every record and new scan in it); not set by hand:
   # prepare_run fills them in from the cohort (config.json keeps them for

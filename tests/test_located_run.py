@@ -14,6 +14,7 @@ from preprocessing.io import nifti
 from preprocessing.io.errors import InputError
 from pvl_jax.data import dataset
 from pvl_jax.data import template_grid
+from pvl_jax.handfunction import matrix_readout
 from pvl_jax.inference import native_space
 from pvl_jax.inference import sliding_window
 from pvl_jax.inference import trained_run
@@ -63,6 +64,11 @@ def test_located_head_trains_resumes_and_classifies_whole_scans(tiny_cohort,
   val_losses = [h["val/cls_loss"] for h in history if "val/cls_loss" in h]
   assert len(val_losses) == 2 and all(np.isfinite(val_losses))
   assert "cls_auc" in results["test"]
+  # Too few subjects outside the test split for the baseline's inner CV:
+  # the read-out fitted in training decides, and results.json says why.
+  assert not results["located_readout"]["refitted"]
+  assert "5 subjects per class" in results["located_readout"]["reason"]
+  assert not (run_dir / matrix_readout.RUN_FILE).exists()
 
   # results.json's probabilities are the located head's read-out of the
   # whole probability map placed at the record's crop start.
@@ -103,6 +109,43 @@ def test_located_head_trains_resumes_and_classifies_whole_scans(tiny_cohort,
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
   assert np.asarray(again["memory"]["rows"]).any()
+
+
+def test_readout_is_refitted_as_the_baseline_on_the_runs_segmentations(
+    tmp_path):
+  """The training and validation subjects' segmentations fit the baseline's
+  model, which then decides the test split and new scans at 0.5."""
+  config = _config(write_tiny_cohort(tmp_path / "cohort", num_subjects=30),
+                   tmp_path / "cache")
+  config.num_steps = 2
+  run_dir = tmp_path / "run"
+  results = train.train_and_evaluate(config, run_dir)
+  record = results["located_readout"]
+  assert record["refitted"] and record["fitted_on"] == ["train", "val"]
+  sources = dataset.split_sources(dataset.prepare(config), config)
+  assert record["subjects"] == sum(
+      sources[name][i]["hand_function"] >= 0
+      for name in ("train", "validation") for i in range(len(sources[name])))
+  assert results["test"]["cls_threshold"] == 0.5
+  readout = matrix_readout.MatrixReadout.load(run_dir / matrix_readout.RUN_FILE)
+  run = trained_run.load(run_dir)
+  rows = {row["subject_id"]: row for row in results["test"]["per_subject"]}
+  test = sources["test"]
+  marked = 0
+  for i in range(len(test)):
+    record = test[i]
+    subject = record["subject_id"].decode()
+    # The saved segmentation (template grid), read by the saved model.
+    mask = nifti.load_volume(run_dir / "predictions" /
+                             f"{subject}_pred.nii.gz")[0] > 0
+    marked += mask.any()
+    prob = float(readout.probability(mask.reshape(1, -1))[0])
+    assert rows[subject]["hand_function_prob"] == pytest.approx(prob)
+    assert "hand_function_prob_training_readout" in rows[subject]
+    origin = tuple(int(n) for n in record["crop_start"])
+    _, predicted = run.predict(record["image"], record["brain_mask"], origin)
+    assert predicted == pytest.approx(prob)
+  assert marked  # the 2-step network marks something to read
 
 
 def test_located_head_with_r_zero_only_segments(tiny_cohort, tmp_path):

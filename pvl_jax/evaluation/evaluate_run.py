@@ -39,6 +39,7 @@ from pvl_jax.models import unet
 from pvl_jax.evaluation import plots
 from pvl_jax.evaluation import qc_report
 from pvl_jax.evaluation import classification
+from pvl_jax.evaluation import located_readout
 from pvl_jax.evaluation import postprocess_choice
 from pvl_jax.inference import postprocess
 from pvl_jax.evaluation import segmentation
@@ -50,8 +51,8 @@ def predict_split(
     config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
   """Predicts every subject of a split (masks at probability 0.5)."""
   split = {"subjects": [], "predictions": {}, "references": {},
-           "ignored": {}, "brains": {}, "spacings": {}, "inference_s": {},
-           "logits": [], "labels": []}
+           "ignored": {}, "brains": {}, "spacings": {}, "origins": {},
+           "inference_s": {}, "logits": [], "labels": []}
   template = template_grid.TemplateGrid.from_config(config.model)
   for i in tqdm.trange(len(source), desc=f"predicting {name}", unit="subject"):
     record = source[i]
@@ -74,6 +75,7 @@ def predict_split(
                                     == lesion_labels.LESION)
     split["ignored"][subject] = record["lesion_mask"] == lesion_labels.IGNORE
     split["spacings"][subject] = tuple(record["spacing"])
+    split["origins"][subject] = origin
     split["logits"].append(logit)
     split["labels"].append(int(record["hand_function"]))
   split["cls_prob"] = 1 / (1 + np.exp(-np.asarray(split["logits"])))
@@ -121,12 +123,24 @@ def evaluate_model(model, params, sources: Mapping[str, Any],
   splits = {"val": predict_split(window_fn, sources["validation"], config,
                                  "validation"),
             "test": predict_split(window_fn, sources["test"], config, "test")}
+  refit = located_readout.applies(config)
+  if refit:
+    # The refitted read-out reads the training subjects' segmentations too.
+    splits["train"] = predict_split(window_fn, sources["train"], config,
+                                    "train")
   postprocessing = postprocess_splits(splits, config)
   results: dict[str, Any] = {
-      name: segmentation_results(split) for name, split in splits.items()}
+      name: segmentation_results(splits[name]) for name in ("val", "test")}
   results["postprocessing"] = postprocessing
   if config.r > 0:
-    classification_results(splits, results)
+    threshold = None
+    if refit:
+      results["located_readout"] = located_readout.refit(splits, config,
+                                                         workdir)
+      if results["located_readout"]["refitted"]:
+        threshold = located_readout.THRESHOLD
+    classification_results({name: splits[name] for name in ("val", "test")},
+                           results, threshold)
   summary = splits_lib.summarize(sources, config)
   results["split"] = {"rule": summary["rule"], "fold": summary["fold"],
                       "num_folds": summary["num_folds"],
@@ -186,17 +200,23 @@ def postprocess_splits(splits: Mapping[str, dict[str, Any]],
 
 
 def classification_results(splits: Mapping[str, Mapping[str, Any]],
-                           results: dict[str, Any]) -> None:
+                           results: dict[str, Any],
+                           threshold: float | None = None) -> None:
   """Adds hand-function metrics of the labelled subjects to `results`.
 
-  The threshold is chosen on the validation split's labelled subjects; when
-  they do not hold both classes it stays at 0.5 (`cls_threshold_chosen_on`
-  says which). A split without labelled subjects gets `n_labelled` 0 and no
-  metrics.
+  The threshold is `threshold` when given (the refitted read-out's, fitted
+  on the validation subjects too), else chosen on the validation split's
+  labelled subjects; when they do not hold both classes it stays at 0.5
+  (`cls_threshold_chosen_on` says which). A split without labelled
+  subjects gets `n_labelled` 0 and no metrics. With the located head's
+  refitted read-out each subject's row also holds the training read-out's
+  probability (`hand_function_prob_training_readout`).
   """
   val = splits["val"]
   labelled = val["labels"] >= 0
-  if np.unique(val["labels"][labelled]).size == 2:
+  if threshold is not None:
+    chosen_on = "the refitted read-out's (the baseline's)"
+  elif np.unique(val["labels"][labelled]).size == 2:
     threshold = classification.choose_threshold(val["labels"][labelled],
                                                 val["cls_prob"][labelled])
     chosen_on = "validation"
@@ -207,6 +227,9 @@ def classification_results(splits: Mapping[str, Mapping[str, Any]],
     results[name]["n_labelled"] = int(labelled.sum())
     for row, prob in zip(results[name]["per_subject"], split["cls_prob"]):
       row["hand_function_prob"] = float(prob)
+    for row, prob in zip(results[name]["per_subject"],
+                         split.get("cls_prob_training_readout", ())):
+      row["hand_function_prob_training_readout"] = float(prob)
     if not labelled.any():
       continue
     cls = classification.classification_metrics(

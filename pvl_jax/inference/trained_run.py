@@ -3,7 +3,8 @@
 What inference needs from a run: the resolved config (`config.json`), the
 parameters of the latest checkpoint, and what evaluation chose on the
 validation split (`results.json`: the postprocessing minimum component size
-and, for r > 0, the hand-function decision threshold). A run whose
+and, for r > 0, the hand-function decision threshold), and the located
+head's refitted read-out where evaluation wrote one. A run whose
 evaluation has not finished has no results.json; it predicts without
 postprocessing and without a decision threshold.
 """
@@ -20,6 +21,7 @@ from preprocessing.io import console
 from preprocessing.io.errors import InputError
 from preprocessing.io.json_files import read_json
 from pvl_jax.data import dataset
+from pvl_jax.handfunction import matrix_readout
 from pvl_jax.inference import sliding_window
 from pvl_jax.inference import postprocess
 from pvl_jax.models import unet
@@ -42,6 +44,9 @@ class TrainedRun:
       brain are removed (chosen on validation; 0: none).
     cls_threshold: P(bad hand function) at or above which a scan is called
       bad (chosen on validation); None for r = 0 or without results.json.
+    readout: the located head's refitted read-out
+      (`evaluation.located_readout`), which then decides P(bad) from the
+      scan's segmentation; None: the network's own head decides.
   """
   config: ml_collections.ConfigDict
   step: int
@@ -49,6 +54,7 @@ class TrainedRun:
   min_component_voxels: int
   min_depth_mm: float
   cls_threshold: float | None
+  readout: matrix_readout.MatrixReadout | None = None
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -100,7 +106,12 @@ class TrainedRun:
                                         (self.template_spacing,) * brain.ndim),
           self.min_depth_mm)
     removed = mask & ~kept
-    return np.where(removed, 0.0, probs), float(1 / (1 + np.exp(-logit)))
+    if self.readout is not None:
+      prob = float(self.readout.probability(matrix_readout.template_masks(
+          [kept], [origin], self.readout.shape))[0])
+    else:
+      prob = float(1 / (1 + np.exp(-logit)))
+    return np.where(removed, 0.0, probs), prob
 
 
 def load(workdir: str | Path) -> TrainedRun:
@@ -137,10 +148,13 @@ def load(workdir: str | Path) -> TrainedRun:
   window_fn = sliding_window.make_window_fn(
       apply_fn, {"params": params},
       tuple(config.inference.get("mirror_axes", ())), head, volume_head)
+  readout_path = workdir / matrix_readout.RUN_FILE
   return TrainedRun(config=config, step=step,
                     window_fn=window_fn, min_component_voxels=int(min_size),
                     min_depth_mm=float(min_depth),
-                    cls_threshold=threshold if config.r > 0 else None)
+                    cls_threshold=threshold if config.r > 0 else None,
+                    readout=(matrix_readout.MatrixReadout.load(readout_path)
+                             if readout_path.exists() else None))
 
 
 def _check_params_fit(model: unet.UNet, config: ml_collections.ConfigDict,
