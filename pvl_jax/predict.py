@@ -46,7 +46,9 @@ Per scan:
      written atomically.
 
 For a joint model (r > 0) each scan's probability of bad hand function is
-printed, with the decision at the threshold chosen on validation.
+printed, with the decision at the run's threshold (chosen on validation; 0.5
+for the located head's refitted read-out, which reads the scan's
+segmentation as the baseline reads masks).
 
 A folder of loose scans is every .nii / .nii.gz file in it (not recursive);
 outputs take the scans' file names, and a QC report (qc_report.html) goes

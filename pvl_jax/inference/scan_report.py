@@ -14,14 +14,18 @@ from pvl_jax.inference import trained_run
 
 def hand_function_line(run: trained_run.TrainedRun,
                        prediction: native_space.Prediction) -> str:
-  """`P(bad hand function) = p` and, with a validation threshold, the call."""
+  """`P(bad hand function) = p` and, with the run's threshold, the call."""
   prob = prediction.hand_function_prob
   if run.cls_threshold is None:
     return (f"P(bad hand function) = {prob:.3f} (no decision threshold: the "
             "run's results.json has none)")
   call = "bad" if prob >= run.cls_threshold else "good"
+  # The refitted read-out was fitted on the validation subjects too, so its
+  # threshold is the baseline's 0.5, not one chosen on them.
+  source = ("the refitted read-out's" if run.readout is not None
+            else "chosen on validation")
   return (f"P(bad hand function) = {prob:.3f} -> {call} (threshold "
-          f"{run.cls_threshold:.3f} chosen on validation)")
+          f"{run.cls_threshold:.3f}, {source})")
 
 
 def result_line(scan: Path, mask: Path, run: trained_run.TrainedRun,

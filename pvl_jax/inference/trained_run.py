@@ -43,7 +43,8 @@ class TrainedRun:
     min_depth_mm: lesion components that do not reach this deep into the
       brain are removed (chosen on validation; 0: none).
     cls_threshold: P(bad hand function) at or above which a scan is called
-      bad (chosen on validation); None for r = 0 or without results.json.
+      bad (chosen on validation; 0.5 with the located head's refitted
+      read-out); None for r = 0 or without results.json.
     readout: the located head's refitted read-out
       (`evaluation.located_readout`), which then decides P(bad) from the
       scan's segmentation; None: the network's own head decides.
