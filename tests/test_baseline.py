@@ -411,6 +411,21 @@ def test_min_class_size():
   assert nested_cv.min_class_size(5, inner_folds=5) == 7
 
 
+def test_short_class_and_the_fold_check_name_the_class():
+  labels = np.array([0] * 9 + [1] * 6)
+  assert nested_cv.short_class(labels) is None
+  assert nested_cv.short_class(labels[:13]) == (1, 4)
+  # Outside fold 0 both classes fill the inner folds; outside fold 1 (six
+  # of the ten class-1 subjects) class 1 keeps 4.
+  labels = np.array([0] * 10 + [1] * 10)
+  fold_of = np.array([0, 0, 1] + [2] * 7 + [0, 0] + [1] * 6 + [2] * 2)
+  with pytest.raises(InputError, match=r"run1/splits.json: outside this test "
+                     r"split \(fold 1\) hand_function=1 has 4 subject"):
+    nested_cv.check_fold_class_sizes(labels, fold_of,
+                                     {0: Path("run0/splits.json"),
+                                      1: Path("run1/splits.json")})
+
+
 def test_run_reference_and_predicted_masks(cohort, tmp_path, small_grids):
   runs = fake_runs.write_fold_runs(tmp_path, cohort, IDS, num_folds=4)
   output = baseline.run(cohort, runs, downsample=[4], inner_repeats=1)

@@ -111,13 +111,12 @@ def fit(masks: Any, labels: np.ndarray, shape: tuple[int, ...], seed: int
   Raises:
     InputError: a class has fewer subjects than the inner folds.
   """
-  for label in (0, 1):
-    count = int(np.count_nonzero(labels == label))
-    if count < nested_cv.INNER_FOLDS:
-      raise InputError(
-          f"the hand-function read-out's {nested_cv.INNER_FOLDS}-fold inner "
-          f"CV needs {nested_cv.INNER_FOLDS} subjects per class; "
-          f"hand_function={label} has {count}")
+  short = nested_cv.short_class(labels)
+  if short is not None:
+    raise InputError(
+        f"the hand-function read-out's {nested_cv.INNER_FOLDS}-fold inner "
+        f"CV needs {nested_cv.INNER_FOLDS} subjects per class; "
+        f"hand_function={short[0]} has {short[1]}")
   search = nested_cv.matrix_search(shape)
   grid_search = nested_cv.fit_inner(search, sparse.csr_matrix(masks), labels,
                                     seed)

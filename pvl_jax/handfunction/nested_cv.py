@@ -188,6 +188,18 @@ def min_class_size(folds: int, inner_folds: int = INNER_FOLDS) -> int:
               if n - math.ceil(n / folds) >= inner_folds)
 
 
+def short_class(labels: np.ndarray) -> tuple[int, int] | None:
+  """(label, count) of a class with fewer than `INNER_FOLDS` subjects.
+
+  None when both classes fill the inner CV's folds.
+  """
+  for label in (0, 1):
+    count = int(np.count_nonzero(labels == label))
+    if count < INNER_FOLDS:
+      return label, count
+  return None
+
+
 def check_class_sizes(labels: np.ndarray, folds: int, source: Path,
                       column: str = "hand_function") -> None:
   """Raises InputError naming `source` if a class is too small for the CV.
@@ -216,15 +228,14 @@ def check_fold_class_sizes(labels: np.ndarray, fold_of: np.ndarray,
     InputError: naming the fold's source (the run whose test split it is).
   """
   for fold in np.unique(fold_of):
-    train = labels[fold_of != fold]
-    for label in (0, 1):
-      count = int(np.count_nonzero(train == label))
-      if count < INNER_FOLDS:
-        raise InputError(
-            f"{sources[int(fold)]}: outside this test split (fold {fold}) "
-            f"{column}={label} has {count} subject(s), fewer than the "
-            f"{INNER_FOLDS} that {INNER_FOLDS}-fold inner selection of "
-            "hyper-parameters needs")
+    short = short_class(labels[fold_of != fold])
+    if short is not None:
+      label, count = short
+      raise InputError(
+          f"{sources[int(fold)]}: outside this test split (fold {fold}) "
+          f"{column}={label} has {count} subject(s), fewer than the "
+          f"{INNER_FOLDS} that {INNER_FOLDS}-fold inner selection of "
+          "hyper-parameters needs")
 
 
 def _json_value(value: Any) -> Any:

@@ -67,14 +67,13 @@ def choose(fractions: np.ndarray, labels: np.ndarray, seed: int
   """
   labelled = labels >= 0
   features, labels = fractions[labelled], labels[labelled]
-  for label in (0, 1):
-    count = int(np.count_nonzero(labels == label))
-    if count < nested_cv.INNER_FOLDS:
-      raise InputError(
-          f"model.cls_readout_l2={CHOOSE:g} chooses the read-out penalty by "
-          f"{nested_cv.INNER_FOLDS}-fold CV on the training split, which has "
-          f"{count} subject(s) with hand_function={label}; set "
-          "model.cls_readout_l2 to a value > 0")
+  short = nested_cv.short_class(labels)
+  if short is not None:
+    raise InputError(
+        f"model.cls_readout_l2={CHOOSE:g} chooses the read-out penalty by "
+        f"{nested_cv.INNER_FOLDS}-fold CV on the training split, which has "
+        f"{short[1]} subject(s) with hand_function={short[0]}; set "
+        "model.cls_readout_l2 to a value > 0")
   features = features[:, np.any(features > 0, axis=0)]
   search = nested_cv.Search(
       pipeline.Pipeline([("logreg", LogisticRegression(
