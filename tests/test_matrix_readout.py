@@ -1,10 +1,12 @@
 """The baseline's matrix model kept as arrays (the located head's read-out)."""
 
+import ml_collections
 import numpy as np
 import pytest
 from scipy import sparse
 
 from preprocessing.io.errors import InputError
+from pvl_jax.evaluation import located_readout
 from pvl_jax.handfunction import matrix_readout
 from pvl_jax.handfunction import nested_cv
 
@@ -77,3 +79,39 @@ def test_template_masks_place_crops_and_drop_what_lies_outside():
     padded[tuple(slice(a, a + n) for a, n in zip(start, crop.shape))] = crop
     full[:] = padded[10:-10, 10:-10, 10:-10]
     np.testing.assert_array_equal(row.reshape(SHAPE), full)
+
+
+def _split(masks, labels, prefix):
+  subjects = [f"{prefix}-{i:02d}" for i in range(len(labels))]
+  return {"subjects": subjects,
+          "predictions": dict(zip(subjects, masks)),
+          "origins": {s: (0, 0, 0) for s in subjects},
+          "labels": np.asarray(labels), "cls_prob": np.full(len(labels), 0.5)}
+
+
+def test_refit_leaves_unlabelled_subjects_out_and_scores_every_split(
+    tmp_path):
+  masks, labels = _cohort(50, 0)
+  masks = masks.reshape(-1, *SHAPE) > 0
+  labels = labels.copy()
+  labels[[3, 30]] = -1  # one unlabelled subject in train, one in test
+  splits = {"train": _split(masks[:24], labels[:24], "train"),
+            "val": _split(masks[24:30], labels[24:30], "val"),
+            "test": _split(masks[30:], labels[30:], "test")}
+  config = ml_collections.ConfigDict({
+      "seed": 0, "r": 1.0,
+      "model": {"cls_head": "located", "cls_readout_refit": True,
+                "cls_template_shape": SHAPE,
+                "cls_template_affine": np.diag([2.0, 2.0, 2.0, 1.0]).tolist()}})
+  assert located_readout.applies(config)
+  record = located_readout.refit(splits, config, tmp_path)
+  assert record["refitted"] and record["subjects"] == 29
+  readout = matrix_readout.MatrixReadout.load(tmp_path /
+                                               matrix_readout.RUN_FILE)
+  for split, rows in (("train", masks[:24]), ("test", masks[30:])):
+    np.testing.assert_allclose(splits[split]["cls_prob"],
+                               readout.probability(rows.reshape(len(rows),
+                                                                -1)))
+    np.testing.assert_array_equal(
+        splits[split]["cls_prob_training_readout"], 0.5)
+  assert record["block_mm"] == 2.0 * readout.factor
