@@ -72,22 +72,21 @@ def refit(splits: Mapping[str, dict[str, Any]],
     (the training read-out stays).
   """
   shape = tuple(int(n) for n in config.model.cls_template_shape)
-  fit_masks, fit_labels = [], []
-  for name in FIT_SPLITS:
-    labelled = splits[name]["labels"] >= 0
-    fit_masks.append(_masks(splits[name], shape)[labelled])
-    fit_labels.append(splits[name]["labels"][labelled])
-  labels = np.concatenate(fit_labels)
+  masks = {name: _masks(split, shape) for name, split in splits.items()}
+  labelled = {name: splits[name]["labels"] >= 0 for name in FIT_SPLITS}
   try:
     readout = matrix_readout.fit(
-        sparse.vstack(fit_masks).tocsr(), labels, shape, int(config.seed))
+        sparse.vstack([masks[n][labelled[n]] for n in FIT_SPLITS]).tocsr(),
+        np.concatenate([splits[n]["labels"][labelled[n]]
+                        for n in FIT_SPLITS]),
+        shape, int(config.seed))
   except InputError as e:
     log.warning("located head: read-out not refitted (%s); the training "
                 "read-out decides", e)
     return {"refitted": False, "reason": str(e)}
   for name, split in splits.items():
     split["cls_prob_training_readout"] = split["cls_prob"]
-    split["cls_prob"] = readout.probability(_masks(split, shape))
+    split["cls_prob"] = readout.probability(masks[name])
   readout.save(workdir / matrix_readout.RUN_FILE)
   record = {"refitted": True, "fitted_on": list(FIT_SPLITS),
             "subjects": readout.subjects,
